@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what `make run` and `make test` need on a fresh Debian machine.
+# Idempotent: each step checks first and is quick when everything is present.
+set -euo pipefail
+
+CACHE="${KINEMA_CACHE:-$HOME/.cache/kinema}"
+mkdir -p "$CACHE"
+
+APT_PACKAGES=(
+  build-essential pkg-config curl ca-certificates
+  gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+  gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+  ffmpeg
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing apt packages: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Python clients nobody here wrote: boto3 and the AWS CLI, pinned, in a private venv.
+VENV="$CACHE/venv"
+PY_REQS="boto3==1.43.11 botocore==1.43.11 awscli==1.45.11"
+stamp="$VENV/.kinema-reqs"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$PY_REQS" ]; then
+  echo "setup: creating python venv at $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check $PY_REQS
+  echo "$PY_REQS" > "$stamp"
+fi
+echo "setup: ok"
