@@ -20,12 +20,12 @@ pub enum AckError {
     MaxFragmentDurationReached = 4002,
     MaxConnectionDurationReached = 4003,
     FragmentTimecodeLesserThanPrevious = 4004,
-    MoreThanAllowedTracksFound = 4005,
     InvalidMkvData = 4006,
     InvalidProducerTimestamp = 4007,
     StreamNotActive = 4008,
     TrackNumberMismatch = 4010,
     FramesMissingForTrack = 4011,
+    MoreThanAllowedTracksFound = 4012,
     InternalError = 5000,
     ArchivalError = 5001,
 }
@@ -33,6 +33,25 @@ pub enum AckError {
 impl AckError {
     pub fn code(self) -> u32 {
         self as u32
+    }
+
+    /// The symbolic name sent as the ACK's `ErrorCode`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AckError::StreamReadError => "STREAM_READ_ERROR",
+            AckError::MaxFragmentSizeReached => "MAX_FRAGMENT_SIZE_REACHED",
+            AckError::MaxFragmentDurationReached => "MAX_FRAGMENT_DURATION_REACHED",
+            AckError::MaxConnectionDurationReached => "MAX_CONNECTION_DURATION_REACHED",
+            AckError::FragmentTimecodeLesserThanPrevious => "FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS",
+            AckError::InvalidMkvData => "INVALID_MKV_DATA",
+            AckError::InvalidProducerTimestamp => "INVALID_PRODUCER_TIMESTAMP",
+            AckError::StreamNotActive => "STREAM_NOT_ACTIVE",
+            AckError::TrackNumberMismatch => "TRACK_NUMBER_MISMATCH",
+            AckError::FramesMissingForTrack => "FRAMES_MISSING_FOR_TRACK",
+            AckError::MoreThanAllowedTracksFound => "MORE_THAN_ALLOWED_TRACKS_FOUND",
+            AckError::InternalError => "INTERNAL_ERROR",
+            AckError::ArchivalError => "ARCHIVAL_ERROR",
+        }
     }
 }
 

@@ -1,0 +1,131 @@
+//! The HTTP edge of Kinema: the only crate that knows axum, HTTP and the AWS
+//! wire shapes. Every request but `/health` and `/metrics` is verified with
+//! SigV4 before it reaches a handler; handlers translate JSON into engine
+//! calls and engine errors into AWS error shapes.
+
+pub mod error;
+pub mod metrics;
+pub mod sigv4;
+mod video;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use kinema_engine::Engine;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use error::ApiError;
+pub use metrics::Metrics;
+pub use sigv4::KeyStore;
+
+/// Largest non-streaming request body accepted.
+const MAX_JSON_BODY: usize = 1 << 20;
+
+/// Shared state of all handlers.
+pub struct AppState {
+    pub engine: Engine,
+    pub keys: KeyStore,
+    pub metrics: Arc<Metrics>,
+    /// Base URL returned by GetDataEndpoint; derived from `Host` when unset.
+    pub public_url: Option<String>,
+    /// Flips to `true` when the server shuts down, ending long-lived streams.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// The full router.
+pub fn router(state: Arc<AppState>) -> Router {
+    let signed = video::routes()
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state.clone());
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/metrics", get(render_metrics))
+        .merge(signed)
+        .fallback(post(unknown_operation).get(unknown_operation))
+        .with_state(state)
+}
+
+async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn unknown_operation() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "UnknownOperationException", "no such operation")
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+/// Routes whose request body is a long-lived stream: their payload is
+/// signed as `UNSIGNED-PAYLOAD`, or (curl's `--aws-sigv4`, which cannot hash
+/// a pipe) as the hash of an empty body.
+fn is_streaming_upload(path: &str) -> bool {
+    path == "/putMedia"
+}
+
+async fn authenticate(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let claimed = parts
+        .headers
+        .get("x-amz-content-sha256")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (payload_hash, body) = if is_streaming_upload(parts.uri.path()) {
+        (claimed.unwrap_or_else(|| sigv4::EMPTY_SHA256.to_string()), body)
+    } else {
+        let bytes = match axum::body::to_bytes(body, MAX_JSON_BODY).await {
+            Ok(b) => b,
+            Err(_) => return ApiError::invalid("request body too large or unreadable").into_response(),
+        };
+        let actual = hex::encode(Sha256::digest(&bytes));
+        let hash = match claimed {
+            Some(c) if c == sigv4::UNSIGNED_PAYLOAD => c,
+            Some(c) if c != actual => {
+                return ApiError::from(sigv4::AuthError::BadSignature).into_response();
+            }
+            _ => actual,
+        };
+        (hash, Body::from(bytes))
+    };
+    let verdict = sigv4::verify(
+        &state.keys,
+        &sigv4::RequestParts {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            payload_hash: &payload_hash,
+        },
+        SystemTime::now(),
+    );
+    match verdict {
+        Ok(principal) => {
+            let mut req = Request::from_parts(parts, body);
+            req.extensions_mut().insert(principal);
+            next.run(req).await
+        }
+        Err(e) => {
+            tracing::info!(path = %parts.uri.path(), error = %e, "refused unauthenticated request");
+            ApiError::from(e).into_response()
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! The running video system: streams and their metadata, ingest sessions
+//! that persist fragments, live notification of new fragments, reads by
+//! selector, and retention. It knows nothing of HTTP: the API crate turns
+//! requests into calls here and [`EngineError`]s into responses.
+
+mod clock;
+mod streams;
+
+pub use clock::now_ms;
+pub use kinema_archive::ingest::{AckError, CompletedFragment, IngestEvent, IngestLimits, TimecodeType};
+pub use kinema_archive::{FragmentMeta, TimeKind, fragment_number_string, parse_fragment_number};
+pub use streams::{
+    Engine, EngineConfig, FragmentReader, ListFragmentsPage, PutMediaSession, StartSelector, StreamInfo,
+    StreamUpdate,
+};
+
+/// Errors of the engine, each a condition the API maps to an AWS error shape.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    ResourceNotFound(String),
+    #[error("{0}")]
+    ResourceInUse(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    VersionMismatch(String),
+    #[error("{0}")]
+    NoDataRetention(String),
+    #[error("{0}")]
+    ClientLimitExceeded(String),
+    #[error("storage: {0}")]
+    Storage(#[from] kinema_store::StoreError),
+}

@@ -1,0 +1,152 @@
+//! The configuration file: one typed tree, parsed strictly, then resolved
+//! against command-line flags and the environment.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4566";
+pub const DEFAULT_DATA_DIR: &str = "kinema-data";
+pub const DEFAULT_REGION: &str = "us-east-1";
+pub const DEFAULT_ACCOUNT_ID: &str = "000000000000";
+pub const DEFAULT_LIVE_BUFFER_SECONDS: u64 = 120;
+pub const DEFAULT_RETENTION_CHECK_SECONDS: u64 = 60;
+pub const DEFAULT_MAX_FRAGMENT_MB: u64 = 50;
+pub const DEFAULT_MAX_FRAGMENT_SECONDS: u64 = 10;
+pub const DEFAULT_GET_MEDIA_IDLE_SECONDS: u64 = 3;
+pub const DEFAULT_GET_MEDIA_LIVE_IDLE_SECONDS: u64 = 30;
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub access_keys: Vec<AccessKey>,
+    #[serde(default)]
+    pub video: VideoConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub public_url: Option<String>,
+    pub region: Option<String>,
+    pub account_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessKey {
+    pub id: String,
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VideoConfig {
+    pub live_buffer_seconds: Option<u64>,
+    pub retention_check_seconds: Option<u64>,
+    pub max_fragment_mb: Option<u64>,
+    pub max_fragment_seconds: Option<u64>,
+    pub get_media_idle_seconds: Option<u64>,
+    pub get_media_live_idle_seconds: Option<u64>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
+/// The configuration after flags and environment are applied.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub public_url: Option<String>,
+    pub keys: Vec<(String, String)>,
+    pub engine: kinema_engine::EngineConfig,
+    pub retention_check_seconds: u64,
+}
+
+impl Config {
+    /// Applies flags (which win), then the environment's access key.
+    pub fn resolve(
+        &self,
+        listen: Option<SocketAddr>,
+        data_dir: Option<PathBuf>,
+        env_key: Option<(String, String)>,
+    ) -> Resolved {
+        let mut keys: Vec<(String, String)> = self
+            .access_keys
+            .iter()
+            .map(|k| (k.id.clone(), k.secret.clone()))
+            .collect();
+        keys.extend(env_key);
+        let v = &self.video;
+        let engine = kinema_engine::EngineConfig {
+            region: self.server.region.clone().unwrap_or_else(|| DEFAULT_REGION.into()),
+            account_id: self.server.account_id.clone().unwrap_or_else(|| DEFAULT_ACCOUNT_ID.into()),
+            ingest: kinema_engine::IngestLimits {
+                max_fragment_bytes: v.max_fragment_mb.unwrap_or(DEFAULT_MAX_FRAGMENT_MB) * 1024 * 1024,
+                max_fragment_duration_ms: v.max_fragment_seconds.unwrap_or(DEFAULT_MAX_FRAGMENT_SECONDS) * 1000,
+                ..Default::default()
+            },
+            live_buffer_ms: (v.live_buffer_seconds.unwrap_or(DEFAULT_LIVE_BUFFER_SECONDS) * 1000) as i64,
+            get_media_idle_ms: v.get_media_idle_seconds.unwrap_or(DEFAULT_GET_MEDIA_IDLE_SECONDS) * 1000,
+            get_media_live_idle_ms: v
+                .get_media_live_idle_seconds
+                .unwrap_or(DEFAULT_GET_MEDIA_LIVE_IDLE_SECONDS)
+                * 1000,
+            ..Default::default()
+        };
+        Resolved {
+            listen: listen
+                .or(self.server.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses")),
+            data_dir: data_dir
+                .or_else(|| self.server.data_dir.clone())
+                .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            public_url: self.server.public_url.clone().filter(|u| !u.is_empty()),
+            keys,
+            engine,
+            retention_check_seconds: v
+                .retention_check_seconds
+                .unwrap_or(DEFAULT_RETENTION_CHECK_SECONDS)
+                .max(1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_config_parses_and_sets_every_section() {
+        let text = include_str!("../../../samples/config.toml");
+        let cfg = Config::parse(text).expect("samples/config.toml parses");
+        assert_eq!(cfg.server.listen, Some("127.0.0.1:4566".parse().unwrap()));
+        assert_eq!(cfg.access_keys.len(), 1);
+        assert_eq!(cfg.video.max_fragment_seconds, Some(10));
+        let r = cfg.resolve(None, None, Some(("ENV".into(), "secret".into())));
+        assert_eq!(r.keys.len(), 2);
+        assert_eq!(r.engine.ingest.max_fragment_bytes, 50 * 1024 * 1024);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(Config::parse("[server]\nlisten_addr = \"x\"\n").is_err());
+        assert!(Config::parse("").is_ok());
+    }
+}

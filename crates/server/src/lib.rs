@@ -1,0 +1,57 @@
+//! The `kinema` binary's library half: configuration and the function that
+//! wires the store, the engine and the HTTP API into a running server.
+
+pub mod config;
+pub mod put_media;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kinema_api::{AppState, KeyStore, Metrics};
+use kinema_engine::Engine;
+use kinema_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Runs the server on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    cfg: config::Resolved,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = Store::open_local(&cfg.data_dir)?;
+    let engine = Engine::open(store, cfg.engine.clone()).await?;
+    if cfg.keys.is_empty() {
+        tracing::warn!("no access keys configured: every signed request will be refused");
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let state = Arc::new(AppState {
+        engine: engine.clone(),
+        keys: KeyStore::new(cfg.keys.clone()),
+        metrics: Metrics::new(),
+        public_url: cfg.public_url.clone(),
+        shutdown: stop_rx.clone(),
+    });
+    let mut retention_stop = stop_rx.clone();
+    let retention = tokio::spawn({
+        let engine = engine.clone();
+        let every = Duration::from_secs(cfg.retention_check_seconds);
+        async move {
+            engine
+                .run_retention(every, async move {
+                    let _ = retention_stop.changed().await;
+                })
+                .await
+        }
+    });
+    let addr = listener.local_addr()?;
+    tracing::info!(data_dir = %cfg.data_dir.display(), "listening on http://{addr}");
+    let result = kinema_api::serve(listener, state, async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    })
+    .await;
+    let _ = retention.await;
+    Ok(result?)
+}

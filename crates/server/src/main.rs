@@ -1,0 +1,89 @@
+//! `kinema`: the server and its command-line tools.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use kinema_server::config::Config;
+use kinema_server::put_media;
+
+#[derive(Parser)]
+#[command(name = "kinema", version, about = "Self-hosted camera video and event server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Configuration file (TOML); see samples/config.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on, e.g. 127.0.0.1:4566 (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Directory for fragments, indexes and metadata.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Upload a Matroska file (or standard input) to a stream with PutMedia.
+    PutMedia(put_media::Args),
+}
+
+fn env_key() -> Option<(String, String)> {
+    let id = std::env::var("KINEMA_ACCESS_KEY_ID").ok().filter(|s| !s.is_empty())?;
+    let secret = std::env::var("KINEMA_SECRET_ACCESS_KEY").ok().filter(|s| !s.is_empty())?;
+    Some((id, secret))
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+        } => {
+            let cfg = match &config {
+                Some(p) => Config::load(p)?,
+                None => Config::default(),
+            };
+            let resolved = cfg.resolve(listen, data_dir, env_key());
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(resolved.listen).await?;
+                kinema_server::run(listener, resolved, shutdown_signal()).await
+            })
+        }
+        Command::PutMedia(args) => rt.block_on(put_media::run(args, env_key())),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,152 @@
+//! `kinema put-media`: uploads a Matroska file or standard input with
+//! PutMedia, signed with SigV4 (`UNSIGNED-PAYLOAD`), showing progress and
+//! the acknowledgements as they arrive.
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use anyhow::{Context, bail};
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4;
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::io::AsyncRead;
+use tokio_util::io::ReaderStream;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Stream to upload to.
+    #[arg(long)]
+    pub stream: String,
+    /// Kinema's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:4566")]
+    pub endpoint: String,
+    /// Region to sign for.
+    #[arg(long, default_value = "us-east-1")]
+    pub region: String,
+    /// Access key id (default: KINEMA_ACCESS_KEY_ID).
+    #[arg(long)]
+    pub access_key: Option<String>,
+    /// Secret access key (default: KINEMA_SECRET_ACCESS_KEY).
+    #[arg(long)]
+    pub secret_key: Option<String>,
+    /// Cluster timecodes are absolute Unix times (default: relative to the start timestamp).
+    #[arg(long)]
+    pub absolute: bool,
+    /// Producer start timestamp in Unix seconds for relative timecodes (default: now).
+    #[arg(long)]
+    pub start_timestamp: Option<f64>,
+    /// Matroska file to upload, or `-` for standard input.
+    pub input: PathBuf,
+}
+
+pub async fn run(args: Args, env_key: Option<(String, String)>) -> anyhow::Result<()> {
+    let (key, secret) = match (args.access_key.clone(), args.secret_key.clone(), env_key) {
+        (Some(k), Some(s), _) => (k, s),
+        (_, _, Some(pair)) => pair,
+        _ => bail!("no credentials: pass --access-key/--secret-key or set KINEMA_ACCESS_KEY_ID/KINEMA_SECRET_ACCESS_KEY"),
+    };
+    let (reader, total): (Box<dyn AsyncRead + Send + Unpin>, Option<u64>) = if args.input.as_os_str() == "-" {
+        (Box::new(tokio::io::stdin()), None)
+    } else {
+        let f = tokio::fs::File::open(&args.input)
+            .await
+            .with_context(|| format!("cannot open {}", args.input.display()))?;
+        let len = f.metadata().await.ok().map(|m| m.len());
+        (Box::new(f), len)
+    };
+    let bar = match total {
+        Some(n) => ProgressBar::new(n).with_style(
+            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
+                .expect("the progress template is valid"),
+        ),
+        None => ProgressBar::new_spinner()
+            .with_style(ProgressStyle::with_template("{spinner} {bytes} {bytes_per_sec} {msg}").expect("valid")),
+    };
+    let progress = bar.clone();
+    let body = StreamBody::new(ReaderStream::new(reader).map(move |r| {
+        let data = r?;
+        progress.inc(data.len() as u64);
+        Ok::<_, std::io::Error>(Frame::data(data))
+    }));
+
+    let start = args
+        .start_timestamp
+        .unwrap_or_else(|| kinema_engine::now_ms() as f64 / 1000.0);
+    let uri: http::Uri = format!("{}/putMedia", args.endpoint.trim_end_matches('/'))
+        .parse()
+        .context("invalid --endpoint")?;
+    let host = uri.authority().context("--endpoint needs a host")?.to_string();
+    let timecode_type = if args.absolute { "ABSOLUTE" } else { "RELATIVE" };
+    let start_header = format!("{start:.3}");
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(uri.clone())
+        .header("host", &host)
+        .header("x-amzn-stream-name", &args.stream)
+        .header("x-amzn-fragment-timecode-type", timecode_type)
+        .header("x-amzn-producer-start-timestamp", &start_header)
+        .body(body)?;
+
+    let identity = Credentials::new(key, secret, None, None, "kinema-cli").into();
+    let mut settings = SigningSettings::default();
+    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(&args.region)
+        .name("kinesisvideo")
+        .time(SystemTime::now())
+        .settings(settings)
+        .build()?
+        .into();
+    let headers: Vec<(&str, &str)> = request
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+        .collect();
+    let signable = SignableRequest::new("POST", uri.to_string(), headers.into_iter(), SignableBody::UnsignedPayload)?;
+    let (instructions, _sig) = sign(signable, &params)?.into_parts();
+    instructions.apply_to_request_http1x(&mut request);
+
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let response = client.request(request).await.context("PutMedia request failed")?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let text = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        bail!("PutMedia refused: {status}: {}", String::from_utf8_lossy(&text));
+    }
+    let mut body = response.into_body();
+    let mut pending = Vec::new();
+    let (mut persisted, mut received, mut errors) = (0u64, 0u64, 0u64);
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else { continue };
+        pending.extend_from_slice(&data);
+        while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+            let line: Bytes = Bytes::copy_from_slice(&pending[..pos]);
+            pending.drain(..=pos);
+            let Ok(ack) = serde_json::from_slice::<serde_json::Value>(&line) else { continue };
+            match ack["EventType"].as_str() {
+                Some("PERSISTED") => persisted += 1,
+                Some("RECEIVED") => received += 1,
+                Some("ERROR") => {
+                    errors += 1;
+                    bar.println(format!("error ack: {}", String::from_utf8_lossy(&line)));
+                }
+                _ => {}
+            }
+            bar.set_message(format!("{received} received, {persisted} persisted"));
+        }
+    }
+    bar.finish();
+    eprintln!("{received} fragments received, {persisted} persisted, {errors} errors");
+    if errors > 0 {
+        bail!("the server reported {errors} error(s)");
+    }
+    Ok(())
+}

@@ -1,0 +1,318 @@
+//! Storage for Kinema: the one crate that names `object_store` or touches
+//! the data directory.
+//!
+//! Layout under the data directory:
+//! - `objects/streams/<stream id>/<fragment number>.mkv`: fragment objects,
+//!   written through `object_store` (local file system by default);
+//! - `index/<stream id>.idx`: each stream's append-only index log
+//!   ([`kinema_archive::index`]);
+//! - `meta/<name>.json`: small metadata documents replaced atomically.
+//!
+//! Durability: [`Store::put_fragment`] returns only once the object and its
+//! directory entry are on disk (fsync), and [`IndexLog::append`] only once
+//! the record is (fdatasync). Callers append the index record after the
+//! object is durable, so an index entry always names a readable object.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use kinema_archive::index::{self, Record};
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("object store: {0}")]
+    Object(#[from] object_store::Error),
+    #[error("fragment object {0} not found")]
+    NotFound(String),
+    #[error("metadata document {name} is corrupt: {source}")]
+    BadMeta {
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("background storage task failed: {0}")]
+    Join(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Join(e.to_string()))?
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+#[derive(Clone)]
+pub struct Store {
+    root: PathBuf,
+    objects: Arc<dyn ObjectStore>,
+    /// Where local objects live, so they can be fsynced after `put`.
+    local_objects: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) a store in `root` on the local file system.
+    pub fn open_local(root: &Path) -> Result<Store, StoreError> {
+        let objects_dir = root.join("objects");
+        for dir in [root.to_path_buf(), objects_dir.clone(), root.join("index"), root.join("meta")] {
+            fs::create_dir_all(&dir).map_err(io(&dir))?;
+        }
+        let objects = LocalFileSystem::new_with_prefix(&objects_dir)?;
+        Ok(Store {
+            root: root.to_path_buf(),
+            objects: Arc::new(objects),
+            local_objects: Some(objects_dir),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn fragment_key(stream_id: &str, number: u64) -> ObjectPath {
+        ObjectPath::from(format!("streams/{stream_id}/{number:020}.mkv"))
+    }
+
+    /// Stores a fragment object durably.
+    pub async fn put_fragment(&self, stream_id: &str, number: u64, object: Bytes) -> Result<(), StoreError> {
+        let key = Self::fragment_key(stream_id, number);
+        self.objects.put(&key, object.into()).await?;
+        if let Some(base) = &self.local_objects {
+            // object_store's local backend renames a staged file into place
+            // but does not fsync; make both the file and the rename durable.
+            let file = base.join(key.as_ref());
+            blocking(move || {
+                File::open(&file).and_then(|f| f.sync_all()).map_err(io(&file))?;
+                sync_dir(file.parent().expect("object paths have a parent directory"))
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn get_fragment(&self, stream_id: &str, number: u64) -> Result<Bytes, StoreError> {
+        let key = Self::fragment_key(stream_id, number);
+        match self.objects.get(&key).await {
+            Ok(r) => Ok(r.bytes().await?),
+            Err(object_store::Error::NotFound { .. }) => Err(StoreError::NotFound(key.to_string())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn delete_fragment(&self, stream_id: &str, number: u64) -> Result<(), StoreError> {
+        match self.objects.delete(&Self::fragment_key(stream_id, number)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Fragment numbers of every object stored for a stream.
+    pub async fn list_fragments(&self, stream_id: &str) -> Result<Vec<u64>, StoreError> {
+        let prefix = ObjectPath::from(format!("streams/{stream_id}"));
+        let metas: Vec<_> = self.objects.list(Some(&prefix)).try_collect().await?;
+        let mut numbers: Vec<u64> = metas
+            .iter()
+            .filter_map(|m| m.location.filename()?.strip_suffix(".mkv")?.parse().ok())
+            .collect();
+        numbers.sort_unstable();
+        Ok(numbers)
+    }
+
+    /// Removes every object and the index of a deleted stream.
+    pub async fn delete_stream(&self, stream_id: &str) -> Result<(), StoreError> {
+        for n in self.list_fragments(stream_id).await? {
+            self.delete_fragment(stream_id, n).await?;
+        }
+        let idx = self.index_path(stream_id);
+        match fs::remove_file(&idx) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&idx)(e)),
+        }
+    }
+
+    fn index_path(&self, stream_id: &str) -> PathBuf {
+        self.root.join("index").join(format!("{stream_id}.idx"))
+    }
+
+    /// Opens a stream's index log, cutting a torn tail back to the last
+    /// complete record, and returns it with the records it holds.
+    pub fn open_index(&self, stream_id: &str) -> Result<(IndexLog, Vec<Record>), StoreError> {
+        let path = self.index_path(stream_id);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io(&path))?;
+        let (records, valid) = index::decode_log(&bytes);
+        if valid < bytes.len() {
+            tracing::warn!(path = %path.display(), cut = bytes.len() - valid, "cutting a torn tail off the index log");
+            file.set_len(valid as u64).map_err(io(&path))?;
+            file.sync_all().map_err(io(&path))?;
+        }
+        file.seek(SeekFrom::End(0)).map_err(io(&path))?;
+        sync_dir(path.parent().expect("index files live in index/"))?;
+        Ok((
+            IndexLog {
+                file: Arc::new(Mutex::new(file)),
+                path,
+            },
+            records,
+        ))
+    }
+
+    /// Rewrites a stream's index with just `records` (compaction after trims).
+    pub fn rewrite_index(&self, stream_id: &str, records: &[Record]) -> Result<IndexLog, StoreError> {
+        let path = self.index_path(stream_id);
+        let tmp = path.with_extension("idx.tmp");
+        let mut bytes = Vec::new();
+        for r in records {
+            index::encode(r, &mut bytes);
+        }
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        sync_dir(path.parent().expect("index files live in index/"))?;
+        Ok(self.open_index(stream_id)?.0)
+    }
+
+    /// Reads a metadata document, `None` if it does not exist yet.
+    pub fn load_meta<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
+        let path = self.root.join("meta").join(format!("{name}.json"));
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| StoreError::BadMeta {
+                name: name.to_string(),
+                source,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// Replaces a metadata document atomically and durably.
+    pub async fn save_meta<T: serde::Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(|source| StoreError::BadMeta {
+            name: name.to_string(),
+            source,
+        })?;
+        let dir = self.root.join("meta");
+        let path = dir.join(format!("{name}.json"));
+        blocking(move || {
+            let tmp = path.with_extension("json.tmp");
+            let mut f = File::create(&tmp).map_err(io(&tmp))?;
+            f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
+            fs::rename(&tmp, &path).map_err(io(&path))?;
+            sync_dir(&dir)
+        })
+        .await
+    }
+}
+
+/// A stream's append-only index log. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct IndexLog {
+    file: Arc<Mutex<File>>,
+    path: PathBuf,
+}
+
+impl IndexLog {
+    /// Appends a record and returns once it is on disk.
+    pub async fn append(&self, record: Record) -> Result<(), StoreError> {
+        let file = self.file.clone();
+        let path = self.path.clone();
+        blocking(move || {
+            let mut bytes = Vec::with_capacity(64);
+            index::encode(&record, &mut bytes);
+            // The lock only serialises appends; a poisoned lock still guards a valid file.
+            let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
+            f.write_all(&bytes).and_then(|_| f.sync_data()).map_err(io(&path))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kinema_archive::FragmentMeta;
+
+    fn meta(number: u64) -> FragmentMeta {
+        FragmentMeta {
+            number,
+            producer_ms: 1,
+            server_ms: 2,
+            duration_ms: 3,
+            size: 4,
+            cluster_offset: 5,
+            frames: 6,
+        }
+    }
+
+    #[tokio::test]
+    async fn fragments_and_index_survive_reopening_and_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_local(dir.path()).unwrap();
+        store.put_fragment("s1", 7, Bytes::from_static(b"mkv")).await.unwrap();
+        let (log, recs) = store.open_index("s1").unwrap();
+        assert!(recs.is_empty());
+        log.append(Record::Fragment(meta(7))).await.unwrap();
+        log.append(Record::Trim { through: 3 }).await.unwrap();
+        drop(log);
+        // Simulate a crash in the middle of a third append.
+        let idx = dir.path().join("index/s1.idx");
+        let mut f = OpenOptions::new().append(true).open(&idx).unwrap();
+        f.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
+        drop(f);
+
+        let store = Store::open_local(dir.path()).unwrap();
+        let (_log, recs) = store.open_index("s1").unwrap();
+        assert_eq!(recs, [Record::Fragment(meta(7)), Record::Trim { through: 3 }]);
+        assert_eq!(store.get_fragment("s1", 7).await.unwrap(), Bytes::from_static(b"mkv"));
+        assert_eq!(store.list_fragments("s1").await.unwrap(), [7]);
+        assert!(matches!(store.get_fragment("s1", 8).await, Err(StoreError::NotFound(_))));
+        store.delete_stream("s1").await.unwrap();
+        assert!(store.list_fragments("s1").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn metadata_is_replaced_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_local(dir.path()).unwrap();
+        assert_eq!(store.load_meta::<Vec<u32>>("x").unwrap(), None);
+        store.save_meta("x", &vec![1u32, 2]).await.unwrap();
+        assert_eq!(store.load_meta::<Vec<u32>>("x").unwrap(), Some(vec![1, 2]));
+    }
+}
