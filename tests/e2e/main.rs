@@ -1,1 +1,6 @@
-//! placeholder
+//! End-to-end tests: the real `kinema` binary on 127.0.0.1 with a temp data
+//! directory, driven by clients nobody here wrote (boto3, the AWS CLI, curl,
+//! GStreamer) and checked by independent readers (ffprobe, matroskademux).
+
+mod support;
+mod video;

@@ -1,0 +1,41 @@
+# Two commands for a fresh Debian machine (see README.md):
+#   make run    build and start the server on embedded defaults
+#   make test   install what the tests need, then run every check and test
+# Both install their prerequisites idempotently (scripts/setup.sh).
+
+CACHE ?= $(HOME)/.cache/kinema
+export CARGO_TARGET_DIR ?= $(CACHE)/target
+export KINEMA_PYTHON ?= $(CACHE)/venv/bin/python
+export CARGO_TERM_COLOR ?= never
+
+# Demo credentials for `make run`; override them in the environment.
+KINEMA_ACCESS_KEY_ID ?= kinema-demo
+KINEMA_SECRET_ACCESS_KEY ?= kinema-demo-secret
+LISTEN ?= 127.0.0.1:4566
+DATA_DIR ?= $(CACHE)/demo-data
+
+.PHONY: setup run test lint fuzz-corpus bench
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	cargo build --release -p kinema-server
+	@echo "access key: $(KINEMA_ACCESS_KEY_ID)  secret: $(KINEMA_SECRET_ACCESS_KEY)"
+	KINEMA_ACCESS_KEY_ID=$(KINEMA_ACCESS_KEY_ID) KINEMA_SECRET_ACCESS_KEY=$(KINEMA_SECRET_ACCESS_KEY) \
+		$(CARGO_TARGET_DIR)/release/kinema serve --listen $(LISTEN) --data-dir $(DATA_DIR)
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+test: setup lint
+	cargo test --workspace
+	@$(MAKE) --no-print-directory fuzz-corpus
+
+# Replays the checked-in fuzz corpus through the MKV reader (libFuzzer build).
+fuzz-corpus:
+	@bash scripts/fuzz.sh corpus
+
+bench: setup
+	cargo run --release -p kinema-bench

@@ -1,0 +1,234 @@
+//! Test support: a real `kinema` server process on 127.0.0.1 with a temp
+//! data directory, the Python clients (boto3) and the GStreamer producer.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const KEY_ID: &str = "AKIDKINEMATEST";
+pub const SECRET: &str = "kinema-test-secret";
+
+/// A running server process. Killed (SIGKILL) when dropped.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    pub fn start(data_dir: &Path) -> Server {
+        Self::start_with(data_dir, &[])
+    }
+
+    pub fn start_with(data_dir: &Path, extra_env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kinema"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("KINEMA_ACCESS_KEY_ID", KEY_ID)
+            .env("KINEMA_SECRET_ACCESS_KEY", SECRET)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn kinema");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if !sent {
+                    if let Some(rest) = line.split("listening on http://127.0.0.1:").nth(1) {
+                        let port: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+                        let _ = tx.send(port.parse::<u16>().expect("port"));
+                        sent = true;
+                    }
+                }
+                log2.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let port = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server logs its address within 30 s");
+        Server {
+            child,
+            port,
+            log,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// The Python with boto3 installed by `scripts/setup.sh` (KINEMA_PYTHON).
+pub fn python() -> String {
+    std::env::var("KINEMA_PYTHON").unwrap_or_else(|_| {
+        let venv = PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/kinema/venv/bin/python");
+        if venv.exists() { venv.display().to_string() } else { "python3".into() }
+    })
+}
+
+pub fn aws_cli() -> String {
+    let py = PathBuf::from(python());
+    py.with_file_name("aws").display().to_string()
+}
+
+/// Runs a script from tests/python with the server's endpoint and keys;
+/// panics with its output unless it exits 0. Returns its stdout.
+pub fn run_python(server: &Server, script: &str, args: &[&str]) -> String {
+    let path = repo_root().join("tests/python").join(script);
+    let out = Command::new(python())
+        .arg(&path)
+        .args(args)
+        .env("KINEMA_ENDPOINT", server.url())
+        .env("AWS_ACCESS_KEY_ID", KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{script} failed\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    stdout
+}
+
+/// The GStreamer producer of the README: `frames` frames of 320x240 at
+/// 30 fps, a keyframe every `gop` frames, Matroska on stdout.
+pub fn gst_producer(frames: u32, gop: u32, live: bool) -> String {
+    format!(
+        "gst-launch-1.0 -q videotestsrc is-live={live} num-buffers={frames} \
+         ! video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
+         ! x264enc tune=zerolatency key-int-max={gop} ! video/x-h264,profile=constrained-baseline \
+         ! h264parse ! matroskamux streamable=true ! fdsink fd=1"
+    )
+}
+
+/// A shell pipeline: the GStreamer producer piped into curl's SigV4 PutMedia.
+pub fn gst_curl_command(server: &Server, stream: &str, frames: u32, gop: u32, live: bool) -> String {
+    format!(
+        "{} | curl -sS -N --aws-sigv4 'aws:amz:us-east-1:kinesisvideo' --user {KEY_ID}:{SECRET} \
+         -X POST -T - -H 'x-amzn-stream-name: {stream}' -H 'x-amzn-fragment-timecode-type: RELATIVE' \
+         -H \"x-amzn-producer-start-timestamp: $(date +%s.%N | cut -c1-14)\" {}/putMedia",
+        gst_producer(frames, gop, live),
+        server.url()
+    )
+}
+
+/// Runs the gst | curl producer to completion; returns the ACK lines.
+pub fn put_with_gst_curl(server: &Server, stream: &str, frames: u32, gop: u32, live: bool) -> Vec<serde_json::Value> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(gst_curl_command(server, stream, frames, gop, live))
+        .output()
+        .expect("run gst | curl");
+    assert!(out.status.success(), "producer failed: {}", String::from_utf8_lossy(&out.stderr));
+    parse_acks(&out.stdout)
+}
+
+pub fn parse_acks(bytes: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("ack line {l:?}: {e}")))
+        .collect()
+}
+
+pub fn acks_of<'a>(acks: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    acks.iter().filter(|a| a["EventType"] == kind).collect()
+}
+
+/// Creates a stream with boto3.
+pub fn create_stream(server: &Server, name: &str, retention_hours: u32) {
+    run_python(server, "kv.py", &["create", name, &retention_hours.to_string()]);
+}
+
+/// Frames and their presentation times as GStreamer's matroskademux reads a file.
+pub fn gst_demux_pts(file: &Path) -> Vec<String> {
+    let out = Command::new("gst-launch-1.0")
+        .args(["-v", "filesrc"])
+        .arg(format!("location={}", file.display()))
+        .args(["!", "matroskademux", "!", "fakesink", "silent=false"])
+        .output()
+        .expect("run gst-launch");
+    assert!(out.status.success(), "matroskademux failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("chain"))
+        .filter_map(|l| l.split("pts: ").nth(1)?.split(',').next().map(str::to_string))
+        .collect()
+}
+
+/// Frames counted by ffprobe (decoding every frame).
+pub fn ffprobe_frames(file: &Path) -> u64 {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(file)
+        .output()
+        .expect("run ffprobe");
+    assert!(out.status.success(), "ffprobe failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .trim_end_matches(',')
+        .parse()
+        .unwrap_or_else(|_| panic!("ffprobe output {:?}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Waits until `f` returns Some, polling every 50 ms, at most `limit`.
+pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+pub fn read_to_string(mut r: impl Read) -> String {
+    let mut s = String::new();
+    let _ = r.read_to_string(&mut s);
+    s
+}
