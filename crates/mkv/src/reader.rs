@@ -98,7 +98,9 @@ pub enum ReaderError {
 enum Mode {
     Elements,
     Skip(u64),
-    Resync,
+    /// Scanning for the next Cluster ID. `true`: the byte at the read
+    /// position starts the damaged element and must not match again.
+    Resync(bool),
 }
 
 /// The push reader. See the module documentation.
@@ -182,7 +184,7 @@ impl Reader {
     }
 
     fn fail(&mut self, err: ReaderError) -> Result<Option<Event>, ReaderError> {
-        self.mode = Mode::Resync;
+        self.mode = Mode::Resync(true);
         self.in_cluster = false;
         self.cluster_end = None;
         Err(err)
@@ -222,19 +224,23 @@ impl Reader {
                     }
                     self.mode = Mode::Elements;
                 }
-                Mode::Resync => {
+                Mode::Resync(skip_first) => {
                     let cluster = ids::CLUSTER.to_be_bytes();
-                    match self.buf.windows(4).position(|w| w == cluster) {
+                    let from = usize::from(skip_first).min(self.buf.len());
+                    match self.buf[from..].windows(4).position(|w| w == cluster) {
                         Some(pos) => {
-                            self.consume(pos);
+                            self.consume(from + pos);
                             self.mode = Mode::Elements;
                             self.in_segment = true;
                             self.segment_end = None;
                         }
                         None => {
                             let keep = self.buf.len().min(3);
-                            let drop = self.buf.len() - keep;
+                            let drop = (self.buf.len() - keep).max(from);
                             self.consume(drop);
+                            if drop > 0 {
+                                self.mode = Mode::Resync(false);
+                            }
                             if self.finished {
                                 let n = self.buf.len();
                                 self.consume(n);
@@ -540,7 +546,8 @@ impl Reader {
     }
 
     fn poison(&mut self, err: ReaderError) -> ReaderError {
-        self.mode = Mode::Resync;
+        // The damaged element was consumed already: the next byte may start a Cluster.
+        self.mode = Mode::Resync(false);
         self.in_cluster = false;
         self.cluster_end = None;
         err

@@ -46,6 +46,46 @@ pub struct Args {
     pub input: PathBuf,
 }
 
+/// Signs `request` in place with SigV4 for `service`: over `payload` (the
+/// body bytes) when given, else as `UNSIGNED-PAYLOAD` for a streaming body.
+/// The request needs an absolute URI and a `host` header.
+pub fn sign_request<B>(
+    request: &mut http::Request<B>,
+    key: &str,
+    secret: &str,
+    region: &str,
+    service: &str,
+    payload: Option<&[u8]>,
+) -> anyhow::Result<()> {
+    let identity = Credentials::new(key, secret, None, None, "kinema-cli").into();
+    let mut settings = SigningSettings::default();
+    if payload.is_none() {
+        settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    }
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(service)
+        .time(SystemTime::now())
+        .settings(settings)
+        .build()?
+        .into();
+    let uri = request.uri().to_string();
+    let headers: Vec<(&str, &str)> = request
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+        .collect();
+    let body = match payload {
+        Some(bytes) => SignableBody::Bytes(bytes),
+        None => SignableBody::UnsignedPayload,
+    };
+    let signable = SignableRequest::new(request.method().as_str(), uri, headers.into_iter(), body)?;
+    let (instructions, _signature) = sign(signable, &params)?.into_parts();
+    instructions.apply_to_request_http1x(request);
+    Ok(())
+}
+
 pub async fn run(args: Args, env_key: Option<(String, String)>) -> anyhow::Result<()> {
     let (key, secret) = match (args.access_key.clone(), args.secret_key.clone(), env_key) {
         (Some(k), Some(s), _) => (k, s),
@@ -94,25 +134,7 @@ pub async fn run(args: Args, env_key: Option<(String, String)>) -> anyhow::Resul
         .header("x-amzn-producer-start-timestamp", &start_header)
         .body(body)?;
 
-    let identity = Credentials::new(key, secret, None, None, "kinema-cli").into();
-    let mut settings = SigningSettings::default();
-    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(&args.region)
-        .name("kinesisvideo")
-        .time(SystemTime::now())
-        .settings(settings)
-        .build()?
-        .into();
-    let headers: Vec<(&str, &str)> = request
-        .headers()
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
-        .collect();
-    let signable = SignableRequest::new("POST", uri.to_string(), headers.into_iter(), SignableBody::UnsignedPayload)?;
-    let (instructions, _sig) = sign(signable, &params)?.into_parts();
-    instructions.apply_to_request_http1x(&mut request);
+    sign_request(&mut request, &key, &secret, &args.region, "kinesisvideo", None)?;
 
     let client = Client::builder(TokioExecutor::new()).build_http();
     let response = client.request(request).await.context("PutMedia request failed")?;
