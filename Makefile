@@ -38,4 +38,5 @@ fuzz-corpus:
 	@bash scripts/fuzz.sh corpus
 
 bench: setup
-	cargo run --release -p kinema-bench
+	cargo build --release -p kinema-server -p kinema-bench
+	$(CARGO_TARGET_DIR)/release/kinema-bench $(BENCH_ARGS)

@@ -45,7 +45,8 @@ impl Server {
                 let Ok(line) = line else { break };
                 if !sent {
                     if let Some(rest) = line.split("listening on http://127.0.0.1:").nth(1) {
-                        let port: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+                        let port: String =
+                            rest.chars().take_while(|c| c.is_ascii_digit()).collect();
                         let _ = tx.send(port.parse::<u16>().expect("port"));
                         sent = true;
                     }
@@ -56,11 +57,7 @@ impl Server {
         let port = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("the server logs its address within 30 s");
-        Server {
-            child,
-            port,
-            log,
-        }
+        Server { child, port, log }
     }
 
     pub fn url(&self) -> String {
@@ -85,14 +82,22 @@ impl Drop for Server {
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// The Python with boto3 installed by `scripts/setup.sh` (KINEMA_PYTHON).
 pub fn python() -> String {
     std::env::var("KINEMA_PYTHON").unwrap_or_else(|_| {
-        let venv = PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/kinema/venv/bin/python");
-        if venv.exists() { venv.display().to_string() } else { "python3".into() }
+        let venv = PathBuf::from(std::env::var("HOME").unwrap_or_default())
+            .join(".cache/kinema/venv/bin/python");
+        if venv.exists() {
+            venv.display().to_string()
+        } else {
+            "python3".into()
+        }
     })
 }
 
@@ -136,7 +141,13 @@ pub fn gst_producer(frames: u32, gop: u32, live: bool) -> String {
 }
 
 /// A shell pipeline: the GStreamer producer piped into curl's SigV4 PutMedia.
-pub fn gst_curl_command(server: &Server, stream: &str, frames: u32, gop: u32, live: bool) -> String {
+pub fn gst_curl_command(
+    server: &Server,
+    stream: &str,
+    frames: u32,
+    gop: u32,
+    live: bool,
+) -> String {
     format!(
         "{} | curl -sS -N --aws-sigv4 'aws:amz:us-east-1:kinesisvideo' --user {KEY_ID}:{SECRET} \
          -X POST -T - -H 'x-amzn-stream-name: {stream}' -H 'x-amzn-fragment-timecode-type: RELATIVE' \
@@ -147,13 +158,23 @@ pub fn gst_curl_command(server: &Server, stream: &str, frames: u32, gop: u32, li
 }
 
 /// Runs the gst | curl producer to completion; returns the ACK lines.
-pub fn put_with_gst_curl(server: &Server, stream: &str, frames: u32, gop: u32, live: bool) -> Vec<serde_json::Value> {
+pub fn put_with_gst_curl(
+    server: &Server,
+    stream: &str,
+    frames: u32,
+    gop: u32,
+    live: bool,
+) -> Vec<serde_json::Value> {
     let out = Command::new("sh")
         .arg("-c")
         .arg(gst_curl_command(server, stream, frames, gop, live))
         .output()
         .expect("run gst | curl");
-    assert!(out.status.success(), "producer failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "producer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     parse_acks(&out.stdout)
 }
 
@@ -171,7 +192,11 @@ pub fn acks_of<'a>(acks: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_j
 
 /// Creates a stream with boto3.
 pub fn create_stream(server: &Server, name: &str, retention_hours: u32) {
-    run_python(server, "kv.py", &["create", name, &retention_hours.to_string()]);
+    run_python(
+        server,
+        "kv.py",
+        &["create", name, &retention_hours.to_string()],
+    );
 }
 
 /// Frames and their presentation times as GStreamer's matroskademux reads a file.
@@ -182,11 +207,21 @@ pub fn gst_demux_pts(file: &Path) -> Vec<String> {
         .args(["!", "matroskademux", "!", "fakesink", "silent=false"])
         .output()
         .expect("run gst-launch");
-    assert!(out.status.success(), "matroskademux failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "matroskademux failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains("chain"))
-        .filter_map(|l| l.split("pts: ").nth(1)?.split(',').next().map(str::to_string))
+        .filter_map(|l| {
+            l.split("pts: ")
+                .nth(1)?
+                .split(',')
+                .next()
+                .map(str::to_string)
+        })
         .collect()
 }
 
@@ -207,7 +242,11 @@ pub fn ffprobe_frames(file: &Path) -> u64 {
         .arg(file)
         .output()
         .expect("run ffprobe");
-    assert!(out.status.success(), "ffprobe failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ffprobe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .trim()
         .trim_end_matches(',')

@@ -36,11 +36,27 @@ fn the_aws_cli_creates_and_lists_streams() {
             .env("AWS_DEFAULT_REGION", "us-east-1")
             .output()
             .expect("run aws");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
-    let (ok, out, err) = run(&["kinesisvideo", "create-stream", "--stream-name", "cli-cam", "--data-retention-in-hours", "1"]);
+    let (ok, out, err) = run(&[
+        "kinesisvideo",
+        "create-stream",
+        "--stream-name",
+        "cli-cam",
+        "--data-retention-in-hours",
+        "1",
+    ]);
     assert!(ok, "{err}");
-    assert!(json(&out)["StreamARN"].as_str().unwrap().contains("cli-cam"));
+    assert!(
+        json(&out)["StreamARN"]
+            .as_str()
+            .unwrap()
+            .contains("cli-cam")
+    );
     let (ok, out, err) = run(&["kinesisvideo", "list-streams"]);
     assert!(ok, "{err}");
     assert_eq!(json(&out)["StreamInfoList"][0]["StreamName"], "cli-cam");
@@ -65,17 +81,35 @@ fn gst_launch_into_curl_stores_fragments_that_play_back() {
     assert_eq!(acks_of(&acks, "BUFFERING").len(), 3);
     assert_eq!(acks_of(&acks, "RECEIVED").len(), 3);
     assert!(acks_of(&acks, "ERROR").is_empty());
-    assert!(persisted.windows(2).all(|w| w[0] < w[1]), "fragment numbers increase: {persisted:?}");
+    assert!(
+        persisted.windows(2).all(|w| w[0] < w[1]),
+        "fragment numbers increase: {persisted:?}"
+    );
 
     // GetMedia from the start, read by ffprobe and GStreamer's matroskademux.
     let file = dir.path().join("earliest.mkv");
-    let out = json(&run_python(&server, "kv.py", &["getmedia", "cam", "EARLIEST", "", file.to_str().unwrap()]));
+    let out = json(&run_python(
+        &server,
+        "kv.py",
+        &["getmedia", "cam", "EARLIEST", "", file.to_str().unwrap()],
+    ));
     assert_eq!(out["fragments"], serde_json::json!(persisted));
     assert_eq!(ffprobe_frames(&file), 90);
     let pts = gst_demux_pts(&file);
     assert_eq!(pts.len(), 90, "matroskademux frames");
-    let tag_names: Vec<&str> = out["tags"].as_array().unwrap().iter().map(|t| t[0].as_str().unwrap()).collect();
-    for t in ["FRAGMENT_NUMBER", "SERVER_TIMESTAMP", "PRODUCER_TIMESTAMP", "MILLIS_BEHIND_NOW", "CONTINUATION_TOKEN"] {
+    let tag_names: Vec<&str> = out["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t[0].as_str().unwrap())
+        .collect();
+    for t in [
+        "FRAGMENT_NUMBER",
+        "SERVER_TIMESTAMP",
+        "PRODUCER_TIMESTAMP",
+        "MILLIS_BEHIND_NOW",
+        "CONTINUATION_TOKEN",
+    ] {
         assert!(tag_names.contains(&t), "missing tag {t}: {tag_names:?}");
     }
 
@@ -85,7 +119,10 @@ fn gst_launch_into_curl_stores_fragments_that_play_back() {
     assert_eq!(all.len(), 3);
     for (f, n) in all.iter().zip(&persisted) {
         assert_eq!(f["number"], *n);
-        assert!((900..=1100).contains(&f["length_ms"].as_i64().unwrap()), "{f}");
+        assert!(
+            (900..=1100).contains(&f["length_ms"].as_i64().unwrap()),
+            "{f}"
+        );
     }
     // botocore sends REST-JSON timestamps in whole seconds, so ranges and
     // selectors are chosen to be unambiguous at that precision.
@@ -94,48 +131,105 @@ fn gst_launch_into_curl_stores_fragments_that_play_back() {
     let ranged = json(&run_python(
         &server,
         "kv.py",
-        &["list", "cam", "PRODUCER_TIMESTAMP", &p1.floor().to_string(), &p2.ceil().to_string()],
+        &[
+            "list",
+            "cam",
+            "PRODUCER_TIMESTAMP",
+            &p1.floor().to_string(),
+            &p2.ceil().to_string(),
+        ],
     ));
-    let ranged: Vec<&Value> = ranged.as_array().unwrap().iter().map(|f| &f["number"]).collect();
-    assert_eq!(ranged, [&all[1]["number"], &all[2]["number"]], "inclusive range holds fragments 2 and 3");
+    let ranged: Vec<&Value> = ranged
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| &f["number"])
+        .collect();
+    assert_eq!(
+        ranged,
+        [&all[1]["number"], &all[2]["number"]],
+        "inclusive range holds fragments 2 and 3"
+    );
     let s0 = all[0]["server"].as_f64().unwrap();
     let by_server = json(&run_python(
         &server,
         "kv.py",
-        &["list", "cam", "SERVER_TIMESTAMP", &(s0 - 10.0).to_string(), &s0.ceil().to_string()],
+        &[
+            "list",
+            "cam",
+            "SERVER_TIMESTAMP",
+            &(s0 - 10.0).to_string(),
+            &s0.ceil().to_string(),
+        ],
     ));
     assert_eq!(by_server[0]["number"], persisted[0]);
 
     // Every start selector starts at the right fragment.
     let start = |sel: &str, arg: &str| -> Vec<String> {
         let f = dir.path().join("sel.mkv");
-        let out = json(&run_python(&server, "kv.py", &["getmedia", "cam", sel, arg, f.to_str().unwrap()]));
-        out["fragments"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
+        let out = json(&run_python(
+            &server,
+            "kv.py",
+            &["getmedia", "cam", sel, arg, f.to_str().unwrap()],
+        ));
+        out["fragments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
     };
     assert_eq!(start("FRAGMENT_NUMBER", &persisted[1]), persisted[1..]);
     assert_eq!(start("CONTINUATION_TOKEN", &persisted[0]), persisted[1..]);
-    assert_eq!(start("PRODUCER_TIMESTAMP", &p1.ceil().to_string()), persisted[1..]);
+    assert_eq!(
+        start("PRODUCER_TIMESTAMP", &p1.ceil().to_string()),
+        persisted[1..]
+    );
     let s2 = all[2]["server"].as_f64().unwrap();
-    assert_eq!(start("SERVER_TIMESTAMP", &s2.ceil().to_string()), persisted[2..]);
-    assert!(start("NOW", "").is_empty(), "NOW waits for new fragments; none come");
+    assert_eq!(
+        start("SERVER_TIMESTAMP", &s2.ceil().to_string()),
+        persisted[2..]
+    );
+    assert!(
+        start("NOW", "").is_empty(),
+        "NOW waits for new fragments; none come"
+    );
 
     // GetMediaForFragmentList returns exactly the fragments asked for.
     let f = dir.path().join("list.mkv");
     let out = json(&run_python(
         &server,
         "kv.py",
-        &["fragment_list", "cam", f.to_str().unwrap(), &persisted[2], &persisted[0]],
+        &[
+            "fragment_list",
+            "cam",
+            f.to_str().unwrap(),
+            &persisted[2],
+            &persisted[0],
+        ],
     ));
-    assert_eq!(out["fragments"], serde_json::json!([persisted[2], persisted[0]]));
+    assert_eq!(
+        out["fragments"],
+        serde_json::json!([persisted[2], persisted[0]])
+    );
     assert_eq!(ffprobe_frames(&f), 60);
 
     run_python(&server, "kv.py", &["errors", "cam"]);
 
     // Metrics saw the upload.
     let metrics = http_get(&server, "/metrics");
-    assert!(metrics.contains("kinema_incoming_fragments_total{stream=\"cam\"} 3"), "{metrics}");
-    assert!(metrics.contains("kinema_incoming_bytes_total{stream=\"cam\"}"), "{metrics}");
-    assert!(metrics.contains("kinema_persisted_ack_latency_seconds_count 3"), "{metrics}");
+    assert!(
+        metrics.contains("kinema_incoming_fragments_total{stream=\"cam\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kinema_incoming_bytes_total{stream=\"cam\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kinema_persisted_ack_latency_seconds_count 3"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -144,7 +238,11 @@ fn get_media_now_streams_fragments_as_they_arrive() {
     let server = Server::start(dir.path());
     create_stream(&server, "live", 1);
     let producer = gst_curl_command(&server, "live", 60, 30, true);
-    let out = json(&run_python(&server, "kv.py", &["live", "live", &producer, "2"]));
+    let out = json(&run_python(
+        &server,
+        "kv.py",
+        &["live", "live", &producer, "2"],
+    ));
     assert_eq!(out["fragments"].as_array().unwrap().len(), 2);
 }
 
@@ -156,7 +254,13 @@ fn kinema_put_media_uploads_a_file() {
     let file = dir.path().join("clip.mkv");
     make_clip(&file, 120, 30);
     let out = Command::new(env!("CARGO_BIN_EXE_kinema"))
-        .args(["put-media", "--stream", "file-cam", "--endpoint", &server.url()])
+        .args([
+            "put-media",
+            "--stream",
+            "file-cam",
+            "--endpoint",
+            &server.url(),
+        ])
         .arg(&file)
         .env("KINEMA_ACCESS_KEY_ID", KEY_ID)
         .env("KINEMA_SECRET_ACCESS_KEY", SECRET)
@@ -164,7 +268,10 @@ fn kinema_put_media_uploads_a_file() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("4 fragments received, 4 persisted, 0 errors"), "{stderr}");
+    assert!(
+        stderr.contains("4 fragments received, 4 persisted, 0 errors"),
+        "{stderr}"
+    );
     let listed = json(&run_python(&server, "kv.py", &["list", "file-cam"]));
     assert_eq!(listed.as_array().unwrap().len(), 4);
 }
@@ -172,7 +279,11 @@ fn kinema_put_media_uploads_a_file() {
 fn make_clip(path: &std::path::Path, frames: u32, gop: u32) {
     let status = Command::new("sh")
         .arg("-c")
-        .arg(format!("{} > {}", gst_producer(frames, gop, false), path.display()))
+        .arg(format!(
+            "{} > {}",
+            gst_producer(frames, gop, false),
+            path.display()
+        ))
         .status()
         .unwrap();
     assert!(status.success());
@@ -180,7 +291,11 @@ fn make_clip(path: &std::path::Path, frames: u32, gop: u32) {
 
 fn http_get(server: &Server, path: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     read_to_string(&mut s)
 }
 
@@ -208,15 +323,37 @@ fn unsigned_and_badly_signed_requests_get_403_in_the_aws_shape() {
     write!(s, "0\r\n\r\n").unwrap();
     let resp = read_to_string(&mut s);
     assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
-    assert!(resp.to_lowercase().contains("x-amzn-errortype: notauthorizedexception"), "{resp}");
-    assert!(resp.contains("\"__type\":\"NotAuthorizedException\""), "{resp}");
+    assert!(
+        resp.to_lowercase()
+            .contains("x-amzn-errortype: notauthorizedexception"),
+        "{resp}"
+    );
+    assert!(
+        resp.contains("\"__type\":\"NotAuthorizedException\""),
+        "{resp}"
+    );
 
     // A stale date, correctly signed otherwise (curl signs at its own clock;
     // the server must refuse a date over 15 minutes away).
     let stale = Command::new("curl")
-        .args(["-sS", "-o", "-", "-w", "%{http_code}", "--aws-sigv4", "aws:amz:us-east-1:kinesisvideo"])
+        .args([
+            "-sS",
+            "-o",
+            "-",
+            "-w",
+            "%{http_code}",
+            "--aws-sigv4",
+            "aws:amz:us-east-1:kinesisvideo",
+        ])
         .args(["--user", &format!("{KEY_ID}:{SECRET}")])
-        .args(["-H", "X-Amz-Date: 20200101T000000Z", "-X", "POST", "-d", "{}"])
+        .args([
+            "-H",
+            "X-Amz-Date: 20200101T000000Z",
+            "-X",
+            "POST",
+            "-d",
+            "{}",
+        ])
         .arg(format!("{}/listStreams", server.url()))
         .output()
         .unwrap();
@@ -226,15 +363,48 @@ fn unsigned_and_badly_signed_requests_get_403_in_the_aws_shape() {
 
     // A valid signature for a different body.
     let signed = Command::new("curl")
-        .args(["-sS", "-o", "-", "-w", "%{http_code}", "--aws-sigv4", "aws:amz:us-east-1:kinesisvideo"])
-        .args(["--user", &format!("{KEY_ID}:{SECRET}"), "-X", "POST", "-d", "{}"])
+        .args([
+            "-sS",
+            "-o",
+            "-",
+            "-w",
+            "%{http_code}",
+            "--aws-sigv4",
+            "aws:amz:us-east-1:kinesisvideo",
+        ])
+        .args([
+            "--user",
+            &format!("{KEY_ID}:{SECRET}"),
+            "-X",
+            "POST",
+            "-d",
+            "{}",
+        ])
         .arg(format!("{}/listStreams", server.url()))
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&signed.stdout).ends_with("200"), "curl's own signature is accepted");
+    assert!(
+        String::from_utf8_lossy(&signed.stdout).ends_with("200"),
+        "curl's own signature is accepted"
+    );
     let tampered = Command::new("curl")
-        .args(["-sS", "-o", "-", "-w", "%{http_code}", "--aws-sigv4", "aws:amz:us-east-1:kinesisvideo"])
-        .args(["--user", &format!("{KEY_ID}:wrong-secret"), "-X", "POST", "-d", "{}"])
+        .args([
+            "-sS",
+            "-o",
+            "-",
+            "-w",
+            "%{http_code}",
+            "--aws-sigv4",
+            "aws:amz:us-east-1:kinesisvideo",
+        ])
+        .args([
+            "--user",
+            &format!("{KEY_ID}:wrong-secret"),
+            "-X",
+            "POST",
+            "-d",
+            "{}",
+        ])
         .arg(format!("{}/listStreams", server.url()))
         .output()
         .unwrap();
@@ -247,14 +417,30 @@ fn unsigned_and_badly_signed_requests_get_403_in_the_aws_shape() {
 fn curl_put_file(server: &Server, stream: &str, file: &std::path::Path) -> Vec<Value> {
     let out = Command::new("curl")
         .args(["-sS", "-N", "--aws-sigv4", "aws:amz:us-east-1:kinesisvideo"])
-        .args(["--user", &format!("{KEY_ID}:{SECRET}"), "-X", "POST", "-H", "Transfer-Encoding: chunked"])
-        .args(["-H", &format!("x-amzn-stream-name: {stream}"), "-H", "x-amzn-fragment-timecode-type: RELATIVE"])
+        .args([
+            "--user",
+            &format!("{KEY_ID}:{SECRET}"),
+            "-X",
+            "POST",
+            "-H",
+            "Transfer-Encoding: chunked",
+        ])
+        .args([
+            "-H",
+            &format!("x-amzn-stream-name: {stream}"),
+            "-H",
+            "x-amzn-fragment-timecode-type: RELATIVE",
+        ])
         .arg("--data-binary")
         .arg(format!("@{}", file.display()))
         .arg(format!("{}/putMedia", server.url()))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     parse_acks(&out.stdout)
 }
 
@@ -264,7 +450,11 @@ fn garbage_gets_an_error_ack_and_the_server_stays_healthy() {
     let server = Server::start(dir.path());
     create_stream(&server, "bad", 1);
     let junk = dir.path().join("junk.bin");
-    std::fs::write(&junk, b"this is certainly not a matroska stream".repeat(100)).unwrap();
+    std::fs::write(
+        &junk,
+        b"this is certainly not a matroska stream".repeat(100),
+    )
+    .unwrap();
     let acks = curl_put_file(&server, "bad", &junk);
     let errors = acks_of(&acks, "ERROR");
     assert_eq!(errors.len(), 1, "{acks:?}");
@@ -284,18 +474,35 @@ fn garbage_gets_an_error_ack_and_the_server_stays_healthy() {
 
     // An unknown stream is refused before any media is read.
     let acks_resp = Command::new("curl")
-        .args(["-sS", "-w", "%{http_code}", "--aws-sigv4", "aws:amz:us-east-1:kinesisvideo"])
+        .args([
+            "-sS",
+            "-w",
+            "%{http_code}",
+            "--aws-sigv4",
+            "aws:amz:us-east-1:kinesisvideo",
+        ])
         .args(["--user", &format!("{KEY_ID}:{SECRET}"), "-X", "POST"])
-        .args(["-H", "x-amzn-stream-name: nope", "-H", "x-amzn-fragment-timecode-type: RELATIVE"])
+        .args([
+            "-H",
+            "x-amzn-stream-name: nope",
+            "-H",
+            "x-amzn-fragment-timecode-type: RELATIVE",
+        ])
         .args(["--data-binary", "@/dev/null"])
         .arg(format!("{}/putMedia", server.url()))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&acks_resp.stdout);
-    assert!(text.contains("ResourceNotFoundException") && text.ends_with("404"), "{text}");
+    assert!(
+        text.contains("ResourceNotFoundException") && text.ends_with("404"),
+        "{text}"
+    );
     assert!(http_get(&server, "/health").starts_with("HTTP/1.1 200"));
     let metrics = http_get(&server, "/metrics");
-    assert!(metrics.contains("kinema_put_media_errors_total{stream=\"bad\",code=\"4006\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("kinema_put_media_errors_total{stream=\"bad\",code=\"4006\"} 2"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -307,7 +514,12 @@ fn a_truncated_upload_keeps_every_complete_fragment() {
     make_clip(&clip, 150, 30);
     let bytes = std::fs::read(&clip).unwrap();
     // Cut inside the fifth cluster (each cluster starts with 1F 43 B6 75).
-    let clusters: Vec<usize> = bytes.windows(4).enumerate().filter(|(_, w)| *w == [0x1F, 0x43, 0xB6, 0x75]).map(|(i, _)| i).collect();
+    let clusters: Vec<usize> = bytes
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| *w == [0x1F, 0x43, 0xB6, 0x75])
+        .map(|(i, _)| i)
+        .collect();
     assert_eq!(clusters.len(), 5);
     let cut = clusters[4] + 200;
     let truncated = dir.path().join("truncated.mkv");
@@ -322,8 +534,20 @@ fn a_truncated_upload_keeps_every_complete_fragment() {
     create_stream(&server, "dropped", 1);
     let mut child = Command::new("curl")
         .args(["-sS", "-N", "--aws-sigv4", "aws:amz:us-east-1:kinesisvideo"])
-        .args(["--user", &format!("{KEY_ID}:{SECRET}"), "-X", "POST", "-T", "-"])
-        .args(["-H", "x-amzn-stream-name: dropped", "-H", "x-amzn-fragment-timecode-type: RELATIVE"])
+        .args([
+            "--user",
+            &format!("{KEY_ID}:{SECRET}"),
+            "-X",
+            "POST",
+            "-T",
+            "-",
+        ])
+        .args([
+            "-H",
+            "x-amzn-stream-name: dropped",
+            "-H",
+            "x-amzn-fragment-timecode-type: RELATIVE",
+        ])
         .arg(format!("{}/putMedia", server.url()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -333,8 +557,16 @@ fn a_truncated_upload_keeps_every_complete_fragment() {
     stdin.write_all(&bytes[..cut]).unwrap();
     stdin.flush().unwrap();
     // curl blocks reading its stdin, so watch the server, not curl's output.
-    let count = || json(&run_python(&server, "kv.py", &["list", "dropped"])).as_array().unwrap().len();
-    assert_eq!(wait_for(Duration::from_secs(20), || (count() == 4).then_some(())), Some(()));
+    let count = || {
+        json(&run_python(&server, "kv.py", &["list", "dropped"]))
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(
+        wait_for(Duration::from_secs(20), || (count() == 4).then_some(())),
+        Some(())
+    );
     let _ = child.kill();
     let _ = child.wait();
     drop(stdin);
@@ -378,14 +610,24 @@ fn kill9_during_ingest_loses_no_persisted_fragment() {
         persisted.push(json(l)["FragmentNumber"].as_str().unwrap().to_string());
     }
     let _ = producer.kill();
-    let _ = Command::new("pkill").args(["-f", "videotestsrc is-live=true num-buffers=600"]).status();
+    let _ = Command::new("pkill")
+        .args(["-f", "videotestsrc is-live=true num-buffers=600"])
+        .status();
     let _ = producer.wait();
 
     let server = Server::start(&data);
     let listed = json(&run_python(&server, "kv.py", &["list", "crash"]));
-    let listed: Vec<String> = listed.as_array().unwrap().iter().map(|f| f["number"].as_str().unwrap().to_string()).collect();
+    let listed: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["number"].as_str().unwrap().to_string())
+        .collect();
     for n in &persisted {
-        assert!(listed.contains(n), "persisted fragment {n} missing after restart: {listed:?}");
+        assert!(
+            listed.contains(n),
+            "persisted fragment {n} missing after restart: {listed:?}"
+        );
     }
     // Every listed fragment is whole: read them all back and decode.
     let f = dir.path().join("after.mkv");
@@ -393,9 +635,16 @@ fn kill9_during_ingest_loses_no_persisted_fragment() {
     args.extend(listed.iter().map(String::as_str));
     let out = json(&run_python(&server, "kv.py", &args));
     assert_eq!(out["fragments"].as_array().unwrap().len(), listed.len());
-    assert_eq!(ffprobe_frames(&f), 30 * listed.len() as u64, "every listed fragment decodes fully");
+    assert_eq!(
+        ffprobe_frames(&f),
+        30 * listed.len() as u64,
+        "every listed fragment decodes fully"
+    );
     // New uploads continue the numbering after the recovered fragments.
     let acks = put_with_gst_curl(&server, "crash", 30, 30, false);
-    let next = acks_of(&acks, "PERSISTED")[0]["FragmentNumber"].as_str().unwrap().to_string();
+    let next = acks_of(&acks, "PERSISTED")[0]["FragmentNumber"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(listed.iter().all(|n| *n < next), "{next} after {listed:?}");
 }

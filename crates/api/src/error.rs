@@ -45,12 +45,22 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         use StatusCode as S;
         match e {
-            EngineError::ResourceNotFound(m) => Self::new(S::NOT_FOUND, "ResourceNotFoundException", m),
+            EngineError::ResourceNotFound(m) => {
+                Self::new(S::NOT_FOUND, "ResourceNotFoundException", m)
+            }
             EngineError::ResourceInUse(m) => Self::new(S::BAD_REQUEST, "ResourceInUseException", m),
-            EngineError::InvalidArgument(m) => Self::new(S::BAD_REQUEST, "InvalidArgumentException", m),
-            EngineError::VersionMismatch(m) => Self::new(S::BAD_REQUEST, "VersionMismatchException", m),
-            EngineError::NoDataRetention(m) => Self::new(S::BAD_REQUEST, "NoDataRetentionException", m),
-            EngineError::ClientLimitExceeded(m) => Self::new(S::BAD_REQUEST, "ClientLimitExceededException", m),
+            EngineError::InvalidArgument(m) => {
+                Self::new(S::BAD_REQUEST, "InvalidArgumentException", m)
+            }
+            EngineError::VersionMismatch(m) => {
+                Self::new(S::BAD_REQUEST, "VersionMismatchException", m)
+            }
+            EngineError::NoDataRetention(m) => {
+                Self::new(S::BAD_REQUEST, "NoDataRetentionException", m)
+            }
+            EngineError::ClientLimitExceeded(m) => {
+                Self::new(S::BAD_REQUEST, "ClientLimitExceededException", m)
+            }
             EngineError::Storage(e) => {
                 tracing::error!(error = %e, "storage failure");
                 Self::internal()
@@ -63,7 +73,11 @@ impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         // The Kinesis Video services model NotAuthorizedException for
         // callers they cannot authenticate; we answer it with 403.
-        Self::new(StatusCode::FORBIDDEN, "NotAuthorizedException", e.to_string())
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "NotAuthorizedException",
+            e.to_string(),
+        )
     }
 }
 

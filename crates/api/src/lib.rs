@@ -66,7 +66,11 @@ async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn unknown_operation() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "UnknownOperationException", "no such operation")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "UnknownOperationException",
+        "no such operation",
+    )
 }
 
 /// Serves until `shutdown` resolves.
@@ -75,7 +79,9 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Routes whose request body is a long-lived stream: their payload is
@@ -94,11 +100,18 @@ async fn authenticate(State(state): State<Arc<AppState>>, req: Request, next: Ne
         .map(str::to_owned);
     let streaming = is_streaming_upload(parts.uri.path());
     let (payload_hash, mut body) = if streaming {
-        (claimed.clone().unwrap_or_else(|| sigv4::EMPTY_SHA256.to_string()), body)
+        (
+            claimed
+                .clone()
+                .unwrap_or_else(|| sigv4::EMPTY_SHA256.to_string()),
+            body,
+        )
     } else {
         let bytes = match axum::body::to_bytes(body, MAX_JSON_BODY).await {
             Ok(b) => b,
-            Err(_) => return ApiError::invalid("request body too large or unreadable").into_response(),
+            Err(_) => {
+                return ApiError::invalid("request body too large or unreadable").into_response();
+            }
         };
         let actual = hex::encode(Sha256::digest(&bytes));
         let hash = match claimed.clone() {

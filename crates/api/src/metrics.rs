@@ -39,14 +39,34 @@ impl Metrics {
         let put_media_sessions = Family::<StreamLabel, Gauge>::default();
         let outgoing_bytes = Family::<StreamLabel, Counter>::default();
         // Seconds from a fragment's last byte to its PERSISTED ack: 0.5 ms .. ~4 s.
-        let persisted_ack_latency = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-            0.0005, 2.0, 14,
-        ));
-        registry.register("incoming_bytes", "PutMedia bytes received", incoming_bytes.clone());
-        registry.register("incoming_fragments", "Fragments persisted", incoming_fragments.clone());
-        registry.register("put_media_errors", "PutMedia ERROR acks by code", put_media_errors.clone());
-        registry.register("put_media_sessions", "Open PutMedia uploads", put_media_sessions.clone());
-        registry.register("outgoing_bytes", "GetMedia bytes sent", outgoing_bytes.clone());
+        let persisted_ack_latency = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 14),
+        );
+        registry.register(
+            "incoming_bytes",
+            "PutMedia bytes received",
+            incoming_bytes.clone(),
+        );
+        registry.register(
+            "incoming_fragments",
+            "Fragments persisted",
+            incoming_fragments.clone(),
+        );
+        registry.register(
+            "put_media_errors",
+            "PutMedia ERROR acks by code",
+            put_media_errors.clone(),
+        );
+        registry.register(
+            "put_media_sessions",
+            "Open PutMedia uploads",
+            put_media_sessions.clone(),
+        );
+        registry.register(
+            "outgoing_bytes",
+            "GetMedia bytes sent",
+            outgoing_bytes.clone(),
+        );
         registry.register(
             "persisted_ack_latency_seconds",
             "Time from a fragment's last byte to its PERSISTED ack",

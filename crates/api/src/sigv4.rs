@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{SignableBody, SignableRequest, SignatureLocation, SigningSettings, sign};
+use aws_sigv4::http_request::{
+    SignableBody, SignableRequest, SignatureLocation, SigningSettings, sign,
+};
 use aws_sigv4::sign::v4;
 use http::HeaderMap;
 use subtle::ConstantTimeEq;
@@ -90,10 +92,17 @@ struct Scope<'a> {
 
 fn parse_credential(cred: &str) -> Result<Scope<'_>, AuthError> {
     let mut it = cred.split('/');
-    let (Some(key), Some(date), Some(region), Some(service), Some("aws4_request"), None) =
-        (it.next(), it.next(), it.next(), it.next(), it.next(), it.next())
-    else {
-        return Err(AuthError::Malformed("Credential must be KEY/DATE/REGION/SERVICE/aws4_request"));
+    let (Some(key), Some(date), Some(region), Some(service), Some("aws4_request"), None) = (
+        it.next(),
+        it.next(),
+        it.next(),
+        it.next(),
+        it.next(),
+        it.next(),
+    ) else {
+        return Err(AuthError::Malformed(
+            "Credential must be KEY/DATE/REGION/SERVICE/aws4_request",
+        ));
     };
     Ok(Scope {
         key,
@@ -106,7 +115,8 @@ fn parse_credential(cred: &str) -> Result<Scope<'_>, AuthError> {
 /// Parses `YYYYMMDD'T'HHMMSS'Z'`.
 pub fn parse_amz_date(s: &str) -> Result<SystemTime, AuthError> {
     let format = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
-    let dt = time::PrimitiveDateTime::parse(s, format).map_err(|_| AuthError::Malformed("X-Amz-Date"))?;
+    let dt = time::PrimitiveDateTime::parse(s, format)
+        .map_err(|_| AuthError::Malformed("X-Amz-Date"))?;
     Ok(dt.assume_utc().into())
 }
 
@@ -115,7 +125,11 @@ fn check_skew(t: SystemTime, now: SystemTime) -> Result<(), AuthError> {
         .duration_since(t)
         .or_else(|_| t.duration_since(now))
         .unwrap_or_default();
-    if skew > MAX_SKEW { Err(AuthError::Stale) } else { Ok(()) }
+    if skew > MAX_SKEW {
+        Err(AuthError::Stale)
+    } else {
+        Ok(())
+    }
 }
 
 fn decode_query_value(v: &str) -> String {
@@ -125,7 +139,10 @@ fn decode_query_value(v: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                match u8::from_str_radix(
+                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                    16,
+                ) {
                     Ok(b) => {
                         out.push(b);
                         i += 3;
@@ -144,19 +161,33 @@ fn decode_query_value(v: &str) -> String {
 
 /// Verifies a request signed in its `Authorization` header, or presigned in
 /// its query string. `now` is the server's wall clock.
-pub fn verify(keys: &KeyStore, req: &RequestParts<'_>, now: SystemTime) -> Result<Principal, AuthError> {
-    let auth = req.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+pub fn verify(
+    keys: &KeyStore,
+    req: &RequestParts<'_>,
+    now: SystemTime,
+) -> Result<Principal, AuthError> {
+    let auth = req
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let presigned = req
         .query
         .is_some_and(|q| q.split('&').any(|p| p.starts_with("X-Amz-Signature=")));
     match (auth, presigned) {
         (Some(auth), _) => verify_header(keys, req, auth, now),
         (None, true) => verify_presigned(keys, req, now),
-        (None, false) => Err(AuthError::Missing("the Authorization header or a presigned query")),
+        (None, false) => Err(AuthError::Missing(
+            "the Authorization header or a presigned query",
+        )),
     }
 }
 
-fn verify_header(keys: &KeyStore, req: &RequestParts<'_>, auth: &str, now: SystemTime) -> Result<Principal, AuthError> {
+fn verify_header(
+    keys: &KeyStore,
+    req: &RequestParts<'_>,
+    auth: &str,
+    now: SystemTime,
+) -> Result<Principal, AuthError> {
     let rest = auth
         .strip_prefix("AWS4-HMAC-SHA256 ")
         .ok_or(AuthError::Malformed("only AWS4-HMAC-SHA256 is supported"))?;
@@ -183,7 +214,9 @@ fn verify_header(keys: &KeyStore, req: &RequestParts<'_>, auth: &str, now: Syste
         .ok_or(AuthError::Missing("X-Amz-Date"))?;
     let time = parse_amz_date(date)?;
     if !date.starts_with(scope.date) {
-        return Err(AuthError::Malformed("credential scope date differs from X-Amz-Date"));
+        return Err(AuthError::Malformed(
+            "credential scope date differs from X-Amz-Date",
+        ));
     }
     check_skew(time, now)?;
     let secret = keys.secret(scope.key).ok_or(AuthError::UnknownKey)?;
@@ -201,14 +234,22 @@ fn verify_header(keys: &KeyStore, req: &RequestParts<'_>, auth: &str, now: Syste
     })
 }
 
-fn verify_presigned(keys: &KeyStore, req: &RequestParts<'_>, now: SystemTime) -> Result<Principal, AuthError> {
+fn verify_presigned(
+    keys: &KeyStore,
+    req: &RequestParts<'_>,
+    now: SystemTime,
+) -> Result<Principal, AuthError> {
     let query = req.query.unwrap_or_default();
     let mut params: HashMap<&str, String> = HashMap::new();
     let mut rest = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
-            "X-Amz-Algorithm" | "X-Amz-Credential" | "X-Amz-Date" | "X-Amz-Expires" | "X-Amz-SignedHeaders"
+            "X-Amz-Algorithm"
+            | "X-Amz-Credential"
+            | "X-Amz-Date"
+            | "X-Amz-Expires"
+            | "X-Amz-SignedHeaders"
             | "X-Amz-Signature" => {
                 params.insert(k, decode_query_value(v));
             }
@@ -216,11 +257,17 @@ fn verify_presigned(keys: &KeyStore, req: &RequestParts<'_>, now: SystemTime) ->
         }
     }
     if params.get("X-Amz-Algorithm").map(String::as_str) != Some("AWS4-HMAC-SHA256") {
-        return Err(AuthError::Malformed("X-Amz-Algorithm must be AWS4-HMAC-SHA256"));
+        return Err(AuthError::Malformed(
+            "X-Amz-Algorithm must be AWS4-HMAC-SHA256",
+        ));
     }
-    let credential = params.get("X-Amz-Credential").ok_or(AuthError::Malformed("X-Amz-Credential"))?;
+    let credential = params
+        .get("X-Amz-Credential")
+        .ok_or(AuthError::Malformed("X-Amz-Credential"))?;
     let scope = parse_credential(credential)?;
-    let date = params.get("X-Amz-Date").ok_or(AuthError::Malformed("X-Amz-Date"))?;
+    let date = params
+        .get("X-Amz-Date")
+        .ok_or(AuthError::Malformed("X-Amz-Date"))?;
     let time = parse_amz_date(date)?;
     let expires: u64 = params
         .get("X-Amz-Expires")
@@ -230,7 +277,9 @@ fn verify_presigned(keys: &KeyStore, req: &RequestParts<'_>, now: SystemTime) ->
     let signed_headers = params
         .get("X-Amz-SignedHeaders")
         .ok_or(AuthError::Malformed("X-Amz-SignedHeaders"))?;
-    let signature = params.get("X-Amz-Signature").ok_or(AuthError::Malformed("X-Amz-Signature"))?;
+    let signature = params
+        .get("X-Amz-Signature")
+        .ok_or(AuthError::Malformed("X-Amz-Signature"))?;
     if time > now + MAX_SKEW {
         return Err(AuthError::Stale);
     }
@@ -243,7 +292,15 @@ fn verify_presigned(keys: &KeyStore, req: &RequestParts<'_>, now: SystemTime) ->
     settings.signature_location = SignatureLocation::QueryParams;
     settings.expires_in = Some(Duration::from_secs(expires));
     let remaining = (!rest.is_empty()).then(|| Cow::Owned(rest.join("&")));
-    let expected = compute(req, remaining, signed_headers, &scope, secret, time, settings)?;
+    let expected = compute(
+        req,
+        remaining,
+        signed_headers,
+        &scope,
+        secret,
+        time,
+        settings,
+    )?;
     compare(&expected, signature)?;
     Ok(Principal {
         access_key_id: scope.key.to_string(),
@@ -287,7 +344,9 @@ fn compute(
             .filter_map(|v| v.to_str().ok())
             .collect();
         if values.is_empty() {
-            return Err(AuthError::Malformed("a signed header is missing from the request"));
+            return Err(AuthError::Malformed(
+                "a signed header is missing from the request",
+            ));
         }
         for v in values {
             headers.push((name, v));
@@ -314,7 +373,8 @@ fn compute(
     };
     let signable = SignableRequest::new(req.method, uri, headers.into_iter(), body)
         .map_err(|_| AuthError::Malformed("request cannot be canonicalised"))?;
-    let output = sign(signable, &params).map_err(|_| AuthError::Malformed("request cannot be canonicalised"))?;
+    let output = sign(signable, &params)
+        .map_err(|_| AuthError::Malformed("request cannot be canonicalised"))?;
     Ok(output.signature().to_string())
 }
 
@@ -354,7 +414,10 @@ mod tests {
         // The same request with a different secret, key, body or clock fails.
         let other = KeyStore::new([("AKIDEXAMPLE".to_string(), "wrong".to_string())]);
         assert_eq!(verify(&other, &req, now), Err(AuthError::BadSignature));
-        assert_eq!(verify(&KeyStore::default(), &req, now), Err(AuthError::UnknownKey));
+        assert_eq!(
+            verify(&KeyStore::default(), &req, now),
+            Err(AuthError::UnknownKey)
+        );
         let tampered = RequestParts {
             payload_hash: "00",
             ..req
@@ -382,7 +445,10 @@ mod tests {
 
     #[test]
     fn query_values_are_percent_decoded() {
-        assert_eq!(decode_query_value("AKID%2F20150830%2Fus-east-1"), "AKID/20150830/us-east-1");
+        assert_eq!(
+            decode_query_value("AKID%2F20150830%2Fus-east-1"),
+            "AKID/20150830/us-east-1"
+        );
         assert_eq!(decode_query_value("a%2"), "a%2");
     }
 }

@@ -17,8 +17,8 @@ use axum::routing::post;
 use futures::StreamExt;
 use kinema_archive::chunks::{ChunkWriter, TagStyle};
 use kinema_engine::{
-    AckError, EngineError, FragmentMeta, IngestEvent, PutMediaSession, StartSelector, StreamInfo, StreamUpdate,
-    TimeKind, TimecodeType, fragment_number_string, now_ms, parse_fragment_number,
+    AckError, EngineError, FragmentMeta, IngestEvent, PutMediaSession, StartSelector, StreamInfo,
+    StreamUpdate, TimeKind, TimecodeType, fragment_number_string, now_ms, parse_fragment_number,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -47,7 +47,10 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/putMedia", post(put_media))
         .route("/getMedia", post(get_media))
         .route("/listFragments", post(list_fragments))
-        .route("/getMediaForFragmentList", post(get_media_for_fragment_list))
+        .route(
+            "/getMediaForFragmentList",
+            post(get_media_for_fragment_list),
+        )
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
@@ -81,7 +84,9 @@ impl<'de> Deserialize<'de> for Timestamp {
             _ => None,
         };
         match secs {
-            Some(s) if s.is_finite() && s.abs() < 1e13 => Ok(Timestamp((s * 1000.0).round() as i64)),
+            Some(s) if s.is_finite() && s.abs() < 1e13 => {
+                Ok(Timestamp((s * 1000.0).round() as i64))
+            }
             _ => Err(serde::de::Error::custom("invalid timestamp")),
         }
     }
@@ -113,7 +118,11 @@ fn stream_info_json(i: &StreamInfo) -> Value {
         "CreationTime": epoch_seconds(i.creation_ms),
         "DataRetentionInHours": i.retention_hours,
     });
-    for (k, val) in [("DeviceName", &i.device_name), ("MediaType", &i.media_type), ("KmsKeyId", &i.kms_key_id)] {
+    for (k, val) in [
+        ("DeviceName", &i.device_name),
+        ("MediaType", &i.media_type),
+        ("KmsKeyId", &i.kms_key_id),
+    ] {
         if let Some(val) = val {
             v[k] = json!(val);
         }
@@ -137,16 +146,27 @@ struct CreateStreamInput {
 
 async fn create_stream(State(st): St, body: Bytes) -> Result<Response, ApiError> {
     let input: CreateStreamInput = parse(&body)?;
-    let name = input.stream_name.ok_or_else(|| ApiError::invalid("StreamName is required"))?;
+    let name = input
+        .stream_name
+        .ok_or_else(|| ApiError::invalid("StreamName is required"))?;
     let retention = match input.data_retention_in_hours {
         Some(h) if !(0..=87_600).contains(&h) => {
-            return Err(ApiError::invalid("DataRetentionInHours must be between 0 and 87600"));
+            return Err(ApiError::invalid(
+                "DataRetentionInHours must be between 0 and 87600",
+            ));
         }
         h => h.map(|h| h as u32),
     };
     let info = st
         .engine
-        .create_stream(&name, input.device_name, input.media_type, input.kms_key_id, retention, input.tags)
+        .create_stream(
+            &name,
+            input.device_name,
+            input.media_type,
+            input.kms_key_id,
+            retention,
+            input.tags,
+        )
         .await?;
     Ok(ok(json!({ "StreamARN": info.arn })))
 }
@@ -188,8 +208,11 @@ async fn list_streams(State(st): St, body: Bytes) -> Result<Response, ApiError> 
         None => None,
     };
     let after = input.next_token.as_deref().map(decode_token).transpose()?;
-    let (page, more) = st.engine.list_streams(prefix, after.as_deref(), max as usize);
-    let mut out = json!({ "StreamInfoList": page.iter().map(stream_info_json).collect::<Vec<_>>() });
+    let (page, more) = st
+        .engine
+        .list_streams(prefix, after.as_deref(), max as usize);
+    let mut out =
+        json!({ "StreamInfoList": page.iter().map(stream_info_json).collect::<Vec<_>>() });
     if more {
         if let Some(last) = page.last() {
             out["NextToken"] = json!(encode_token(&last.name));
@@ -249,8 +272,12 @@ struct DeleteStreamInput {
 
 async fn delete_stream(State(st): St, body: Bytes) -> Result<Response, ApiError> {
     let input: DeleteStreamInput = parse(&body)?;
-    let arn = input.stream_arn.ok_or_else(|| ApiError::invalid("StreamARN is required"))?;
-    st.engine.delete_stream(&arn, input.current_version.as_deref()).await?;
+    let arn = input
+        .stream_arn
+        .ok_or_else(|| ApiError::invalid("StreamARN is required"))?;
+    st.engine
+        .delete_stream(&arn, input.current_version.as_deref())
+        .await?;
     Ok(ok(json!({})))
 }
 
@@ -280,10 +307,20 @@ async fn update_data_retention(State(st): St, body: Bytes) -> Result<Response, A
     };
     let change = match input.data_retention_change_in_hours {
         Some(h) if (1..=87_600).contains(&h) => h as u32,
-        _ => return Err(ApiError::invalid("DataRetentionChangeInHours must be between 1 and 87600")),
+        _ => {
+            return Err(ApiError::invalid(
+                "DataRetentionChangeInHours must be between 1 and 87600",
+            ));
+        }
     };
     st.engine
-        .update_data_retention(input.stream.name(), input.stream.arn(), &version, increase, change)
+        .update_data_retention(
+            input.stream.name(),
+            input.stream.arn(),
+            &version,
+            increase,
+            change,
+        )
         .await?;
     Ok(ok(json!({})))
 }
@@ -299,8 +336,12 @@ struct TagInput {
 
 async fn tag_stream(State(st): St, body: Bytes) -> Result<Response, ApiError> {
     let input: TagInput = parse(&body)?;
-    let tags = input.tags.ok_or_else(|| ApiError::invalid("Tags is required"))?;
-    st.engine.tag_stream(input.stream.name(), input.stream.arn(), tags).await?;
+    let tags = input
+        .tags
+        .ok_or_else(|| ApiError::invalid("Tags is required"))?;
+    st.engine
+        .tag_stream(input.stream.name(), input.stream.arn(), tags)
+        .await?;
     Ok(ok(json!({})))
 }
 
@@ -309,7 +350,9 @@ async fn untag_stream(State(st): St, body: Bytes) -> Result<Response, ApiError> 
     let keys = input
         .tag_key_list
         .ok_or_else(|| ApiError::invalid("TagKeyList is required"))?;
-    st.engine.untag_stream(input.stream.name(), input.stream.arn(), &keys).await?;
+    st.engine
+        .untag_stream(input.stream.name(), input.stream.arn(), &keys)
+        .await?;
     Ok(ok(json!({})))
 }
 
@@ -339,13 +382,23 @@ struct DataEndpointInput {
     api_name: Option<String>,
 }
 
-async fn get_data_endpoint(State(st): St, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn get_data_endpoint(
+    State(st): St,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let input: DataEndpointInput = parse(&body)?;
     match input.api_name.as_deref() {
         Some(n) if API_NAMES.contains(&n) => {}
-        _ => return Err(ApiError::invalid(format!("APIName must be one of {}", API_NAMES.join(", ")))),
+        _ => {
+            return Err(ApiError::invalid(format!(
+                "APIName must be one of {}",
+                API_NAMES.join(", ")
+            )));
+        }
     }
-    st.engine.describe_stream(input.stream.name(), input.stream.arn())?;
+    st.engine
+        .describe_stream(input.stream.name(), input.stream.arn())?;
     let endpoint = match &st.public_url {
         Some(u) => u.trim_end_matches('/').to_string(),
         None => {
@@ -369,7 +422,8 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 fn parse_start_timestamp(s: &str) -> Option<i128> {
     let (secs, frac) = s.trim().split_once('.').unwrap_or((s.trim(), ""));
     let secs: i128 = secs.parse().ok()?;
-    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) || !(0..1 << 40).contains(&secs) {
+    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) || !(0..1 << 40).contains(&secs)
+    {
         return None;
     }
     let frac_ns: i128 = if frac.is_empty() {
@@ -401,7 +455,9 @@ async fn put_media(State(st): St, headers: HeaderMap, body: Body) -> Result<Resp
     let name = header(&headers, "x-amzn-stream-name");
     let arn = header(&headers, "x-amzn-stream-arn");
     if name.is_some() && arn.is_some() {
-        return Err(ApiError::invalid("specify x-amzn-stream-name or x-amzn-stream-arn, not both"));
+        return Err(ApiError::invalid(
+            "specify x-amzn-stream-name or x-amzn-stream-arn, not both",
+        ));
     }
     let timecode_type = match header(&headers, "x-amzn-fragment-timecode-type") {
         Some("ABSOLUTE") => TimecodeType::Absolute,
@@ -413,11 +469,14 @@ async fn put_media(State(st): St, headers: HeaderMap, body: Body) -> Result<Resp
         }
     };
     let start_ns = match header(&headers, "x-amzn-producer-start-timestamp") {
-        Some(s) => parse_start_timestamp(s)
-            .ok_or_else(|| ApiError::invalid("x-amzn-producer-start-timestamp must be decimal epoch seconds"))?,
+        Some(s) => parse_start_timestamp(s).ok_or_else(|| {
+            ApiError::invalid("x-amzn-producer-start-timestamp must be decimal epoch seconds")
+        })?,
         None => now_ms() as i128 * 1_000_000,
     };
-    let session = st.engine.begin_put_media(name, arn, timecode_type, start_ns)?;
+    let session = st
+        .engine
+        .begin_put_media(name, arn, timecode_type, start_ns)?;
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(ingest(st.clone(), session, body, tx));
     let stream = tokio_stream_from(rx);
@@ -428,7 +487,9 @@ async fn put_media(State(st): St, headers: HeaderMap, body: Body) -> Result<Resp
         .expect("static response parts are valid"))
 }
 
-fn tokio_stream_from(mut rx: mpsc::Receiver<Bytes>) -> impl futures::Stream<Item = Result<Bytes, Infallible>> {
+fn tokio_stream_from(
+    mut rx: mpsc::Receiver<Bytes>,
+) -> impl futures::Stream<Item = Result<Bytes, Infallible>> {
     async_stream::stream! {
         while let Some(b) = rx.recv().await {
             yield Ok(b);
@@ -437,7 +498,12 @@ fn tokio_stream_from(mut rx: mpsc::Receiver<Bytes>) -> impl futures::Stream<Item
 }
 
 /// Reads one PutMedia upload to its end, persisting fragments and sending acks.
-async fn ingest(st: Arc<AppState>, mut session: PutMediaSession, body: Body, tx: mpsc::Sender<Bytes>) {
+async fn ingest(
+    st: Arc<AppState>,
+    mut session: PutMediaSession,
+    body: Body,
+    tx: mpsc::Sender<Bytes>,
+) {
     let stream = session.stream_name();
     let labels = label(&stream);
     st.metrics.put_media_sessions.get_or_create(&labels).inc();
@@ -483,7 +549,12 @@ async fn ingest(st: Arc<AppState>, mut session: PutMediaSession, body: Body, tx:
 
 /// Sends the acks for everything the session produced. Returns false when
 /// the upload must end.
-async fn drain(st: &AppState, session: &mut PutMediaSession, tx: &mpsc::Sender<Bytes>, stream: &str) -> bool {
+async fn drain(
+    st: &AppState,
+    session: &mut PutMediaSession,
+    tx: &mpsc::Sender<Bytes>,
+    stream: &str,
+) -> bool {
     while let Some(ev) = session.poll() {
         match ev {
             IngestEvent::Buffering { timecode } => {
@@ -495,9 +566,14 @@ async fn drain(st: &AppState, session: &mut PutMediaSession, tx: &mpsc::Sender<B
                 let _ = tx.send(ack("RECEIVED", Some(timecode), None, None)).await;
                 match session.persist(frag).await {
                     Ok(meta) => {
-                        st.metrics.incoming_fragments.get_or_create(&label(stream)).inc();
+                        st.metrics
+                            .incoming_fragments
+                            .get_or_create(&label(stream))
+                            .inc();
                         if session.acks_persisted() {
-                            let _ = tx.send(ack("PERSISTED", Some(timecode), Some(meta.number), None)).await;
+                            let _ = tx
+                                .send(ack("PERSISTED", Some(timecode), Some(meta.number), None))
+                                .await;
                             st.metrics
                                 .persisted_ack_latency
                                 .observe(received_at.elapsed().as_secs_f64());
@@ -510,12 +586,18 @@ async fn drain(st: &AppState, session: &mut PutMediaSession, tx: &mpsc::Sender<B
                         };
                         tracing::error!(%stream, error = %e, "failed to persist a fragment");
                         count_error(st, stream, code);
-                        let _ = tx.send(ack("ERROR", Some(timecode), None, Some(code))).await;
+                        let _ = tx
+                            .send(ack("ERROR", Some(timecode), None, Some(code)))
+                            .await;
                         return false;
                     }
                 }
             }
-            IngestEvent::Error { error, timecode, detail } => {
+            IngestEvent::Error {
+                error,
+                timecode,
+                detail,
+            } => {
                 tracing::info!(%stream, code = error.code(), %detail, "PutMedia upload refused");
                 count_error(st, stream, error);
                 let _ = tx.send(ack("ERROR", timecode, None, Some(error))).await;
@@ -569,7 +651,10 @@ fn media_response(
     let labels = label(&stream);
     let counted = body.map(move |b| {
         if let Ok(b) = &b {
-            metrics.outgoing_bytes.get_or_create(&labels).inc_by(b.len() as u64);
+            metrics
+                .outgoing_bytes
+                .get_or_create(&labels)
+                .inc_by(b.len() as u64);
         }
         b
     });
@@ -586,9 +671,9 @@ async fn get_media(State(st): St, body: Bytes) -> Result<Response, ApiError> {
         .start_selector
         .ok_or_else(|| ApiError::invalid("StartSelector is required"))?;
     let need_ts = || {
-        sel.start_timestamp
-            .map(|t| t.0)
-            .ok_or_else(|| ApiError::invalid("StartTimestamp is required for this StartSelectorType"))
+        sel.start_timestamp.map(|t| t.0).ok_or_else(|| {
+            ApiError::invalid("StartTimestamp is required for this StartSelectorType")
+        })
     };
     let selector = match sel.start_selector_type.as_deref() {
         Some("NOW") => StartSelector::Now,
@@ -605,7 +690,9 @@ async fn get_media(State(st): St, body: Bytes) -> Result<Response, ApiError> {
         )?),
         _ => return Err(ApiError::invalid("StartSelectorType is missing or unknown")),
     };
-    let info = st.engine.describe_stream(input.stream.name(), input.stream.arn())?;
+    let info = st
+        .engine
+        .describe_stream(input.stream.name(), input.stream.arn())?;
     let mut reader = st.engine.get_media(Some(&info.name), None, selector)?;
     let mut shutdown = st.shutdown.clone();
     let out = async_stream::stream! {
@@ -692,7 +779,9 @@ async fn list_fragments(State(st): St, body: Bytes) -> Result<Response, ApiError
                 .timestamp_range
                 .ok_or_else(|| ApiError::invalid("TimestampRange is required"))?;
             let (Some(start), Some(end)) = (r.start_timestamp, r.end_timestamp) else {
-                return Err(ApiError::invalid("StartTimestamp and EndTimestamp are required"));
+                return Err(ApiError::invalid(
+                    "StartTimestamp and EndTimestamp are required",
+                ));
             };
             Some((kind, start.0, end.0))
         }
@@ -704,7 +793,8 @@ async fn list_fragments(State(st): St, body: Bytes) -> Result<Response, ApiError
         max as usize,
         input.next_token.as_deref(),
     )?;
-    let mut out = json!({ "Fragments": page.fragments.iter().map(fragment_json).collect::<Vec<_>>() });
+    let mut out =
+        json!({ "Fragments": page.fragments.iter().map(fragment_json).collect::<Vec<_>>() });
     if let Some(t) = page.next_token {
         out["NextToken"] = json!(t);
     }
@@ -721,16 +811,24 @@ struct FragmentListInput {
 
 async fn get_media_for_fragment_list(State(st): St, body: Bytes) -> Result<Response, ApiError> {
     let input: FragmentListInput = parse(&body)?;
-    let list = input.fragments.ok_or_else(|| ApiError::invalid("Fragments is required"))?;
+    let list = input
+        .fragments
+        .ok_or_else(|| ApiError::invalid("Fragments is required"))?;
     if list.is_empty() || list.len() > 1000 {
-        return Err(ApiError::invalid("Fragments must hold 1 to 1000 fragment numbers"));
+        return Err(ApiError::invalid(
+            "Fragments must hold 1 to 1000 fragment numbers",
+        ));
     }
     let numbers = list
         .iter()
         .map(|s| fragment_number(Some(s), "each of Fragments"))
         .collect::<Result<Vec<_>, _>>()?;
-    let info = st.engine.describe_stream(input.stream.name(), input.stream.arn())?;
-    let (metas, reader) = st.engine.fragments_by_number(Some(&info.name), None, &numbers)?;
+    let info = st
+        .engine
+        .describe_stream(input.stream.name(), input.stream.arn())?;
+    let (metas, reader) = st
+        .engine
+        .fragments_by_number(Some(&info.name), None, &numbers)?;
     let out = async_stream::stream! {
         let mut writer = ChunkWriter::new();
         for meta in metas {
@@ -757,8 +855,14 @@ mod tests {
 
     #[test]
     fn start_timestamps_parse_as_decimal_seconds() {
-        assert_eq!(parse_start_timestamp("1700000000"), Some(1_700_000_000_000_000_000));
-        assert_eq!(parse_start_timestamp("1700000000.25"), Some(1_700_000_000_250_000_000));
+        assert_eq!(
+            parse_start_timestamp("1700000000"),
+            Some(1_700_000_000_000_000_000)
+        );
+        assert_eq!(
+            parse_start_timestamp("1700000000.25"),
+            Some(1_700_000_000_250_000_000)
+        );
         assert_eq!(parse_start_timestamp("17x"), None);
         assert_eq!(parse_start_timestamp("-5"), None);
     }
@@ -770,7 +874,9 @@ mod tests {
         assert_eq!(v["EventType"], "PERSISTED");
         assert_eq!(v["FragmentTimecode"], 1000);
         assert_eq!(v["FragmentNumber"], "00000000000000000007");
-        let err: Value = serde_json::from_slice(&ack("ERROR", None, None, Some(AckError::InvalidMkvData))).unwrap();
+        let err: Value =
+            serde_json::from_slice(&ack("ERROR", None, None, Some(AckError::InvalidMkvData)))
+                .unwrap();
         assert_eq!(err["ErrorId"], 4006);
         assert_eq!(err["ErrorCode"], "INVALID_MKV_DATA");
     }

@@ -220,7 +220,12 @@ mod tests {
     fn catalog() -> Catalog {
         let mut c = Catalog::new();
         for i in 0..10 {
-            c.append(frag(i + 1, 10_000 + i as i64 * 1000, 50_000 + i as i64 * 1000)).unwrap();
+            c.append(frag(
+                i + 1,
+                10_000 + i as i64 * 1000,
+                50_000 + i as i64 * 1000,
+            ))
+            .unwrap();
         }
         c
     }
@@ -239,7 +244,10 @@ mod tests {
     #[test]
     fn range_is_inclusive_and_pages() {
         let c = catalog();
-        let all: Vec<u64> = c.range(TimeKind::Server, 51_000, 53_000, None).map(|f| f.number).collect();
+        let all: Vec<u64> = c
+            .range(TimeKind::Server, 51_000, 53_000, None)
+            .map(|f| f.number)
+            .collect();
         assert_eq!(all, [2, 3, 4]);
         let page: Vec<u64> = c
             .range(TimeKind::Server, 51_000, 53_000, Some((52_000, 3)))

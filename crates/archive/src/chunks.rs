@@ -64,7 +64,9 @@ impl ChunkWriter {
         style: TagStyle,
         now_ms: i64,
     ) -> Result<Vec<Bytes>, ChunkError> {
-        let (header, cluster) = split(object, meta).ok_or(ChunkError::BadObject { number: meta.number })?;
+        let (header, cluster) = split(object, meta).ok_or(ChunkError::BadObject {
+            number: meta.number,
+        })?;
         let mut out = Vec::with_capacity(5);
         if self.open_header.as_ref() != Some(&header) {
             let mut start = kinema_mkv::ebml_header();
@@ -158,7 +160,11 @@ mod tests {
     fn stream_reads_back_as_one_document_with_tags_between_clusters() {
         let mut w = ChunkWriter::new();
         let mut stream = Vec::new();
-        for (codec, tc) in [(&b"V_MPEG4/ISO/AVC"[..], 1000), (b"V_MPEG4/ISO/AVC", 2000), (b"V_MPEGH/ISO/HEVC", 3000)] {
+        for (codec, tc) in [
+            (&b"V_MPEG4/ISO/AVC"[..], 1000),
+            (b"V_MPEG4/ISO/AVC", 2000),
+            (b"V_MPEGH/ISO/HEVC", 3000),
+        ] {
             let (obj, meta) = stored(codec, tc);
             for b in w.fragment(&obj, &meta, TagStyle::GetMedia, 5000).unwrap() {
                 stream.extend_from_slice(&b);
@@ -176,7 +182,18 @@ mod tests {
                 _ => {}
             }
         }
-        assert_eq!(seen, ["ebml", "V_MPEG4/ISO/AVC", "1000", "2000", "ebml", "V_MPEGH/ISO/HEVC", "3000"]);
+        assert_eq!(
+            seen,
+            [
+                "ebml",
+                "V_MPEG4/ISO/AVC",
+                "1000",
+                "2000",
+                "ebml",
+                "V_MPEGH/ISO/HEVC",
+                "3000"
+            ]
+        );
         let text = String::from_utf8_lossy(&stream);
         assert!(text.contains("AWS_KINESISVIDEO_CONTINUATION_TOKEN"));
         assert!(text.contains("00000000000000002000"));

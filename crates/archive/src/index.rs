@@ -88,7 +88,8 @@ pub fn decode_log(bytes: &[u8]) -> (Vec<Record>, usize) {
     let mut records = Vec::new();
     let mut pos = 0;
     while bytes.len() - pos >= FRAME_HEADER {
-        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4-byte slice")) as usize;
+        let len =
+            u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4-byte slice")) as usize;
         let crc = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().expect("4-byte slice"));
         if len > MAX_PAYLOAD || bytes.len() - pos - FRAME_HEADER < len {
             break;

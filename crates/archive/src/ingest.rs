@@ -42,7 +42,9 @@ impl AckError {
             AckError::MaxFragmentSizeReached => "MAX_FRAGMENT_SIZE_REACHED",
             AckError::MaxFragmentDurationReached => "MAX_FRAGMENT_DURATION_REACHED",
             AckError::MaxConnectionDurationReached => "MAX_CONNECTION_DURATION_REACHED",
-            AckError::FragmentTimecodeLesserThanPrevious => "FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS",
+            AckError::FragmentTimecodeLesserThanPrevious => {
+                "FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS"
+            }
             AckError::InvalidMkvData => "INVALID_MKV_DATA",
             AckError::InvalidProducerTimestamp => "INVALID_PRODUCER_TIMESTAMP",
             AckError::StreamNotActive => "STREAM_NOT_ACTIVE",
@@ -218,9 +220,15 @@ impl IngestSession {
             Event::EbmlHeader { doc_type } => {
                 self.ebml_headers += 1;
                 if doc_type != "matroska" && doc_type != "webm" {
-                    self.error(AckError::InvalidMkvData, format!("unsupported DocType {doc_type:?}"));
+                    self.error(
+                        AckError::InvalidMkvData,
+                        format!("unsupported DocType {doc_type:?}"),
+                    );
                 } else if self.ebml_headers > 1 {
-                    self.error(AckError::InvalidMkvData, "a PutMedia session carries one MKV segment; a second EBML header arrived");
+                    self.error(
+                        AckError::InvalidMkvData,
+                        "a PutMedia session carries one MKV segment; a second EBML header arrived",
+                    );
                 }
             }
             Event::SegmentStart { .. } => {
@@ -228,7 +236,10 @@ impl IngestSession {
                 if self.ebml_headers == 0 {
                     self.error(AckError::InvalidMkvData, "Segment before the EBML header");
                 } else if self.segments > 1 {
-                    self.error(AckError::InvalidMkvData, "a PutMedia session carries one MKV segment; a second Segment arrived");
+                    self.error(
+                        AckError::InvalidMkvData,
+                        "a PutMedia session carries one MKV segment; a second Segment arrived",
+                    );
                 }
             }
             Event::Info { timecode_scale } => self.timecode_scale = timecode_scale,
@@ -236,7 +247,11 @@ impl IngestSession {
                 if tracks.len() > self.limits.max_tracks {
                     self.error(
                         AckError::MoreThanAllowedTracksFound,
-                        format!("{} tracks; at most {} are allowed", tracks.len(), self.limits.max_tracks),
+                        format!(
+                            "{} tracks; at most {} are allowed",
+                            tracks.len(),
+                            self.limits.max_tracks
+                        ),
                     );
                 } else if tracks.is_empty() {
                     self.error(AckError::InvalidMkvData, "Tracks element declares no track");
@@ -280,7 +295,10 @@ impl IngestSession {
                 };
                 let producer_ms = producer_ns.div_euclid(1_000_000);
                 if !(0..=i64::MAX as i128 / 2).contains(&producer_ms) {
-                    return self.error(AckError::InvalidProducerTimestamp, "producer timestamp out of range");
+                    return self.error(
+                        AckError::InvalidProducerTimestamp,
+                        "producer timestamp out of range",
+                    );
                 }
                 p.timecode = Some(tc);
                 p.producer_ms = producer_ms as i64;
@@ -305,17 +323,26 @@ impl IngestSession {
             return self.error(AckError::InvalidMkvData, "block outside a Cluster");
         };
         if p.timecode.is_none() {
-            return self.error(AckError::InvalidMkvData, "block before the Cluster Timecode");
+            return self.error(
+                AckError::InvalidMkvData,
+                "block before the Cluster Timecode",
+            );
         }
         if !declared {
             return self.error(
                 AckError::TrackNumberMismatch,
-                format!("block for track {} which Tracks does not declare", block.track),
+                format!(
+                    "block for track {} which Tracks does not declare",
+                    block.track
+                ),
             );
         }
         p.bytes += block.payload.len() as u64;
         if p.bytes > max_bytes {
-            return self.error(AckError::MaxFragmentSizeReached, format!("fragment over {max_bytes} bytes"));
+            return self.error(
+                AckError::MaxFragmentSizeReached,
+                format!("fragment over {max_bytes} bytes"),
+            );
         }
         if block.timecode as i128 * scale > max_ms * 1_000_000 {
             return self.error(
@@ -334,7 +361,10 @@ impl IngestSession {
             // An empty Cluster carries no media; nothing to store.
             return;
         };
-        let (tracks, tracks_raw) = self.tracks.clone().expect("a Cluster starts only after Tracks");
+        let (tracks, tracks_raw) = self
+            .tracks
+            .clone()
+            .expect("a Cluster starts only after Tracks");
         let scale = self.timecode_scale;
         let duration_ms = estimate_duration_ns(&p.blocks, &tracks, scale) / 1_000_000;
         // The stored Cluster is stamped with the producer timestamp in
@@ -342,9 +372,14 @@ impl IngestSession {
         let stored_tc = (p.producer_ms as u128 * 1_000_000 / scale as u128) as u64;
         let cluster = kinema_mkv::cluster(
             stored_tc,
-            p.blocks
-                .iter()
-                .map(|b| (b.track, b.timecode, b.flags | if b.keyframe { 0x80 } else { 0 }, &b.payload[..])),
+            p.blocks.iter().map(|b| {
+                (
+                    b.track,
+                    b.timecode,
+                    b.flags | if b.keyframe { 0x80 } else { 0 },
+                    &b.payload[..],
+                )
+            }),
         );
         let info = kinema_mkv::info(scale);
         let mut object = kinema_mkv::ebml_header();
@@ -385,7 +420,11 @@ fn estimate_duration_ns(blocks: &[Block], tracks: &[TrackInfo], scale: u64) -> u
         .find(|t| t.number == first_track)
         .and_then(|t| t.default_duration_ns)
         .or_else(|| {
-            let mut gaps: Vec<i64> = times.windows(2).map(|w| w[1] - w[0]).filter(|g| *g > 0).collect();
+            let mut gaps: Vec<i64> = times
+                .windows(2)
+                .map(|w| w[1] - w[0])
+                .filter(|g| *g > 0)
+                .collect();
             gaps.sort_unstable();
             gaps.get(gaps.len() / 2).map(|g| *g as u64 * scale)
         })
@@ -423,7 +462,11 @@ mod tests {
     }
 
     fn run(doc: &[u8], clean: bool) -> Vec<IngestEvent> {
-        let mut s = IngestSession::new(TimecodeType::Relative, 1_700_000_000_000_000_000, IngestLimits::default());
+        let mut s = IngestSession::new(
+            TimecodeType::Relative,
+            1_700_000_000_000_000_000,
+            IngestLimits::default(),
+        );
         s.push(doc, 5);
         if clean {
             s.finish(6);
@@ -480,20 +523,39 @@ mod tests {
         backwards.extend(cluster(1000, 1, 2));
         backwards.extend(cluster(500, 1, 2));
         let ev = run(&backwards, true);
-        assert_eq!(error(&ev), Some(AckError::FragmentTimecodeLesserThanPrevious));
-        assert_eq!(fragments(&ev).len(), 1, "the fragment before the violation is kept");
+        assert_eq!(
+            error(&ev),
+            Some(AckError::FragmentTimecodeLesserThanPrevious)
+        );
+        assert_eq!(
+            fragments(&ev).len(),
+            1,
+            "the fragment before the violation is kept"
+        );
 
         let mut four = header(4);
         four.extend(cluster(0, 1, 2));
-        assert_eq!(error(&run(&four, true)), Some(AckError::MoreThanAllowedTracksFound));
+        assert_eq!(
+            error(&run(&four, true)),
+            Some(AckError::MoreThanAllowedTracksFound)
+        );
 
         let mut undeclared = header(1);
         undeclared.extend(cluster(0, 2, 2));
-        assert_eq!(error(&run(&undeclared, true)), Some(AckError::TrackNumberMismatch));
+        assert_eq!(
+            error(&run(&undeclared, true)),
+            Some(AckError::TrackNumberMismatch)
+        );
 
         let mut long = header(1);
-        long.extend(kinema_mkv::cluster(0, [(1, 0, 0x80, &b"x"[..]), (1, 10_001, 0, &b"y"[..])]));
-        assert_eq!(error(&run(&long, true)), Some(AckError::MaxFragmentDurationReached));
+        long.extend(kinema_mkv::cluster(
+            0,
+            [(1, 0, 0x80, &b"x"[..]), (1, 10_001, 0, &b"y"[..])],
+        ));
+        assert_eq!(
+            error(&run(&long, true)),
+            Some(AckError::MaxFragmentDurationReached)
+        );
 
         let mut second = header(1);
         second.extend(cluster(0, 1, 2));
@@ -502,7 +564,10 @@ mod tests {
         assert_eq!(error(&ev), Some(AckError::InvalidMkvData));
         assert_eq!(fragments(&ev).len(), 1);
 
-        assert_eq!(error(&run(b"garbage, not matroska", true)), Some(AckError::InvalidMkvData));
+        assert_eq!(
+            error(&run(b"garbage, not matroska", true)),
+            Some(AckError::InvalidMkvData)
+        );
     }
 
     #[test]

@@ -7,11 +7,13 @@ mod clock;
 mod streams;
 
 pub use clock::now_ms;
-pub use kinema_archive::ingest::{AckError, CompletedFragment, IngestEvent, IngestLimits, TimecodeType};
+pub use kinema_archive::ingest::{
+    AckError, CompletedFragment, IngestEvent, IngestLimits, TimecodeType,
+};
 pub use kinema_archive::{FragmentMeta, TimeKind, fragment_number_string, parse_fragment_number};
 pub use streams::{
-    Engine, EngineConfig, FragmentReader, ListFragmentsPage, PutMediaSession, StartSelector, StreamInfo,
-    StreamUpdate,
+    Engine, EngineConfig, FragmentReader, ListFragmentsPage, PutMediaSession, StartSelector,
+    StreamInfo, StreamUpdate,
 };
 
 /// Errors of the engine, each a condition the API maps to an AWS error shape.

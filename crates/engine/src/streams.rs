@@ -8,7 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use kinema_archive::Catalog;
 use kinema_archive::index::Record;
-use kinema_archive::ingest::{CompletedFragment, IngestEvent, IngestLimits, IngestSession, TimecodeType};
+use kinema_archive::ingest::{
+    CompletedFragment, IngestEvent, IngestLimits, IngestSession, TimecodeType,
+};
 use kinema_archive::{FragmentMeta, TimeKind};
 use kinema_store::{IndexLog, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -183,7 +185,12 @@ impl Engine {
                     live: watch::channel(last).0,
                     producers: AtomicUsize::new(0),
                     deleted: AtomicBool::new(false),
-                    trims: AtomicUsize::new(records.iter().filter(|r| matches!(r, Record::Trim { .. })).count()),
+                    trims: AtomicUsize::new(
+                        records
+                            .iter()
+                            .filter(|r| matches!(r, Record::Trim { .. }))
+                            .count(),
+                    ),
                 }),
             );
         }
@@ -209,7 +216,10 @@ impl Engine {
 
     async fn save_meta(&self) -> Result<(), EngineError> {
         let _g = self.inner.meta_lock.lock().await;
-        let infos: Vec<StreamInfo> = read(&self.inner.streams).values().map(|s| s.info()).collect();
+        let infos: Vec<StreamInfo> = read(&self.inner.streams)
+            .values()
+            .map(|s| s.info())
+            .collect();
         self.inner.store.save_meta(META_DOC, &infos).await?;
         Ok(())
     }
@@ -282,7 +292,9 @@ impl Engine {
         {
             let mut streams = write(&self.inner.streams);
             if streams.contains_key(name) {
-                return Err(EngineError::ResourceInUse(format!("the stream {name} already exists")));
+                return Err(EngineError::ResourceInUse(format!(
+                    "the stream {name} already exists"
+                )));
             }
             if streams.len() >= self.inner.config.max_streams {
                 return Err(EngineError::ClientLimitExceeded("too many streams".into()));
@@ -305,13 +317,22 @@ impl Engine {
         Ok(info)
     }
 
-    pub fn describe_stream(&self, name: Option<&str>, arn: Option<&str>) -> Result<StreamInfo, EngineError> {
+    pub fn describe_stream(
+        &self,
+        name: Option<&str>,
+        arn: Option<&str>,
+    ) -> Result<StreamInfo, EngineError> {
         Ok(self.resolve(name, arn)?.info())
     }
 
     /// Streams in name order, after the `after` name, optionally filtered by
     /// a name prefix. Returns the page and whether more follow.
-    pub fn list_streams(&self, prefix: Option<&str>, after: Option<&str>, max: usize) -> (Vec<StreamInfo>, bool) {
+    pub fn list_streams(
+        &self,
+        prefix: Option<&str>,
+        after: Option<&str>,
+        max: usize,
+    ) -> (Vec<StreamInfo>, bool) {
         let streams = read(&self.inner.streams);
         let mut matching = streams
             .iter()
@@ -368,7 +389,9 @@ impl Engine {
             let mut info = lock(&stream.info);
             Self::check_version(&info, Some(current_version))?;
             let new = if increase {
-                info.retention_hours.checked_add(change_hours).filter(|h| *h <= 87_600)
+                info.retention_hours
+                    .checked_add(change_hours)
+                    .filter(|h| *h <= 87_600)
             } else {
                 info.retention_hours.checked_sub(change_hours)
             };
@@ -384,7 +407,11 @@ impl Engine {
         self.save_meta().await
     }
 
-    pub async fn delete_stream(&self, arn: &str, current_version: Option<&str>) -> Result<(), EngineError> {
+    pub async fn delete_stream(
+        &self,
+        arn: &str,
+        current_version: Option<&str>,
+    ) -> Result<(), EngineError> {
         let stream = self.resolve(None, Some(arn))?;
         let info = stream.info();
         Self::check_version(&info, current_version)?;
@@ -416,7 +443,12 @@ impl Engine {
         self.save_meta().await
     }
 
-    pub async fn untag_stream(&self, name: Option<&str>, arn: Option<&str>, keys: &[String]) -> Result<(), EngineError> {
+    pub async fn untag_stream(
+        &self,
+        name: Option<&str>,
+        arn: Option<&str>,
+        keys: &[String],
+    ) -> Result<(), EngineError> {
         let stream = self.resolve(name, arn)?;
         {
             let mut info = lock(&stream.info);
@@ -447,14 +479,23 @@ impl Engine {
         })
     }
 
-    async fn persist(&self, stream: &Stream, frag: CompletedFragment) -> Result<FragmentMeta, EngineError> {
+    async fn persist(
+        &self,
+        stream: &Stream,
+        frag: CompletedFragment,
+    ) -> Result<FragmentMeta, EngineError> {
         let log = stream.persist.lock().await;
         if stream.deleted.load(Ordering::SeqCst) {
-            return Err(EngineError::ResourceNotFound("the stream was deleted".into()));
+            return Err(EngineError::ResourceNotFound(
+                "the stream was deleted".into(),
+            ));
         }
         let (number, floor) = {
             let c = read(&stream.catalog);
-            (c.next_number(), c.last().map(|f| f.server_ms).unwrap_or(i64::MIN))
+            (
+                c.next_number(),
+                c.last().map(|f| f.server_ms).unwrap_or(i64::MIN),
+            )
         };
         let meta = FragmentMeta {
             number,
@@ -466,7 +507,10 @@ impl Engine {
             frames: frag.frames,
         };
         let id = stream.id();
-        self.inner.store.put_fragment(&id, number, frag.object).await?;
+        self.inner
+            .store
+            .put_fragment(&id, number, frag.object)
+            .await?;
         log.append(Record::Fragment(meta)).await?;
         write(&stream.catalog)
             .append(meta)
@@ -493,17 +537,21 @@ impl Engine {
                 StartSelector::FragmentNumber(n) => {
                     c.get(n)
                         .ok_or_else(|| {
-                            EngineError::ResourceNotFound(format!("fragment {n} does not exist in this stream"))
+                            EngineError::ResourceNotFound(format!(
+                                "fragment {n} does not exist in this stream"
+                            ))
                         })?
                         .number
                 }
                 StartSelector::ContinuationToken(n) => n.saturating_add(1),
-                StartSelector::ServerTimestamp(t) => {
-                    c.locate(TimeKind::Server, t).map(|f| f.number).unwrap_or(c.next_number())
-                }
-                StartSelector::ProducerTimestamp(t) => {
-                    c.locate(TimeKind::Producer, t).map(|f| f.number).unwrap_or(c.next_number())
-                }
+                StartSelector::ServerTimestamp(t) => c
+                    .locate(TimeKind::Server, t)
+                    .map(|f| f.number)
+                    .unwrap_or(c.next_number()),
+                StartSelector::ProducerTimestamp(t) => c
+                    .locate(TimeKind::Producer, t)
+                    .map(|f| f.number)
+                    .unwrap_or(c.next_number()),
             }
         };
         Ok(FragmentReader {
@@ -529,7 +577,9 @@ impl Engine {
                 .iter()
                 .map(|n| {
                     c.get(*n).copied().ok_or_else(|| {
-                        EngineError::ResourceNotFound(format!("fragment {n} does not exist in this stream"))
+                        EngineError::ResourceNotFound(format!(
+                            "fragment {n} does not exist in this stream"
+                        ))
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?
@@ -554,19 +604,24 @@ impl Engine {
     ) -> Result<ListFragmentsPage, EngineError> {
         let stream = self.resolve(name, arn)?;
         let c = read(&stream.catalog);
-        let bad_token = || EngineError::InvalidArgument("NextToken is not valid for this request".into());
+        let bad_token =
+            || EngineError::InvalidArgument("NextToken is not valid for this request".into());
         let page: Vec<FragmentMeta>;
         let more;
         match range {
             None => {
                 let after = match token {
-                    Some(t) => t.strip_prefix("n:").and_then(|n| n.parse::<u64>().ok()).ok_or_else(bad_token)?,
+                    Some(t) => t
+                        .strip_prefix("n:")
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .ok_or_else(bad_token)?,
                     None => 0,
                 };
                 let mut it = c.iter().filter(|f| f.number > after);
                 page = it.by_ref().take(max).copied().collect();
                 more = it.next().is_some();
-                let next_token = more.then(|| format!("n:{}", page.last().map(|f| f.number).unwrap_or(after)));
+                let next_token =
+                    more.then(|| format!("n:{}", page.last().map(|f| f.number).unwrap_or(after)));
                 return Ok(ListFragmentsPage {
                     fragments: page,
                     next_token,
@@ -581,8 +636,14 @@ impl Engine {
                 let after = match token {
                     Some(t) => {
                         let mut parts = t.strip_prefix("t:").ok_or_else(bad_token)?.splitn(2, ':');
-                        let time = parts.next().and_then(|p| p.parse::<i64>().ok()).ok_or_else(bad_token)?;
-                        let num = parts.next().and_then(|p| p.parse::<u64>().ok()).ok_or_else(bad_token)?;
+                        let time = parts
+                            .next()
+                            .and_then(|p| p.parse::<i64>().ok())
+                            .ok_or_else(bad_token)?;
+                        let num = parts
+                            .next()
+                            .and_then(|p| p.parse::<u64>().ok())
+                            .ok_or_else(bad_token)?;
                         Some((time, num))
                     }
                     None => None,
@@ -614,7 +675,11 @@ impl Engine {
         Ok(deleted)
     }
 
-    async fn enforce_retention_on(&self, stream: &Stream, now_ms: i64) -> Result<usize, EngineError> {
+    async fn enforce_retention_on(
+        &self,
+        stream: &Stream,
+        now_ms: i64,
+    ) -> Result<usize, EngineError> {
         let info = stream.info();
         let keep_ms = if info.retention_hours == 0 {
             self.inner.config.live_buffer_ms
@@ -650,7 +715,11 @@ impl Engine {
     }
 
     /// Runs retention every `interval` until `shutdown` resolves.
-    pub async fn run_retention(&self, interval: Duration, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run_retention(
+        &self,
+        interval: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(interval);
         loop {
@@ -668,7 +737,9 @@ impl Engine {
 
 fn validate_tags(tags: &BTreeMap<String, String>) -> Result<(), EngineError> {
     if tags.len() > MAX_TAGS {
-        return Err(EngineError::InvalidArgument(format!("at most {MAX_TAGS} tags per stream")));
+        return Err(EngineError::InvalidArgument(format!(
+            "at most {MAX_TAGS} tags per stream"
+        )));
     }
     for (k, v) in tags {
         if k.is_empty() || k.len() > 128 || v.len() > 256 {
@@ -735,7 +806,12 @@ pub struct FragmentReader {
 impl FragmentReader {
     /// Loads one stored fragment object.
     pub async fn load(&self, meta: &FragmentMeta) -> Result<Bytes, EngineError> {
-        Ok(self.engine.inner.store.get_fragment(&self.stream.id(), meta.number).await?)
+        Ok(self
+            .engine
+            .inner
+            .store
+            .get_fragment(&self.stream.id(), meta.number)
+            .await?)
     }
 
     /// The next fragment, waiting for it at the live edge. `None` ends the
@@ -746,7 +822,9 @@ impl FragmentReader {
             if self.stream.deleted.load(Ordering::SeqCst) {
                 return None;
             }
-            let meta = read(&self.stream.catalog).after(self.next.saturating_sub(1)).copied();
+            let meta = read(&self.stream.catalog)
+                .after(self.next.saturating_sub(1))
+                .copied();
             if let Some(meta) = meta.filter(|m| m.number >= self.next) {
                 self.next = meta.number + 1;
                 match self.load(&meta).await {

@@ -27,14 +27,22 @@ fn upload(clusters: u64) -> Vec<u8> {
     element(&mut doc, ids::TRACKS, &tracks);
     let frame = [7u8; 64];
     for c in 0..clusters {
-        doc.extend(kinema_mkv::cluster(c * 1000, (0..10).map(|i| (1, i * 100, if i == 0 { 0x80 } else { 0 }, &frame[..]))));
+        doc.extend(kinema_mkv::cluster(
+            c * 1000,
+            (0..10).map(|i| (1, i * 100, if i == 0 { 0x80 } else { 0 }, &frame[..])),
+        ));
     }
     doc
 }
 
 async fn ingest(engine: &Engine, name: &str, clusters: u64) -> Vec<u64> {
     let mut s = engine
-        .begin_put_media(Some(name), None, TimecodeType::Relative, 1_700_000_000_000_000_000)
+        .begin_put_media(
+            Some(name),
+            None,
+            TimecodeType::Relative,
+            1_700_000_000_000_000_000,
+        )
         .unwrap();
     s.push(&upload(clusters));
     s.finish();
@@ -60,34 +68,79 @@ async fn read_all(engine: &Engine, name: &str, sel: StartSelector) -> Vec<u64> {
 async fn fragments_survive_reopening_and_numbering_continues() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let engine = Engine::open(Store::open_local(dir.path()).unwrap(), config()).await.unwrap();
-        engine.create_stream("cam", None, None, None, Some(1), BTreeMap::new()).await.unwrap();
+        let engine = Engine::open(Store::open_local(dir.path()).unwrap(), config())
+            .await
+            .unwrap();
+        engine
+            .create_stream("cam", None, None, None, Some(1), BTreeMap::new())
+            .await
+            .unwrap();
         assert_eq!(ingest(&engine, "cam", 3).await, [1, 2, 3]);
     }
     // An object written but never indexed (a crash between the two) is removed.
-    let orphan_dir = std::fs::read_dir(dir.path().join("objects/streams")).unwrap().next().unwrap().unwrap().path();
+    let orphan_dir = std::fs::read_dir(dir.path().join("objects/streams"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     std::fs::write(orphan_dir.join("00000000000000000004.mkv"), b"half").unwrap();
 
-    let engine = Engine::open(Store::open_local(dir.path()).unwrap(), config()).await.unwrap();
-    assert_eq!(read_all(&engine, "cam", StartSelector::Earliest).await, [1, 2, 3]);
+    let engine = Engine::open(Store::open_local(dir.path()).unwrap(), config())
+        .await
+        .unwrap();
+    assert_eq!(
+        read_all(&engine, "cam", StartSelector::Earliest).await,
+        [1, 2, 3]
+    );
     assert!(!orphan_dir.join("00000000000000000004.mkv").exists());
     assert_eq!(ingest(&engine, "cam", 1).await, [4]);
-    assert_eq!(read_all(&engine, "cam", StartSelector::ContinuationToken(2)).await, [3, 4]);
-    assert_eq!(read_all(&engine, "cam", StartSelector::ProducerTimestamp(1_700_000_001_500)).await, [2, 3, 4]);
-    assert!(read_all(&engine, "cam", StartSelector::Now).await.is_empty());
-    let page = engine.list_fragments(Some("cam"), None, None, 3, None).unwrap();
+    assert_eq!(
+        read_all(&engine, "cam", StartSelector::ContinuationToken(2)).await,
+        [3, 4]
+    );
+    assert_eq!(
+        read_all(
+            &engine,
+            "cam",
+            StartSelector::ProducerTimestamp(1_700_000_001_500)
+        )
+        .await,
+        [2, 3, 4]
+    );
+    assert!(
+        read_all(&engine, "cam", StartSelector::Now)
+            .await
+            .is_empty()
+    );
+    let page = engine
+        .list_fragments(Some("cam"), None, None, 3, None)
+        .unwrap();
     assert_eq!(page.fragments.len(), 3);
-    let rest = engine.list_fragments(Some("cam"), None, None, 3, page.next_token.as_deref()).unwrap();
-    assert_eq!(rest.fragments.iter().map(|f| f.number).collect::<Vec<_>>(), [4]);
+    let rest = engine
+        .list_fragments(Some("cam"), None, None, 3, page.next_token.as_deref())
+        .unwrap();
+    assert_eq!(
+        rest.fragments.iter().map(|f| f.number).collect::<Vec<_>>(),
+        [4]
+    );
     assert!(rest.next_token.is_none());
 }
 
 #[tokio::test]
 async fn retention_deletes_expired_fragments_durably() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(Store::open_local(dir.path()).unwrap(), config()).await.unwrap();
-    engine.create_stream("kept", None, None, None, Some(1), BTreeMap::new()).await.unwrap();
-    engine.create_stream("live", None, None, None, Some(0), BTreeMap::new()).await.unwrap();
+    let engine = Engine::open(Store::open_local(dir.path()).unwrap(), config())
+        .await
+        .unwrap();
+    engine
+        .create_stream("kept", None, None, None, Some(1), BTreeMap::new())
+        .await
+        .unwrap();
+    engine
+        .create_stream("live", None, None, None, Some(0), BTreeMap::new())
+        .await
+        .unwrap();
     ingest(&engine, "kept", 3).await;
     ingest(&engine, "live", 3).await;
     let now = kinema_engine::now_ms();
@@ -95,30 +148,62 @@ async fn retention_deletes_expired_fragments_durably() {
     // Within retention nothing goes; past the live buffer the zero-retention stream empties.
     assert_eq!(engine.enforce_retention(now + 5_000).await.unwrap(), 0);
     assert_eq!(engine.enforce_retention(now + 20_000).await.unwrap(), 3);
-    assert!(read_all(&engine, "live", StartSelector::Earliest).await.is_empty());
-    assert_eq!(read_all(&engine, "kept", StartSelector::Earliest).await, [1, 2, 3]);
+    assert!(
+        read_all(&engine, "live", StartSelector::Earliest)
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        read_all(&engine, "kept", StartSelector::Earliest).await,
+        [1, 2, 3]
+    );
     assert_eq!(engine.enforce_retention(now + 3_700_000).await.unwrap(), 3);
     drop(engine);
 
-    let engine = Engine::open(Store::open_local(dir.path()).unwrap(), config()).await.unwrap();
-    assert!(read_all(&engine, "kept", StartSelector::Earliest).await.is_empty());
+    let engine = Engine::open(Store::open_local(dir.path()).unwrap(), config())
+        .await
+        .unwrap();
+    assert!(
+        read_all(&engine, "kept", StartSelector::Earliest)
+            .await
+            .is_empty()
+    );
     let objects = std::fs::read_dir(dir.path().join("objects/streams"))
         .unwrap()
         .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
         .count();
     assert_eq!(objects, 0, "expired objects are deleted from disk");
-    assert_eq!(ingest(&engine, "kept", 1).await, [4], "numbers never repeat after trimming");
+    assert_eq!(
+        ingest(&engine, "kept", 1).await,
+        [4],
+        "numbers never repeat after trimming"
+    );
 }
 
 #[tokio::test]
 async fn deleting_a_stream_removes_its_data_and_name() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(Store::open_local(dir.path()).unwrap(), config()).await.unwrap();
-    let info = engine.create_stream("gone", None, None, None, Some(1), BTreeMap::new()).await.unwrap();
+    let engine = Engine::open(Store::open_local(dir.path()).unwrap(), config())
+        .await
+        .unwrap();
+    let info = engine
+        .create_stream("gone", None, None, None, Some(1), BTreeMap::new())
+        .await
+        .unwrap();
     ingest(&engine, "gone", 2).await;
-    engine.delete_stream(&info.arn, Some(&info.version)).await.unwrap();
+    engine
+        .delete_stream(&info.arn, Some(&info.version))
+        .await
+        .unwrap();
     assert!(engine.describe_stream(Some("gone"), None).is_err());
-    let again = engine.create_stream("gone", None, None, None, Some(1), BTreeMap::new()).await.unwrap();
+    let again = engine
+        .create_stream("gone", None, None, None, Some(1), BTreeMap::new())
+        .await
+        .unwrap();
     assert_ne!(again.arn, info.arn);
-    assert!(read_all(&engine, "gone", StartSelector::Earliest).await.is_empty());
+    assert!(
+        read_all(&engine, "gone", StartSelector::Earliest)
+            .await
+            .is_empty()
+    );
 }

@@ -57,16 +57,32 @@ pub struct Block {
 /// What the reader found, in stream order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    EbmlHeader { doc_type: String },
-    SegmentStart { offset: u64, size: Option<u64> },
-    Info { timecode_scale: u64 },
+    EbmlHeader {
+        doc_type: String,
+    },
+    SegmentStart {
+        offset: u64,
+        size: Option<u64>,
+    },
+    Info {
+        timecode_scale: u64,
+    },
     /// Parsed tracks plus the whole Tracks element as received.
-    Tracks { tracks: Vec<TrackInfo>, raw: Bytes },
-    ClusterStart { offset: u64 },
+    Tracks {
+        tracks: Vec<TrackInfo>,
+        raw: Bytes,
+    },
+    ClusterStart {
+        offset: u64,
+    },
     ClusterTimecode(u64),
     Block(Block),
-    ClusterEnd { offset: u64 },
-    SegmentEnd { offset: u64 },
+    ClusterEnd {
+        offset: u64,
+    },
+    SegmentEnd {
+        offset: u64,
+    },
 }
 
 /// Damage in the input. After an error the reader resynchronises on the next
@@ -280,13 +296,13 @@ impl Reader {
             } else {
                 None
             };
-            if let (Some(end), Some(total)) = (parent_end, total) {
-                if offset + total > end {
-                    return self.fail(ReaderError::Malformed {
-                        what: "element crossing its parent's end",
-                        offset,
-                    });
-                }
+            if let (Some(end), Some(total)) = (parent_end, total)
+                && offset + total > end
+            {
+                return self.fail(ReaderError::Malformed {
+                    what: "element crossing its parent's end",
+                    offset,
+                });
             }
 
             if self.in_cluster {
@@ -342,7 +358,12 @@ impl Reader {
     }
 
     /// Takes a whole element's data out of the buffer, if it is all here.
-    fn take_whole(&mut self, header: &Header, limit: u64, offset: u64) -> Result<Option<Bytes>, ReaderError> {
+    fn take_whole(
+        &mut self,
+        header: &Header,
+        limit: u64,
+        offset: u64,
+    ) -> Result<Option<Bytes>, ReaderError> {
         let Some(size) = header.size else {
             return Err(ReaderError::UnexpectedElement {
                 id: header.id,
@@ -382,7 +403,12 @@ impl Reader {
         Ok(Step::Continue)
     }
 
-    fn whole_or_fail(&mut self, header: &Header, limit: u64, offset: u64) -> Result<Option<Bytes>, ReaderError> {
+    fn whole_or_fail(
+        &mut self,
+        header: &Header,
+        limit: u64,
+        offset: u64,
+    ) -> Result<Option<Bytes>, ReaderError> {
         match self.take_whole(header, limit, offset) {
             Ok(v) => Ok(v),
             Err(e) => {
@@ -395,14 +421,17 @@ impl Reader {
     fn top_level(&mut self, header: Header, offset: u64) -> Result<Step, ReaderError> {
         match header.id {
             ids::EBML => {
-                let Some(data) = self.whole_or_fail(&header, self.limits.max_header, offset)? else {
+                let Some(data) = self.whole_or_fail(&header, self.limits.max_header, offset)?
+                else {
                     return Ok(Step::More);
                 };
                 let mut doc_type = String::new();
                 for child in children(&data, offset) {
                     let (id, body) = child.map_err(|e| self.poison(e))?;
                     if id == ids::DOC_TYPE {
-                        doc_type = String::from_utf8_lossy(body).trim_end_matches('\0').to_string();
+                        doc_type = String::from_utf8_lossy(body)
+                            .trim_end_matches('\0')
+                            .to_string();
                     }
                 }
                 Ok(Step::Event(Event::EbmlHeader { doc_type }))
@@ -442,7 +471,8 @@ impl Reader {
                 Ok(Step::Event(Event::ClusterStart { offset }))
             }
             ids::INFO => {
-                let Some(data) = self.whole_or_fail(&header, self.limits.max_header, offset)? else {
+                let Some(data) = self.whole_or_fail(&header, self.limits.max_header, offset)?
+                else {
                     return Ok(Step::More);
                 };
                 let mut timecode_scale = 1_000_000;
@@ -462,7 +492,8 @@ impl Reader {
             }
             ids::TRACKS => {
                 let start = header.len;
-                let Some(data) = self.whole_or_fail(&header, self.limits.max_header, offset)? else {
+                let Some(data) = self.whole_or_fail(&header, self.limits.max_header, offset)?
+                else {
                     return Ok(Step::More);
                 };
                 let tracks = parse_tracks(&data, offset).map_err(|e| self.poison(e))?;
@@ -476,9 +507,13 @@ impl Reader {
                     raw: Bytes::from(raw),
                 }))
             }
-            ids::SEEK_HEAD | ids::CUES | ids::TAGS | ids::CHAPTERS | ids::ATTACHMENTS | ids::VOID | ids::CRC32 => {
-                self.skip(&header, offset)
-            }
+            ids::SEEK_HEAD
+            | ids::CUES
+            | ids::TAGS
+            | ids::CHAPTERS
+            | ids::ATTACHMENTS
+            | ids::VOID
+            | ids::CRC32 => self.skip(&header, offset),
             _ if header.size.is_some() => self.skip(&header, offset),
             id => {
                 self.fail(ReaderError::UnexpectedElement {
@@ -538,7 +573,8 @@ impl Reader {
                         offset,
                     }));
                 };
-                let block = parse_block(block, offset, Some(!referenced)).map_err(|e| self.poison(e))?;
+                let block =
+                    parse_block(block, offset, Some(!referenced)).map_err(|e| self.poison(e))?;
                 Ok(Step::Event(Event::Block(block)))
             }
             _ => self.skip(&header, offset),
@@ -648,7 +684,9 @@ fn parse_tracks(data: &[u8], offset: u64) -> Result<Vec<TrackInfo>, ReaderError>
                 ids::TRACK_UID => t.uid = read_uint(fbody, offset)?,
                 ids::TRACK_TYPE => t.track_type = read_uint(fbody, offset)?,
                 ids::CODEC_ID => {
-                    t.codec_id = String::from_utf8_lossy(fbody).trim_end_matches('\0').to_string()
+                    t.codec_id = String::from_utf8_lossy(fbody)
+                        .trim_end_matches('\0')
+                        .to_string()
                 }
                 ids::CODEC_PRIVATE => t.codec_private = Some(Bytes::copy_from_slice(fbody)),
                 ids::DEFAULT_DURATION => t.default_duration_ns = Some(read_uint(fbody, offset)?),

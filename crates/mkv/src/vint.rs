@@ -19,7 +19,9 @@ pub fn read_id(buf: &[u8]) -> Result<Option<(u32, usize)>, InvalidVint> {
     if buf.len() < len {
         return Ok(None);
     }
-    let id = buf[..len].iter().fold(0u32, |acc, &b| (acc << 8) | b as u32);
+    let id = buf[..len]
+        .iter()
+        .fold(0u32, |acc, &b| (acc << 8) | b as u32);
     Ok(Some((id, len)))
 }
 
@@ -41,7 +43,10 @@ pub fn read_size(buf: &[u8]) -> Result<Option<(Option<u64>, usize)>, InvalidVint
         value = (value << 8) | b as u64;
     }
     let all_ones = (1u64 << (7 * len)) - 1;
-    Ok(Some((if value == all_ones { None } else { Some(value) }, len)))
+    Ok(Some((
+        if value == all_ones { None } else { Some(value) },
+        len,
+    )))
 }
 
 /// Reads a block's track number (a size-style VINT without the reserved value).
@@ -101,7 +106,10 @@ mod tests {
 
     #[test]
     fn ids_keep_their_marker() {
-        assert_eq!(read_id(&[0x1F, 0x43, 0xB6, 0x75]).unwrap(), Some((0x1F43B675, 4)));
+        assert_eq!(
+            read_id(&[0x1F, 0x43, 0xB6, 0x75]).unwrap(),
+            Some((0x1F43B675, 4))
+        );
         assert_eq!(read_id(&[0xA3]).unwrap(), Some((0xA3, 1)));
         assert_eq!(read_id(&[0x00]), Err(InvalidVint));
         let mut out = Vec::new();

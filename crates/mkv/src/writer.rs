@@ -74,7 +74,10 @@ pub fn simple_block(out: &mut Vec<u8>, track: u64, timecode: i16, flags: u8, pay
 
 /// A known-size Cluster holding a Timecode and the given SimpleBlocks
 /// (`(track, relative timecode, flags, payload)`).
-pub fn cluster<'a>(timecode: u64, blocks: impl IntoIterator<Item = (u64, i16, u8, &'a [u8])>) -> Vec<u8> {
+pub fn cluster<'a>(
+    timecode: u64,
+    blocks: impl IntoIterator<Item = (u64, i16, u8, &'a [u8])>,
+) -> Vec<u8> {
     let mut body = Vec::new();
     uint_element(&mut body, ids::TIMECODE, timecode);
     for (track, tc, flags, payload) in blocks {

@@ -27,10 +27,14 @@ fn live_document(clusters: &[(u64, Vec<Vec<u8>>)]) -> Vec<u8> {
     for (tc, frames) in clusters {
         let sized = cluster(
             *tc,
-            frames
-                .iter()
-                .enumerate()
-                .map(|(i, f)| (1u64, (i * 33) as i16, if i == 0 { 0x80 } else { 0 }, f.as_slice())),
+            frames.iter().enumerate().map(|(i, f)| {
+                (
+                    1u64,
+                    (i * 33) as i16,
+                    if i == 0 { 0x80 } else { 0 },
+                    f.as_slice(),
+                )
+            }),
         );
         // Rewrite the cluster's size as unknown: ID (4 bytes), then the size VINT.
         let (_, size_len) = kinema_mkv::vint::read_size(&sized[4..]).unwrap().unwrap();
@@ -41,7 +45,9 @@ fn live_document(clusters: &[(u64, Vec<Vec<u8>>)]) -> Vec<u8> {
     doc
 }
 
-fn read_all(chunks: impl IntoIterator<Item = Vec<u8>>) -> Vec<Result<Event, kinema_mkv::ReaderError>> {
+fn read_all(
+    chunks: impl IntoIterator<Item = Vec<u8>>,
+) -> Vec<Result<Event, kinema_mkv::ReaderError>> {
     let mut reader = Reader::default();
     let mut out = Vec::new();
     let drain = |reader: &mut Reader, out: &mut Vec<_>| {
@@ -65,7 +71,10 @@ fn read_all(chunks: impl IntoIterator<Item = Vec<u8>>) -> Vec<Result<Event, kine
 
 #[test]
 fn live_document_yields_clusters_and_blocks() {
-    let doc = live_document(&[(0, vec![vec![1, 2, 3], vec![4]]), (1000, vec![vec![5; 300]])]);
+    let doc = live_document(&[
+        (0, vec![vec![1, 2, 3], vec![4]]),
+        (1000, vec![vec![5; 300]]),
+    ]);
     let events = read_all([doc]);
     let kinds: Vec<String> = events
         .iter()
@@ -73,10 +82,18 @@ fn live_document_yields_clusters_and_blocks() {
             Event::EbmlHeader { doc_type } => format!("ebml {doc_type}"),
             Event::SegmentStart { size, .. } => format!("segment {size:?}"),
             Event::Info { timecode_scale } => format!("info {timecode_scale}"),
-            Event::Tracks { tracks, .. } => format!("tracks {} {}", tracks.len(), tracks[0].codec_id),
+            Event::Tracks { tracks, .. } => {
+                format!("tracks {} {}", tracks.len(), tracks[0].codec_id)
+            }
             Event::ClusterStart { .. } => "cluster".into(),
             Event::ClusterTimecode(tc) => format!("tc {tc}"),
-            Event::Block(b) => format!("block {} {} {} {}", b.track, b.timecode, b.keyframe, b.payload.len()),
+            Event::Block(b) => format!(
+                "block {} {} {} {}",
+                b.track,
+                b.timecode,
+                b.keyframe,
+                b.payload.len()
+            ),
             Event::ClusterEnd { .. } => "end".into(),
             Event::SegmentEnd { .. } => "segment end".into(),
         })
@@ -107,16 +124,25 @@ fn truncated_block_is_reported_not_returned() {
     let doc = live_document(&[(0, vec![vec![1, 2, 3]]), (1000, vec![vec![9; 100]])]);
     let cut = doc.len() - 10;
     let events = read_all([doc[..cut].to_vec()]);
-    let blocks = events.iter().filter(|e| matches!(e, Ok(Event::Block(_)))).count();
+    let blocks = events
+        .iter()
+        .filter(|e| matches!(e, Ok(Event::Block(_))))
+        .count();
     assert_eq!(blocks, 1, "only the complete first block is returned");
-    assert!(matches!(events.last(), Some(Err(kinema_mkv::ReaderError::Truncated { .. }))));
+    assert!(matches!(
+        events.last(),
+        Some(Err(kinema_mkv::ReaderError::Truncated { .. }))
+    ));
 }
 
 #[test]
 fn garbage_is_an_error_and_the_reader_resyncs_on_the_next_cluster() {
     let good = live_document(&[(0, vec![vec![1]]), (1000, vec![vec![2]])]);
     // Corrupt the first cluster's timecode element header with an invalid VINT.
-    let first_cluster = good.windows(4).position(|w| w == ids::CLUSTER.to_be_bytes()).unwrap();
+    let first_cluster = good
+        .windows(4)
+        .position(|w| w == ids::CLUSTER.to_be_bytes())
+        .unwrap();
     let mut bad = good.clone();
     bad[first_cluster + 12] = 0x00;
     let events = read_all([bad]);
@@ -185,9 +211,15 @@ fn fuzz_corpus_replays_and_gstreamer_output_parses() {
     assert!(files >= 4);
     let gst = read_all([std::fs::read(dir.join("gst_live_4frames.mkv")).unwrap()]);
     assert!(gst.iter().all(|e| e.is_ok()), "{gst:?}");
-    let blocks = gst.iter().filter(|e| matches!(e, Ok(Event::Block(_)))).count();
+    let blocks = gst
+        .iter()
+        .filter(|e| matches!(e, Ok(Event::Block(_))))
+        .count();
     assert_eq!(blocks, 4);
-    let keyframes = gst.iter().filter(|e| matches!(e, Ok(Event::Block(b)) if b.keyframe)).count();
+    let keyframes = gst
+        .iter()
+        .filter(|e| matches!(e, Ok(Event::Block(b)) if b.keyframe))
+        .count();
     // ffprobe -show_entries packet=flags reports K, -, K, K for this file.
     assert_eq!(keyframes, 3);
 }

@@ -95,15 +95,32 @@ impl Config {
         keys.extend(env_key);
         let v = &self.video;
         let engine = kinema_engine::EngineConfig {
-            region: self.server.region.clone().unwrap_or_else(|| DEFAULT_REGION.into()),
-            account_id: self.server.account_id.clone().unwrap_or_else(|| DEFAULT_ACCOUNT_ID.into()),
+            region: self
+                .server
+                .region
+                .clone()
+                .unwrap_or_else(|| DEFAULT_REGION.into()),
+            account_id: self
+                .server
+                .account_id
+                .clone()
+                .unwrap_or_else(|| DEFAULT_ACCOUNT_ID.into()),
             ingest: kinema_engine::IngestLimits {
-                max_fragment_bytes: v.max_fragment_mb.unwrap_or(DEFAULT_MAX_FRAGMENT_MB) * 1024 * 1024,
-                max_fragment_duration_ms: v.max_fragment_seconds.unwrap_or(DEFAULT_MAX_FRAGMENT_SECONDS) * 1000,
+                max_fragment_bytes: v.max_fragment_mb.unwrap_or(DEFAULT_MAX_FRAGMENT_MB)
+                    * 1024
+                    * 1024,
+                max_fragment_duration_ms: v
+                    .max_fragment_seconds
+                    .unwrap_or(DEFAULT_MAX_FRAGMENT_SECONDS)
+                    * 1000,
                 ..Default::default()
             },
-            live_buffer_ms: (v.live_buffer_seconds.unwrap_or(DEFAULT_LIVE_BUFFER_SECONDS) * 1000) as i64,
-            get_media_idle_ms: v.get_media_idle_seconds.unwrap_or(DEFAULT_GET_MEDIA_IDLE_SECONDS) * 1000,
+            live_buffer_ms: (v.live_buffer_seconds.unwrap_or(DEFAULT_LIVE_BUFFER_SECONDS) * 1000)
+                as i64,
+            get_media_idle_ms: v
+                .get_media_idle_seconds
+                .unwrap_or(DEFAULT_GET_MEDIA_IDLE_SECONDS)
+                * 1000,
             get_media_live_idle_ms: v
                 .get_media_live_idle_seconds
                 .unwrap_or(DEFAULT_GET_MEDIA_LIVE_IDLE_SECONDS)

@@ -8,7 +8,11 @@ use kinema_server::config::Config;
 use kinema_server::put_media;
 
 #[derive(Parser)]
-#[command(name = "kinema", version, about = "Self-hosted camera video and event server")]
+#[command(
+    name = "kinema",
+    version,
+    about = "Self-hosted camera video and event server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,8 +37,12 @@ enum Command {
 }
 
 fn env_key() -> Option<(String, String)> {
-    let id = std::env::var("KINEMA_ACCESS_KEY_ID").ok().filter(|s| !s.is_empty())?;
-    let secret = std::env::var("KINEMA_SECRET_ACCESS_KEY").ok().filter(|s| !s.is_empty())?;
+    let id = std::env::var("KINEMA_ACCESS_KEY_ID")
+        .ok()
+        .filter(|s| !s.is_empty())?;
+    let secret = std::env::var("KINEMA_SECRET_ACCESS_KEY")
+        .ok()
+        .filter(|s| !s.is_empty())?;
     Some((id, secret))
 }
 
@@ -47,7 +55,9 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Serve {
             config,
@@ -72,13 +82,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

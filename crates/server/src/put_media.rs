@@ -7,7 +7,9 @@ use std::time::SystemTime;
 
 use anyhow::{Context, bail};
 use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::http_request::{
+    PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings, sign,
+};
 use aws_sigv4::sign::v4;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -90,24 +92,28 @@ pub async fn run(args: Args, env_key: Option<(String, String)>) -> anyhow::Resul
     let (key, secret) = match (args.access_key.clone(), args.secret_key.clone(), env_key) {
         (Some(k), Some(s), _) => (k, s),
         (_, _, Some(pair)) => pair,
-        _ => bail!("no credentials: pass --access-key/--secret-key or set KINEMA_ACCESS_KEY_ID/KINEMA_SECRET_ACCESS_KEY"),
+        _ => bail!(
+            "no credentials: pass --access-key/--secret-key or set KINEMA_ACCESS_KEY_ID/KINEMA_SECRET_ACCESS_KEY"
+        ),
     };
-    let (reader, total): (Box<dyn AsyncRead + Send + Unpin>, Option<u64>) = if args.input.as_os_str() == "-" {
-        (Box::new(tokio::io::stdin()), None)
-    } else {
-        let f = tokio::fs::File::open(&args.input)
-            .await
-            .with_context(|| format!("cannot open {}", args.input.display()))?;
-        let len = f.metadata().await.ok().map(|m| m.len());
-        (Box::new(f), len)
-    };
+    let (reader, total): (Box<dyn AsyncRead + Send + Unpin>, Option<u64>) =
+        if args.input.as_os_str() == "-" {
+            (Box::new(tokio::io::stdin()), None)
+        } else {
+            let f = tokio::fs::File::open(&args.input)
+                .await
+                .with_context(|| format!("cannot open {}", args.input.display()))?;
+            let len = f.metadata().await.ok().map(|m| m.len());
+            (Box::new(f), len)
+        };
     let bar = match total {
         Some(n) => ProgressBar::new(n).with_style(
             ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
                 .expect("the progress template is valid"),
         ),
-        None => ProgressBar::new_spinner()
-            .with_style(ProgressStyle::with_template("{spinner} {bytes} {bytes_per_sec} {msg}").expect("valid")),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} {bytes} {bytes_per_sec} {msg}").expect("valid"),
+        ),
     };
     let progress = bar.clone();
     let body = StreamBody::new(ReaderStream::new(reader).map(move |r| {
@@ -122,8 +128,15 @@ pub async fn run(args: Args, env_key: Option<(String, String)>) -> anyhow::Resul
     let uri: http::Uri = format!("{}/putMedia", args.endpoint.trim_end_matches('/'))
         .parse()
         .context("invalid --endpoint")?;
-    let host = uri.authority().context("--endpoint needs a host")?.to_string();
-    let timecode_type = if args.absolute { "ABSOLUTE" } else { "RELATIVE" };
+    let host = uri
+        .authority()
+        .context("--endpoint needs a host")?
+        .to_string();
+    let timecode_type = if args.absolute {
+        "ABSOLUTE"
+    } else {
+        "RELATIVE"
+    };
     let start_header = format!("{start:.3}");
     let mut request = http::Request::builder()
         .method("POST")
@@ -134,25 +147,47 @@ pub async fn run(args: Args, env_key: Option<(String, String)>) -> anyhow::Resul
         .header("x-amzn-producer-start-timestamp", &start_header)
         .body(body)?;
 
-    sign_request(&mut request, &key, &secret, &args.region, "kinesisvideo", None)?;
+    sign_request(
+        &mut request,
+        &key,
+        &secret,
+        &args.region,
+        "kinesisvideo",
+        None,
+    )?;
 
     let client = Client::builder(TokioExecutor::new()).build_http();
-    let response = client.request(request).await.context("PutMedia request failed")?;
+    let response = client
+        .request(request)
+        .await
+        .context("PutMedia request failed")?;
     if !response.status().is_success() {
         let status = response.status();
-        let text = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        bail!("PutMedia refused: {status}: {}", String::from_utf8_lossy(&text));
+        let text = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        bail!(
+            "PutMedia refused: {status}: {}",
+            String::from_utf8_lossy(&text)
+        );
     }
     let mut body = response.into_body();
     let mut pending = Vec::new();
     let (mut persisted, mut received, mut errors) = (0u64, 0u64, 0u64);
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else { continue };
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
         pending.extend_from_slice(&data);
         while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
             let line: Bytes = Bytes::copy_from_slice(&pending[..pos]);
             pending.drain(..=pos);
-            let Ok(ack) = serde_json::from_slice::<serde_json::Value>(&line) else { continue };
+            let Ok(ack) = serde_json::from_slice::<serde_json::Value>(&line) else {
+                continue;
+            };
             match ack["EventType"].as_str() {
                 Some("PERSISTED") => persisted += 1,
                 Some("RECEIVED") => received += 1,

@@ -84,7 +84,12 @@ impl Store {
     /// Opens (creating if needed) a store in `root` on the local file system.
     pub fn open_local(root: &Path) -> Result<Store, StoreError> {
         let objects_dir = root.join("objects");
-        for dir in [root.to_path_buf(), objects_dir.clone(), root.join("index"), root.join("meta")] {
+        for dir in [
+            root.to_path_buf(),
+            objects_dir.clone(),
+            root.join("index"),
+            root.join("meta"),
+        ] {
             fs::create_dir_all(&dir).map_err(io(&dir))?;
         }
         let objects = LocalFileSystem::new_with_prefix(&objects_dir)?;
@@ -104,7 +109,12 @@ impl Store {
     }
 
     /// Stores a fragment object durably.
-    pub async fn put_fragment(&self, stream_id: &str, number: u64, object: Bytes) -> Result<(), StoreError> {
+    pub async fn put_fragment(
+        &self,
+        stream_id: &str,
+        number: u64,
+        object: Bytes,
+    ) -> Result<(), StoreError> {
         let key = Self::fragment_key(stream_id, number);
         self.objects.put(&key, object.into()).await?;
         if let Some(base) = &self.local_objects {
@@ -112,7 +122,9 @@ impl Store {
             // but does not fsync; make both the file and the rename durable.
             let file = base.join(key.as_ref());
             blocking(move || {
-                File::open(&file).and_then(|f| f.sync_all()).map_err(io(&file))?;
+                File::open(&file)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io(&file))?;
                 sync_dir(file.parent().expect("object paths have a parent directory"))
             })
             .await?;
@@ -130,7 +142,11 @@ impl Store {
     }
 
     pub async fn delete_fragment(&self, stream_id: &str, number: u64) -> Result<(), StoreError> {
-        match self.objects.delete(&Self::fragment_key(stream_id, number)).await {
+        match self
+            .objects
+            .delete(&Self::fragment_key(stream_id, number))
+            .await
+        {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
@@ -195,7 +211,11 @@ impl Store {
     }
 
     /// Rewrites a stream's index with just `records` (compaction after trims).
-    pub fn rewrite_index(&self, stream_id: &str, records: &[Record]) -> Result<IndexLog, StoreError> {
+    pub fn rewrite_index(
+        &self,
+        stream_id: &str,
+        records: &[Record],
+    ) -> Result<IndexLog, StoreError> {
         let path = self.index_path(stream_id);
         let tmp = path.with_extension("idx.tmp");
         let mut bytes = Vec::new();
@@ -203,27 +223,40 @@ impl Store {
             index::encode(r, &mut bytes);
         }
         let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
+        f.write_all(&bytes)
+            .and_then(|_| f.sync_all())
+            .map_err(io(&tmp))?;
         fs::rename(&tmp, &path).map_err(io(&path))?;
         sync_dir(path.parent().expect("index files live in index/"))?;
         Ok(self.open_index(stream_id)?.0)
     }
 
     /// Reads a metadata document, `None` if it does not exist yet.
-    pub fn load_meta<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
+    pub fn load_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, StoreError> {
         let path = self.root.join("meta").join(format!("{name}.json"));
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| StoreError::BadMeta {
-                name: name.to_string(),
-                source,
-            }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| StoreError::BadMeta {
+                        name: name.to_string(),
+                        source,
+                    })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(&path)(e)),
         }
     }
 
     /// Replaces a metadata document atomically and durably.
-    pub async fn save_meta<T: serde::Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
+    pub async fn save_meta<T: serde::Serialize>(
+        &self,
+        name: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec_pretty(value).map_err(|source| StoreError::BadMeta {
             name: name.to_string(),
             source,
@@ -233,7 +266,9 @@ impl Store {
         blocking(move || {
             let tmp = path.with_extension("json.tmp");
             let mut f = File::create(&tmp).map_err(io(&tmp))?;
-            f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
+            f.write_all(&bytes)
+                .and_then(|_| f.sync_all())
+                .map_err(io(&tmp))?;
             fs::rename(&tmp, &path).map_err(io(&path))?;
             sync_dir(&dir)
         })
@@ -258,7 +293,9 @@ impl IndexLog {
             index::encode(&record, &mut bytes);
             // The lock only serialises appends; a poisoned lock still guards a valid file.
             let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
-            f.write_all(&bytes).and_then(|_| f.sync_data()).map_err(io(&path))
+            f.write_all(&bytes)
+                .and_then(|_| f.sync_data())
+                .map_err(io(&path))
         })
         .await
     }
@@ -285,7 +322,10 @@ mod tests {
     async fn fragments_and_index_survive_reopening_and_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_local(dir.path()).unwrap();
-        store.put_fragment("s1", 7, Bytes::from_static(b"mkv")).await.unwrap();
+        store
+            .put_fragment("s1", 7, Bytes::from_static(b"mkv"))
+            .await
+            .unwrap();
         let (log, recs) = store.open_index("s1").unwrap();
         assert!(recs.is_empty());
         log.append(Record::Fragment(meta(7))).await.unwrap();
@@ -299,10 +339,19 @@ mod tests {
 
         let store = Store::open_local(dir.path()).unwrap();
         let (_log, recs) = store.open_index("s1").unwrap();
-        assert_eq!(recs, [Record::Fragment(meta(7)), Record::Trim { through: 3 }]);
-        assert_eq!(store.get_fragment("s1", 7).await.unwrap(), Bytes::from_static(b"mkv"));
+        assert_eq!(
+            recs,
+            [Record::Fragment(meta(7)), Record::Trim { through: 3 }]
+        );
+        assert_eq!(
+            store.get_fragment("s1", 7).await.unwrap(),
+            Bytes::from_static(b"mkv")
+        );
         assert_eq!(store.list_fragments("s1").await.unwrap(), [7]);
-        assert!(matches!(store.get_fragment("s1", 8).await, Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            store.get_fragment("s1", 8).await,
+            Err(StoreError::NotFound(_))
+        ));
         store.delete_stream("s1").await.unwrap();
         assert!(store.list_fragments("s1").await.unwrap().is_empty());
     }

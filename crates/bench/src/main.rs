@@ -1,0 +1,494 @@
+//! `kinema-bench`: measures the video store on this machine.
+//!
+//! - ingest: N concurrent PutMedia uploads, each replaying a 2 Mbit/s H.264
+//!   clip in real time, into a real `kinema` server process; reports the
+//!   server's CPU per stream and the PERSISTED-ack latency (from the send of
+//!   the bytes that complete a fragment to its ack), p50/p99;
+//! - a reference: GStreamer remuxing the same clip (`matroskademux !
+//!   matroskamux ! filesink`), CPU time per second of video, side by side;
+//! - index: locating the fragment for a timestamp among 1,000,000;
+//! - GetMedia: time to first byte for a stored timestamp.
+//!
+//! Usage: `kinema-bench [--streams N[,N...]] [--seconds S]` (run by `make bench`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use kinema_archive::{Catalog, FragmentMeta, TimeKind};
+use kinema_mkv::{Event, Reader};
+use kinema_server::put_media::sign_request;
+use tokio::sync::{Mutex, mpsc};
+
+const KEY: &str = "AKIDBENCH";
+const SECRET: &str = "bench-secret";
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("malformed stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields[11].parse()?;
+    let stime: f64 = fields[12].parse()?;
+    Ok((utime + stime) / 100.0)
+}
+
+/// Renders the benchmark clip: 640x360, 30 fps, ~2 Mbit/s, a keyframe a second.
+fn make_clip(path: &Path, seconds: u32) -> anyhow::Result<()> {
+    let frames = seconds * 30;
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "gst-launch-1.0 -q videotestsrc pattern=smpte num-buffers={frames} \
+             ! video/x-raw,width=640,height=360,framerate=30/1,format=I420 \
+             ! x264enc bitrate=2000 key-int-max=30 speed-preset=ultrafast tune=zerolatency \
+             ! video/x-h264,profile=constrained-baseline ! h264parse ! matroskamux streamable=true \
+             ! filesink location={}",
+            path.display()
+        ))
+        .status()?;
+    if !status.success() {
+        bail!("gst-launch failed to render the clip");
+    }
+    Ok(())
+}
+
+/// The clip split at Cluster starts: header bytes, then one chunk per cluster.
+fn split_clusters(data: &[u8]) -> (Bytes, Vec<Bytes>) {
+    let mut reader = Reader::default();
+    reader.push(data);
+    reader.finish();
+    let mut starts = Vec::new();
+    while let Ok(Some(ev)) = reader.poll_event() {
+        if let Event::ClusterStart { offset } = ev {
+            starts.push(offset as usize);
+        }
+    }
+    starts.push(data.len());
+    let header = Bytes::copy_from_slice(&data[..starts[0]]);
+    let clusters = starts
+        .windows(2)
+        .map(|w| Bytes::copy_from_slice(&data[w[0]..w[1]]))
+        .collect();
+    (header, clusters)
+}
+
+struct ServerProc {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(data_dir: &Path) -> anyhow::Result<ServerProc> {
+    use std::io::BufRead;
+    let exe = std::env::current_exe()?.with_file_name("kinema");
+    let mut child = Command::new(&exe)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("KINEMA_ACCESS_KEY_ID", KEY)
+        .env("KINEMA_SECRET_ACCESS_KEY", SECRET)
+        .env("RUST_LOG", "warn,kinema_server=info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| {
+            format!(
+                "start {} (build it with `cargo build --release -p kinema-server`)",
+                exe.display()
+            )
+        })?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let url = loop {
+        let line = lines.next().context("server exited")??;
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .context("address")?
+                .to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Ok(ServerProc { child, url })
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, BoxBody>;
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+fn full(b: Bytes) -> BoxBody {
+    http_body_util::Full::new(b)
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+async fn call(
+    client: &HttpClient,
+    url: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let bytes = Bytes::from(body.to_string());
+    let uri: http::Uri = format!("{url}{path}").parse()?;
+    let mut req = http::Request::post(uri.clone())
+        .header("host", uri.authority().context("authority")?.as_str())
+        .header("content-type", "application/json")
+        .body(full(bytes.clone()))?;
+    sign_request(
+        &mut req,
+        KEY,
+        SECRET,
+        "us-east-1",
+        "kinesisvideo",
+        Some(&bytes),
+    )?;
+    let resp = client.request(req).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!("{path}: {status} {}", String::from_utf8_lossy(&body));
+    }
+    Ok(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+}
+
+/// One real-time uploader. Returns PERSISTED latencies in milliseconds.
+async fn upload(
+    client: HttpClient,
+    url: String,
+    stream: String,
+    header: Bytes,
+    clusters: Arc<Vec<Bytes>>,
+    seconds: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
+    let body: BoxBody = StreamBody::new(tokio_stream(rx)).boxed();
+    let uri: http::Uri = format!("{url}/putMedia").parse()?;
+    let mut req = http::Request::post(uri.clone())
+        .header("host", uri.authority().context("authority")?.as_str())
+        .header("x-amzn-stream-name", &stream)
+        .header("x-amzn-fragment-timecode-type", "RELATIVE")
+        .header(
+            "x-amzn-producer-start-timestamp",
+            format!("{:.3}", kinema_engine::now_ms() as f64 / 1000.0),
+        )
+        .body(body)?;
+    sign_request(&mut req, KEY, SECRET, "us-east-1", "kinesisvideo", None)?;
+    // When the bytes completing fragment i were sent (the start of cluster i+1).
+    let sent: Arc<Mutex<BTreeMap<usize, Instant>>> = Arc::default();
+    let sender = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            tx.send(Ok(Frame::data(header))).await.ok()?;
+            let n = clusters.len().min(seconds + 1);
+            for (i, c) in clusters.iter().take(n).enumerate() {
+                tokio::time::sleep_until((start + Duration::from_secs(i as u64)).into()).await;
+                if i > 0 {
+                    sent.lock().await.insert(i - 1, Instant::now());
+                }
+                tx.send(Ok(Frame::data(c.clone()))).await.ok()?;
+            }
+            // Hold the connection until the acks are in, then end the body.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Some(())
+        })
+    };
+    let resp = client.request(req).await?;
+    let mut body = resp.into_body();
+    let mut latencies = Vec::new();
+    let mut buf = Vec::new();
+    let mut fragment = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            let v: serde_json::Value = serde_json::from_slice(&line).unwrap_or_default();
+            match v["EventType"].as_str() {
+                Some("PERSISTED") => {
+                    if let Some(t) = sent.lock().await.get(&fragment) {
+                        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    fragment += 1;
+                }
+                Some("ERROR") => bail!("{stream}: error ack {v}"),
+                _ => {}
+            }
+        }
+    }
+    let _ = sender.await;
+    Ok(latencies)
+}
+
+fn tokio_stream<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn ingest_run(
+    work: &Path,
+    clip: &Path,
+    streams: usize,
+    seconds: usize,
+) -> anyhow::Result<(f64, Vec<f64>, ServerProc)> {
+    let data_dir = work.join(format!("data-{streams}"));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let server = start_server(&data_dir)?;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    for i in 0..streams {
+        call(
+            &client,
+            &server.url,
+            "/createStream",
+            serde_json::json!({"StreamName": format!("s{i}"), "DataRetentionInHours": 1}),
+        )
+        .await?;
+    }
+    let (header, clusters) = split_clusters(&std::fs::read(clip)?);
+    let clusters = Arc::new(clusters);
+    let cpu0 = cpu_seconds(server.child.id())?;
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..streams {
+        tasks.push(tokio::spawn(upload(
+            client.clone(),
+            server.url.clone(),
+            format!("s{i}"),
+            header.clone(),
+            clusters.clone(),
+            seconds,
+        )));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(server.child.id())? - cpu0;
+    latencies.sort_by(f64::total_cmp);
+    Ok((cpu / wall, latencies, server))
+}
+
+fn gst_reference(clip: &Path, out: &Path, seconds: f64) -> anyhow::Result<f64> {
+    let child = Command::new("gst-launch-1.0")
+        .args(["-q", "filesrc"])
+        .arg(format!("location={}", clip.display()))
+        .args([
+            "!",
+            "matroskademux",
+            "!",
+            "h264parse",
+            "!",
+            "matroskamux",
+            "streamable=true",
+            "!",
+            "filesink",
+        ])
+        .arg(format!("location={}", out.display()))
+        .spawn()?;
+    let pid = child.id();
+    let mut child = child;
+    let mut cpu = 0.0;
+    loop {
+        if let Ok(c) = cpu_seconds(pid) {
+            cpu = c;
+        }
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(cpu / seconds)
+}
+
+fn index_bench() -> (f64, f64) {
+    let mut c = Catalog::new();
+    let base = 1_700_000_000_000i64;
+    for i in 0..1_000_000u64 {
+        c.append(FragmentMeta {
+            number: i + 1,
+            producer_ms: base + i as i64 * 1000,
+            server_ms: base + i as i64 * 1000 + 20,
+            duration_ms: 1000,
+            size: 250_000,
+            cluster_offset: 300,
+            frames: 30,
+        })
+        .expect("numbers increase");
+    }
+    let lookups = 1_000_000u64;
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut sum = 0u64;
+    let t = Instant::now();
+    for _ in 0..lookups {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let ts = base + (x % 1_000_000_000) as i64;
+        sum += c
+            .locate(TimeKind::Producer, ts)
+            .map(|f| f.number)
+            .unwrap_or(0);
+    }
+    let producer_ns = t.elapsed().as_nanos() as f64 / lookups as f64;
+    let t = Instant::now();
+    for _ in 0..lookups {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let ts = base + (x % 1_000_000_000) as i64;
+        sum += c
+            .locate(TimeKind::Server, ts)
+            .map(|f| f.number)
+            .unwrap_or(0);
+    }
+    let server_ns = t.elapsed().as_nanos() as f64 / lookups as f64;
+    std::hint::black_box(sum);
+    (producer_ns, server_ns)
+}
+
+async fn get_media_ttfb(
+    url: &str,
+    stream: &str,
+    at_ms: i64,
+    runs: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let mut out = Vec::new();
+    for _ in 0..runs {
+        let body = serde_json::json!({
+            "StreamName": stream,
+            "StartSelector": {"StartSelectorType": "PRODUCER_TIMESTAMP", "StartTimestamp": at_ms as f64 / 1000.0}
+        });
+        let bytes = Bytes::from(body.to_string());
+        let uri: http::Uri = format!("{url}/getMedia").parse()?;
+        let mut req = http::Request::post(uri.clone())
+            .header("host", uri.authority().context("authority")?.as_str())
+            .body(full(bytes.clone()))?;
+        sign_request(
+            &mut req,
+            KEY,
+            SECRET,
+            "us-east-1",
+            "kinesisvideo",
+            Some(&bytes),
+        )?;
+        let t = Instant::now();
+        let resp = client.request(req).await?;
+        let mut body = resp.into_body();
+        if let Some(frame) = body.frame().await {
+            frame?;
+            out.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        drop(body);
+    }
+    out.sort_by(f64::total_cmp);
+    Ok(out)
+}
+
+fn parse_args() -> (Vec<usize>, usize) {
+    let mut streams = vec![1, 10, 50, 100];
+    let mut seconds = 20;
+    let args: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--streams" if i + 1 < args.len() => {
+                streams = args[i + 1]
+                    .split(',')
+                    .filter_map(|s| s.parse().ok())
+                    .collect();
+                i += 1;
+            }
+            "--seconds" if i + 1 < args.len() => {
+                seconds = args[i + 1].parse().unwrap_or(seconds);
+                i += 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    (streams, seconds)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let (stream_counts, seconds) = parse_args();
+    let work = tempfile_dir()?;
+    let clip = work.join("clip.mkv");
+    make_clip(&clip, seconds as u32 + 2)?;
+    let clip_bytes = std::fs::metadata(&clip)?.len();
+    let mbps = clip_bytes as f64 * 8.0 / (seconds as f64 + 2.0) / 1e6;
+    println!("clip: 640x360 30 fps H.264, {mbps:.2} Mbit/s, {seconds} s per upload");
+
+    let (p_ns, s_ns) = index_bench();
+    println!(
+        "index: locate among 1,000,000 fragments: producer time {p_ns:.0} ns, server time {s_ns:.0} ns (target < 50,000 ns)"
+    );
+
+    let reference = gst_reference(&clip, &work.join("ref.mkv"), seconds as f64 + 2.0)?;
+    println!(
+        "reference: GStreamer matroskademux ! h264parse ! matroskamux ! filesink uses {:.3}% of a core per second of this video",
+        reference * 100.0
+    );
+
+    // The last run's server stays up for the GetMedia measurement.
+    let mut last = None;
+    for &n in &stream_counts {
+        drop(last.take());
+        let (cores, lat, server) = ingest_run(&work, &clip, n, seconds).await?;
+        let per_stream = cores / n as f64 * 100.0;
+        println!(
+            "ingest: {n:>3} streams x {mbps:.1} Mbit/s: server CPU {:.1}% of a core, {per_stream:.3}% per stream \
+             ({:.2}x the GStreamer remux reference), PERSISTED latency p50 {:.1} ms p99 {:.1} ms over {} fragments",
+            cores * 100.0,
+            per_stream / 100.0 / reference.max(1e-9),
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            lat.len()
+        );
+        last = Some(server);
+    }
+    if let Some(server) = &last {
+        let url = server.url.clone();
+        let at = kinema_engine::now_ms() - (seconds as i64 / 2) * 1000;
+        let ttfb = get_media_ttfb(&url, "s0", at, 50).await?;
+        println!(
+            "GetMedia time to first byte for a stored timestamp: p50 {:.2} ms p99 {:.2} ms (target < 20 ms)",
+            percentile(&ttfb, 0.5),
+            percentile(&ttfb, 0.99)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("kinema-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
