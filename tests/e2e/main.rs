@@ -2,5 +2,6 @@
 //! directory, driven by clients nobody here wrote (boto3, the AWS CLI, curl,
 //! GStreamer) and checked by independent readers (ffprobe, matroskademux).
 
+mod architecture;
 mod support;
 mod video;

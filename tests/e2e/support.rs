@@ -43,13 +43,10 @@ impl Server {
             let mut sent = false;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if !sent {
-                    if let Some(rest) = line.split("listening on http://127.0.0.1:").nth(1) {
-                        let port: String =
-                            rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-                        let _ = tx.send(port.parse::<u16>().expect("port"));
-                        sent = true;
-                    }
+                if !sent && let Some(rest) = line.split("listening on http://127.0.0.1:").nth(1) {
+                    let port: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+                    let _ = tx.send(port.parse::<u16>().expect("port"));
+                    sent = true;
                 }
                 log2.lock().unwrap().push_str(&(line + "\n"));
             }

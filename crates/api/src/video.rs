@@ -213,10 +213,8 @@ async fn list_streams(State(st): St, body: Bytes) -> Result<Response, ApiError> 
         .list_streams(prefix, after.as_deref(), max as usize);
     let mut out =
         json!({ "StreamInfoList": page.iter().map(stream_info_json).collect::<Vec<_>>() });
-    if more {
-        if let Some(last) = page.last() {
-            out["NextToken"] = json!(encode_token(&last.name));
-        }
+    if more && let Some(last) = page.last() {
+        out["NextToken"] = json!(encode_token(&last.name));
     }
     Ok(ok(out))
 }

@@ -279,14 +279,14 @@ impl IngestSession {
                 if p.timecode.is_some() {
                     return self.error(AckError::InvalidMkvData, "two Timecodes in one Cluster");
                 }
-                if let Some(last) = self.last_timecode {
-                    if tc < last {
-                        p.timecode = Some(tc);
-                        return self.error(
-                            AckError::FragmentTimecodeLesserThanPrevious,
-                            format!("cluster timecode {tc} is below the previous {last}"),
-                        );
-                    }
+                if let Some(last) = self.last_timecode
+                    && tc < last
+                {
+                    p.timecode = Some(tc);
+                    return self.error(
+                        AckError::FragmentTimecodeLesserThanPrevious,
+                        format!("cluster timecode {tc} is below the previous {last}"),
+                    );
                 }
                 let ns = tc as i128 * self.timecode_scale as i128;
                 let producer_ns = match self.timecode_type {

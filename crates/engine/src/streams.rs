@@ -622,10 +622,10 @@ impl Engine {
                 more = it.next().is_some();
                 let next_token =
                     more.then(|| format!("n:{}", page.last().map(|f| f.number).unwrap_or(after)));
-                return Ok(ListFragmentsPage {
+                Ok(ListFragmentsPage {
                     fragments: page,
                     next_token,
-                });
+                })
             }
             Some((kind, start, end)) => {
                 if start > end {

@@ -1,0 +1,54 @@
+//! Architecture invariants that cargo can check: the sans-IO crates never
+//! depend (even transitively) on a runtime, a network stack, a media
+//! framework or a storage backend.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+const SANS_IO: &[&str] = &["kinema-mkv", "kinema-archive"];
+const FORBIDDEN: &[&str] = &[
+    "tokio",
+    "hyper",
+    "axum",
+    "object_store",
+    "gstreamer",
+    "webrtc",
+    "ort",
+    "reqwest",
+    "async-nats",
+];
+
+#[test]
+fn sans_io_crates_depend_on_no_runtime_network_media_or_storage_crate() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    for krate in SANS_IO {
+        let out = Command::new(&cargo)
+            .args([
+                "tree",
+                "--offline",
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+                "-p",
+                krate,
+            ])
+            .current_dir(crate::support::repo_root())
+            .output()
+            .expect("cargo tree");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let closure: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect();
+        assert!(closure.contains(*krate), "{closure:?}");
+        for f in FORBIDDEN {
+            assert!(!closure.contains(*f), "{krate} depends on {f}: {closure:?}");
+        }
+        assert!(closure.len() < 15, "{krate} stays small: {closure:?}");
+    }
+}
