@@ -30,8 +30,8 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 
 test: setup lint
-	cargo test --workspace
 	@$(MAKE) --no-print-directory fuzz-corpus
+	cargo test --workspace
 
 # Replays the checked-in fuzz corpus through the MKV reader (libFuzzer build).
 fuzz-corpus:

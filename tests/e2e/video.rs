@@ -97,6 +97,15 @@ fn gst_launch_into_curl_stores_fragments_that_play_back() {
     assert_eq!(ffprobe_frames(&file), 90);
     let pts = gst_demux_pts(&file);
     assert_eq!(pts.len(), 90, "matroskademux frames");
+    // Timestamps as sent: 30 fps from the producer start timestamp on.
+    let pts: Vec<f64> = pts.iter().map(|p| gst_time_seconds(p)).collect();
+    for w in pts.windows(2) {
+        assert!(
+            (w[1] - w[0] - 1.0 / 30.0).abs() < 0.002,
+            "frame spacing {:?}",
+            w
+        );
+    }
     let tag_names: Vec<&str> = out["tags"]
         .as_array()
         .unwrap()
@@ -117,6 +126,12 @@ fn gst_launch_into_curl_stores_fragments_that_play_back() {
     let all = json(&run_python(&server, "kv.py", &["list", "cam"]));
     let all = all.as_array().unwrap();
     assert_eq!(all.len(), 3);
+    let first_producer = all[0]["producer"].as_f64().unwrap();
+    assert!(
+        (pts[0] - first_producer).abs() < 0.002,
+        "first frame at the producer timestamp: {} vs {first_producer}",
+        pts[0]
+    );
     for (f, n) in all.iter().zip(&persisted) {
         assert_eq!(f["number"], *n);
         assert!(
@@ -276,6 +291,12 @@ fn kinema_put_media_uploads_a_file() {
     assert_eq!(listed.as_array().unwrap().len(), 4);
 }
 
+/// `H:MM:SS.nnnnnnnnn` as GStreamer prints a clock time, in seconds.
+fn gst_time_seconds(t: &str) -> f64 {
+    let parts: Vec<f64> = t.trim().split(':').map(|p| p.parse().unwrap()).collect();
+    parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]
+}
+
 fn make_clip(path: &std::path::Path, frames: u32, gop: u32) {
     let status = Command::new("sh")
         .arg("-c")
@@ -411,6 +432,54 @@ fn unsigned_and_badly_signed_requests_get_403_in_the_aws_shape() {
     assert!(String::from_utf8_lossy(&tampered.stdout).ends_with("403"));
     // The health endpoint needs no signature.
     assert!(http_get(&server, "/health").starts_with("HTTP/1.1 200"));
+}
+
+/// An upload that goes quiet gets IDLE keep-alives, signed by Kinema's own
+/// signer with `UNSIGNED-PAYLOAD` over a raw socket.
+#[test]
+fn a_quiet_upload_gets_idle_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    create_stream(&server, "quiet", 1);
+    let uri = format!("{}/putMedia", server.url());
+    let host = format!("127.0.0.1:{}", server.port);
+    let mut req = http::Request::post(&uri)
+        .header("host", &host)
+        .header("x-amzn-stream-name", "quiet")
+        .header("x-amzn-fragment-timecode-type", "RELATIVE")
+        .header("transfer-encoding", "chunked")
+        .body(())
+        .unwrap();
+    kinema_server::put_media::sign_request(
+        &mut req,
+        KEY_ID,
+        SECRET,
+        "us-east-1",
+        "kinesisvideo",
+        None,
+    )
+    .unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(s, "POST /putMedia HTTP/1.1\r\n").unwrap();
+    for (k, v) in req.headers() {
+        write!(s, "{k}: {}\r\n", v.to_str().unwrap()).unwrap();
+    }
+    write!(s, "\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    let mut idle = 0;
+    while idle < 1 && reader.read_line(&mut line).unwrap() > 0 {
+        if line.contains("\"EventType\":\"IDLE\"") {
+            idle += 1;
+        }
+        line.clear();
+    }
+    assert_eq!(
+        idle, 1,
+        "an IDLE ack arrives while the producer sends nothing"
+    );
+    write!(s, "0\r\n\r\n").unwrap();
 }
 
 /// PutMedia through curl with the body from a file.

@@ -427,6 +427,79 @@ mod tests {
         assert_eq!(verify(&keys, &req, late), Err(AuthError::Stale));
     }
 
+    /// A URL presigned by the AWS SDK's signer verifies until it expires,
+    /// and not with another secret or a changed query.
+    #[test]
+    fn presigned_urls_verify_until_they_expire() {
+        let keys = KeyStore::new([("AKIDP".to_string(), "presign-secret".to_string())]);
+        let signed_at = SystemTime::now();
+        let identity = Credentials::new("AKIDP", "presign-secret", None, None, "test").into();
+        let mut settings = SigningSettings::default();
+        settings.signature_location = SignatureLocation::QueryParams;
+        settings.expires_in = Some(Duration::from_secs(300));
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region("us-west-2")
+            .name("kinesisvideo")
+            .time(signed_at)
+            .settings(settings)
+            .build()
+            .unwrap()
+            .into();
+        let url = "http://127.0.0.1:4566/?X-Amz-ChannelARN=arn%3Aaws%3Akinesisvideo%3Aus-west-2%3A1%3Achannel%2Fc%2F1";
+        let host = [("host", "127.0.0.1:4566")];
+        let signable =
+            SignableRequest::new("GET", url, host.into_iter(), SignableBody::Bytes(&[])).unwrap();
+        let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+        let mut query = url.split_once('?').unwrap().1.to_string();
+        for (k, v) in instructions.params() {
+            let v: String = v
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            query.push_str(&format!("&{k}={v}"));
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert("host", "127.0.0.1:4566".parse().unwrap());
+        let req = |q: &str| -> Result<Principal, AuthError> {
+            verify(
+                &keys,
+                &RequestParts {
+                    method: "GET",
+                    path: "/",
+                    query: Some(q),
+                    headers: &headers,
+                    payload_hash: EMPTY_SHA256,
+                },
+                signed_at + Duration::from_secs(10),
+            )
+        };
+        let p = req(&query).unwrap();
+        assert_eq!(
+            (p.region.as_str(), p.service.as_str()),
+            ("us-west-2", "kinesisvideo")
+        );
+        let tampered = query.replace("channel%2Fc%2F1", "channel%2Fc%2F2");
+        assert_eq!(req(&tampered), Err(AuthError::BadSignature));
+        let late = verify(
+            &keys,
+            &RequestParts {
+                method: "GET",
+                path: "/",
+                query: Some(&query),
+                headers: &headers,
+                payload_hash: EMPTY_SHA256,
+            },
+            signed_at + Duration::from_secs(301),
+        );
+        assert_eq!(late, Err(AuthError::Expired));
+    }
+
     #[test]
     fn unsigned_requests_are_refused() {
         let headers = HeaderMap::new();
