@@ -9,7 +9,10 @@
 //! - index: locating the fragment for a timestamp among 1,000,000;
 //! - GetMedia: time to first byte for a stored timestamp.
 //!
-//! Usage: `kinema-bench [--streams N[,N...]] [--seconds S]` (run by `make bench`).
+//! Usage: `kinema-bench [--streams N[,N...]] [--seconds S] [--aligned]`
+//! (run by `make bench`). Uploads start their fragments spread over a
+//! second, as independent cameras do; `--aligned` makes every stream cut a
+//! fragment at the same instant (the worst case for the disk).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -180,6 +183,7 @@ async fn upload(
     header: Bytes,
     clusters: Arc<Vec<Bytes>>,
     seconds: usize,
+    phase: Duration,
 ) -> anyhow::Result<Vec<f64>> {
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
     let body: BoxBody = StreamBody::new(tokio_stream(rx)).boxed();
@@ -199,7 +203,7 @@ async fn upload(
     let sender = {
         let sent = sent.clone();
         tokio::spawn(async move {
-            let start = Instant::now();
+            let start = Instant::now() + phase;
             tx.send(Ok(Frame::data(header))).await.ok()?;
             let n = clusters.len().min(seconds + 1);
             for (i, c) in clusters.iter().take(n).enumerate() {
@@ -254,6 +258,7 @@ async fn ingest_run(
     clip: &Path,
     streams: usize,
     seconds: usize,
+    aligned: bool,
 ) -> anyhow::Result<(f64, Vec<f64>, ServerProc)> {
     let data_dir = work.join(format!("data-{streams}"));
     let _ = std::fs::remove_dir_all(&data_dir);
@@ -281,6 +286,13 @@ async fn ingest_run(
             header.clone(),
             clusters.clone(),
             seconds,
+            // Cameras are not phase-locked: spread fragment starts over a
+            // second unless the worst case (all at once) is asked for.
+            if aligned {
+                Duration::ZERO
+            } else {
+                Duration::from_millis((i * 1000 / streams) as u64)
+            },
         )));
     }
     let mut latencies = Vec::new();
@@ -410,9 +422,10 @@ async fn get_media_ttfb(
     Ok(out)
 }
 
-fn parse_args() -> (Vec<usize>, usize) {
+fn parse_args() -> (Vec<usize>, usize, bool) {
     let mut streams = vec![1, 10, 50, 100];
     let mut seconds = 20;
+    let mut aligned = false;
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
     while i < args.len() {
@@ -428,16 +441,17 @@ fn parse_args() -> (Vec<usize>, usize) {
                 seconds = args[i + 1].parse().unwrap_or(seconds);
                 i += 1;
             }
+            "--aligned" => aligned = true,
             _ => {}
         }
         i += 1;
     }
-    (streams, seconds)
+    (streams, seconds, aligned)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (stream_counts, seconds) = parse_args();
+    let (stream_counts, seconds, aligned) = parse_args();
     let work = tempfile_dir()?;
     let clip = work.join("clip.mkv");
     make_clip(&clip, seconds as u32 + 2)?;
@@ -460,11 +474,12 @@ async fn main() -> anyhow::Result<()> {
     let mut last = None;
     for &n in &stream_counts {
         drop(last.take());
-        let (cores, lat, server) = ingest_run(&work, &clip, n, seconds).await?;
+        let (cores, lat, server) = ingest_run(&work, &clip, n, seconds, aligned).await?;
         let per_stream = cores / n as f64 * 100.0;
         println!(
-            "ingest: {n:>3} streams x {mbps:.1} Mbit/s: server CPU {:.1}% of a core, {per_stream:.3}% per stream \
+            "ingest{}: {n:>3} streams x {mbps:.1} Mbit/s: server CPU {:.1}% of a core, {per_stream:.3}% per stream \
              ({:.2}x the GStreamer remux reference), PERSISTED latency p50 {:.1} ms p99 {:.1} ms over {} fragments",
+            if aligned { " (fragments aligned)" } else { "" },
             cores * 100.0,
             per_stream / 100.0 / reference.max(1e-9),
             percentile(&lat, 0.5),

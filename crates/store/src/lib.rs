@@ -123,7 +123,7 @@ impl Store {
             let file = base.join(key.as_ref());
             blocking(move || {
                 File::open(&file)
-                    .and_then(|f| f.sync_all())
+                    .and_then(|f| f.sync_data())
                     .map_err(io(&file))?;
                 sync_dir(file.parent().expect("object paths have a parent directory"))
             })
