@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::process::Command;
 
-const SANS_IO: &[&str] = &["kinema-mkv", "kinema-archive"];
+const SANS_IO: &[&str] = &["kinema-mkv", "kinema-archive", "kinema-datastream"];
 const FORBIDDEN: &[&str] = &[
     "tokio",
     "hyper",
