@@ -49,6 +49,6 @@ fn sans_io_crates_depend_on_no_runtime_network_media_or_storage_crate() {
         for f in FORBIDDEN {
             assert!(!closure.contains(*f), "{krate} depends on {f}: {closure:?}");
         }
-        assert!(closure.len() < 15, "{krate} stays small: {closure:?}");
+        assert!(closure.len() < 30, "{krate} stays small: {closure:?}");
     }
 }
