@@ -482,18 +482,121 @@ fn a_quiet_upload_gets_idle_acks() {
     write!(s, "0\r\n\r\n").unwrap();
 }
 
+/// A live producer with a wrong secret is refused at once, not after the
+/// server has read (and buffered) its stream.
+#[test]
+fn a_streaming_upload_with_a_wrong_secret_gets_403_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    create_stream(&server, "cam", 1);
+    // An endless live source: if the server waited for the body, curl would
+    // hang until `timeout` ends it with status 124.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "gst-launch-1.0 -q videotestsrc is-live=true ! video/x-raw,width=160,height=120,framerate=30/1,format=I420 \
+             ! x264enc tune=zerolatency ! h264parse ! matroskamux streamable=true ! fdsink fd=1 \
+             | timeout 60 curl -sS -o /dev/null -w '%{{http_code}}' --aws-sigv4 'aws:amz:us-east-1:kinesisvideo' \
+               --user {KEY_ID}:wrong-secret -X POST -T - -H 'x-amzn-stream-name: cam' \
+               -H 'x-amzn-fragment-timecode-type: RELATIVE' {}/putMedia; echo \" curl=$?\"",
+            server.url()
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("403"), "{text}");
+    assert!(
+        !text.contains("curl=124"),
+        "the refusal came before the stream ended: {text}"
+    );
+}
+
+/// Each PutMedia rule, broken on purpose through the real server, gets its
+/// documented ErrorId, after the fragments before the violation are stored.
+#[test]
+fn protocol_violations_get_their_error_ids_over_http() {
+    use kinema_mkv::{element, ids, uint_element};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    create_stream(&server, "rules", 1);
+    let header = |tracks: u64| {
+        let mut all = Vec::new();
+        for n in 1..=tracks {
+            let mut entry = Vec::new();
+            uint_element(&mut entry, ids::TRACK_NUMBER, n);
+            uint_element(&mut entry, ids::TRACK_TYPE, 1);
+            element(&mut entry, ids::CODEC_ID, b"V_MPEG4/ISO/AVC");
+            element(&mut all, ids::TRACK_ENTRY, &entry);
+        }
+        let mut doc = kinema_mkv::ebml_header();
+        doc.extend(kinema_mkv::segment_header(None));
+        doc.extend(kinema_mkv::info(1_000_000));
+        element(&mut doc, ids::TRACKS, &all);
+        doc
+    };
+    let frame = [0u8; 200];
+    let cluster = |tc: u64, track: u64, last_offset: i16| {
+        kinema_mkv::cluster(
+            tc,
+            [
+                (track, 0, 0x80, &frame[..]),
+                (track, last_offset, 0, &frame[..]),
+            ],
+        )
+    };
+    let cases: Vec<(&str, Vec<u8>, u64, usize)> = vec![
+        (
+            "more than three tracks",
+            [header(4), cluster(0, 1, 33)].concat(),
+            4012,
+            0,
+        ),
+        (
+            "undeclared track",
+            [header(1), cluster(0, 1, 33), cluster(1000, 2, 33)].concat(),
+            4010,
+            1,
+        ),
+        (
+            "timecode going backwards",
+            [header(1), cluster(5000, 1, 33), cluster(1000, 1, 33)].concat(),
+            4004,
+            1,
+        ),
+        (
+            "fragment over 10 s",
+            [header(1), cluster(0, 1, 33), cluster(1000, 1, 11_000)].concat(),
+            4002,
+            1,
+        ),
+        (
+            "blocks before tracks",
+            [
+                kinema_mkv::ebml_header(),
+                kinema_mkv::segment_header(None),
+                cluster(0, 1, 33),
+            ]
+            .concat(),
+            4006,
+            0,
+        ),
+    ];
+    for (what, doc, code, kept) in cases {
+        let file = dir.path().join("case.mkv");
+        std::fs::write(&file, &doc).unwrap();
+        let acks = curl_put_file(&server, "rules", &file);
+        let errors = acks_of(&acks, "ERROR");
+        assert_eq!(errors.len(), 1, "{what}: {acks:?}");
+        assert_eq!(errors[0]["ErrorId"], code, "{what}");
+        assert_eq!(acks_of(&acks, "PERSISTED").len(), kept, "{what}: {acks:?}");
+    }
+}
+
 /// PutMedia through curl with the body from a file.
 fn curl_put_file(server: &Server, stream: &str, file: &std::path::Path) -> Vec<Value> {
     let out = Command::new("curl")
         .args(["-sS", "-N", "--aws-sigv4", "aws:amz:us-east-1:kinesisvideo"])
-        .args([
-            "--user",
-            &format!("{KEY_ID}:{SECRET}"),
-            "-X",
-            "POST",
-            "-H",
-            "Transfer-Encoding: chunked",
-        ])
+        .args(["--user", &format!("{KEY_ID}:{SECRET}"), "-X", "POST"])
         .args([
             "-H",
             &format!("x-amzn-stream-name: {stream}"),

@@ -99,30 +99,14 @@ async fn authenticate(State(state): State<Arc<AppState>>, req: Request, next: Ne
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let streaming = is_streaming_upload(parts.uri.path());
-    let (payload_hash, mut body) = if streaming {
-        (
-            claimed
-                .clone()
-                .unwrap_or_else(|| sigv4::EMPTY_SHA256.to_string()),
-            body,
-        )
-    } else {
-        let bytes = match axum::body::to_bytes(body, MAX_JSON_BODY).await {
-            Ok(b) => b,
-            Err(_) => {
-                return ApiError::invalid("request body too large or unreadable").into_response();
-            }
-        };
-        let actual = hex::encode(Sha256::digest(&bytes));
-        let hash = match claimed.clone() {
-            Some(c) if c == sigv4::UNSIGNED_PAYLOAD => c,
-            Some(c) if c != actual => {
-                return ApiError::from(sigv4::AuthError::BadSignature).into_response();
-            }
-            _ => actual,
-        };
-        (hash, Body::from(bytes))
-    };
+    // A streaming upload's body may be hashed only when its whole length is
+    // declared and bounded; otherwise it is signed as UNSIGNED-PAYLOAD or,
+    // as `curl -T -` does, over an empty payload.
+    let hashable_length = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .filter(|n| *n <= MAX_HASHED_UPLOAD);
     let verify = |hash: &str| {
         sigv4::verify(
             &state.keys,
@@ -136,17 +120,52 @@ async fn authenticate(State(state): State<Arc<AppState>>, req: Request, next: Ne
             SystemTime::now(),
         )
     };
-    let mut verdict = verify(&payload_hash);
-    if streaming && claimed.is_none() && verdict == Err(sigv4::AuthError::BadSignature) {
-        // A producer that knew its whole body (curl --data-binary @file)
-        // signed the body's real hash: read it (bounded) and check that.
-        let bytes = match axum::body::to_bytes(body, MAX_HASHED_UPLOAD).await {
-            Ok(b) => b,
-            Err(_) => return ApiError::from(sigv4::AuthError::BadSignature).into_response(),
-        };
-        verdict = verify(&hex::encode(Sha256::digest(&bytes)));
-        body = Body::from(bytes);
-    }
+    let read_hashed = |body: Body, limit: usize| async move {
+        let bytes = axum::body::to_bytes(body, limit).await.ok()?;
+        let hash = hex::encode(Sha256::digest(&bytes));
+        Some((bytes, hash))
+    };
+    let (verdict, body) = match (streaming, claimed.as_deref()) {
+        (true, Some(sigv4::UNSIGNED_PAYLOAD)) => (verify(sigv4::UNSIGNED_PAYLOAD), body),
+        (true, Some(claimed)) => {
+            // A signed body hash: check the body really has it before use.
+            let Some(limit) = hashable_length else {
+                return ApiError::invalid(
+                    "a streaming upload with a body hash needs a Content-Length up to 64 MiB; \
+                     sign streams with x-amz-content-sha256: UNSIGNED-PAYLOAD",
+                )
+                .into_response();
+            };
+            match read_hashed(body, limit).await {
+                Some((bytes, actual)) if actual == claimed => (verify(&actual), Body::from(bytes)),
+                _ => return ApiError::from(sigv4::AuthError::BadSignature).into_response(),
+            }
+        }
+        (true, None) => match verify(sigv4::EMPTY_SHA256) {
+            Err(sigv4::AuthError::BadSignature) if hashable_length.is_some() => {
+                // A producer that knew its whole body (curl --data-binary
+                // @file) signed the body's real hash.
+                let limit = hashable_length.unwrap_or_default();
+                match read_hashed(body, limit).await {
+                    Some((bytes, actual)) => (verify(&actual), Body::from(bytes)),
+                    None => return ApiError::from(sigv4::AuthError::BadSignature).into_response(),
+                }
+            }
+            verdict => (verdict, body),
+        },
+        (false, claimed) => {
+            let Some((bytes, actual)) = read_hashed(body, MAX_JSON_BODY).await else {
+                return ApiError::invalid("request body too large or unreadable").into_response();
+            };
+            match claimed {
+                Some(c) if c == sigv4::UNSIGNED_PAYLOAD => (verify(c), Body::from(bytes)),
+                Some(c) if c != actual => {
+                    return ApiError::from(sigv4::AuthError::BadSignature).into_response();
+                }
+                _ => (verify(&actual), Body::from(bytes)),
+            }
+        }
+    };
     match verdict {
         Ok(principal) => {
             let mut req = Request::from_parts(parts, body);

@@ -206,6 +206,9 @@ fn verify_header(
     }
     let scope = parse_credential(credential.ok_or(AuthError::Malformed("Credential"))?)?;
     let signed_headers = signed_headers.ok_or(AuthError::Malformed("SignedHeaders"))?;
+    if !signed_headers.split(';').any(|h| h == "host") {
+        return Err(AuthError::Malformed("SignedHeaders must include host"));
+    }
     let signature = signature.ok_or(AuthError::Malformed("Signature"))?;
     let date = req
         .headers
@@ -213,7 +216,7 @@ fn verify_header(
         .and_then(|v| v.to_str().ok())
         .ok_or(AuthError::Missing("X-Amz-Date"))?;
     let time = parse_amz_date(date)?;
-    if !date.starts_with(scope.date) {
+    if scope.date.len() != 8 || date.get(..8) != Some(scope.date) {
         return Err(AuthError::Malformed(
             "credential scope date differs from X-Amz-Date",
         ));

@@ -288,12 +288,14 @@ impl IngestSession {
                         format!("cluster timecode {tc} is below the previous {last}"),
                     );
                 }
-                let ns = tc as i128 * self.timecode_scale as i128;
-                let producer_ns = match self.timecode_type {
-                    TimecodeType::Absolute => ns,
-                    TimecodeType::Relative => self.start_ns + ns,
-                };
-                let producer_ms = producer_ns.div_euclid(1_000_000);
+                // Both factors come from the upload: overflow is an error, not a panic.
+                let producer_ns = (tc as i128)
+                    .checked_mul(self.timecode_scale as i128)
+                    .and_then(|ns| match self.timecode_type {
+                        TimecodeType::Absolute => Some(ns),
+                        TimecodeType::Relative => self.start_ns.checked_add(ns),
+                    });
+                let producer_ms = producer_ns.map(|ns| ns.div_euclid(1_000_000)).unwrap_or(-1);
                 if !(0..=i64::MAX as i128 / 2).contains(&producer_ms) {
                     return self.error(
                         AckError::InvalidProducerTimestamp,
@@ -344,7 +346,7 @@ impl IngestSession {
                 format!("fragment over {max_bytes} bytes"),
             );
         }
-        if block.timecode as i128 * scale > max_ms * 1_000_000 {
+        if (block.timecode as i128).abs() * scale > max_ms * 1_000_000 {
             return self.error(
                 AckError::MaxFragmentDurationReached,
                 format!("fragment longer than {max_ms} ms"),
@@ -369,7 +371,8 @@ impl IngestSession {
         let duration_ms = estimate_duration_ns(&p.blocks, &tracks, scale) / 1_000_000;
         // The stored Cluster is stamped with the producer timestamp in
         // TimecodeScale units, so GetMedia output has one time axis.
-        let stored_tc = (p.producer_ms as u128 * 1_000_000 / scale as u128) as u64;
+        let stored_tc =
+            u64::try_from(p.producer_ms as u128 * 1_000_000 / scale as u128).unwrap_or(u64::MAX);
         let cluster = kinema_mkv::cluster(
             stored_tc,
             p.blocks.iter().map(|b| {
@@ -414,11 +417,14 @@ fn estimate_duration_ns(blocks: &[Block], tracks: &[TrackInfo], scale: u64) -> u
         .map(|b| b.timecode as i64)
         .collect();
     times.sort_unstable();
-    let span = (times[times.len() - 1] - times[0]) as u64 * scale;
+    // Block timecodes are i16, but TimecodeScale and DefaultDuration come
+    // from the upload: compute in u128 and saturate.
+    let span = (times[times.len() - 1] - times[0]) as u128 * scale as u128;
     let frame = tracks
         .iter()
         .find(|t| t.number == first_track)
         .and_then(|t| t.default_duration_ns)
+        .map(u128::from)
         .or_else(|| {
             let mut gaps: Vec<i64> = times
                 .windows(2)
@@ -426,10 +432,10 @@ fn estimate_duration_ns(blocks: &[Block], tracks: &[TrackInfo], scale: u64) -> u
                 .filter(|g| *g > 0)
                 .collect();
             gaps.sort_unstable();
-            gaps.get(gaps.len() / 2).map(|g| *g as u64 * scale)
+            gaps.get(gaps.len() / 2).map(|g| *g as u128 * scale as u128)
         })
         .unwrap_or(0);
-    span + frame
+    u64::try_from(span + frame).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -568,6 +574,40 @@ mod tests {
             error(&run(b"garbage, not matroska", true)),
             Some(AckError::InvalidMkvData)
         );
+    }
+
+    #[test]
+    fn absolute_timecodes_are_the_producer_timestamps() {
+        let mut s = IngestSession::new(TimecodeType::Absolute, 0, IngestLimits::default());
+        let mut doc = header(1);
+        doc.extend(cluster(1_700_000_000_123, 1, 3));
+        s.push(&doc, 0);
+        s.finish(0);
+        let events: Vec<_> = std::iter::from_fn(|| s.poll()).collect();
+        assert_eq!(fragments(&events)[0].producer_ms, 1_700_000_000_123);
+    }
+
+    #[test]
+    fn huge_timecode_scale_is_an_error_not_an_overflow() {
+        let mut tracks = Vec::new();
+        let mut entry = Vec::new();
+        uint_element(&mut entry, ids::TRACK_NUMBER, 1);
+        uint_element(&mut entry, ids::DEFAULT_DURATION, u64::MAX);
+        element(&mut tracks, ids::TRACK_ENTRY, &entry);
+        let mut doc = kinema_mkv::ebml_header();
+        doc.extend(kinema_mkv::segment_header(None));
+        doc.extend(kinema_mkv::info(u64::MAX));
+        element(&mut doc, ids::TRACKS, &tracks);
+        doc.extend(kinema_mkv::cluster(u64::MAX, [(1, -5, 0x80, &b"x"[..])]));
+        let mut s = IngestSession::new(
+            TimecodeType::Relative,
+            i128::from(i64::MAX),
+            IngestLimits::default(),
+        );
+        s.push(&doc, 0);
+        s.finish(0);
+        let events: Vec<_> = std::iter::from_fn(|| s.poll()).collect();
+        assert_eq!(error(&events), Some(AckError::InvalidProducerTimestamp));
     }
 
     #[test]

@@ -151,6 +151,14 @@ impl Engine {
     /// its index log and removing objects no index entry names.
     pub async fn open(store: Store, config: EngineConfig) -> Result<Engine, EngineError> {
         let infos: Vec<StreamInfo> = store.load_meta(META_DOC)?.unwrap_or_default();
+        // Data of streams the metadata no longer lists: a crash during
+        // DeleteStream (metadata saved, data not yet removed).
+        for id in store.stored_stream_ids()? {
+            if !infos.iter().any(|i| i.id == id) {
+                tracing::info!(stream_id = %id, "removing the data of a deleted stream");
+                store.delete_stream(&id).await?;
+            }
+        }
         let mut streams = BTreeMap::new();
         for info in infos {
             let (log, records) = store.open_index(&info.id)?;
@@ -288,7 +296,13 @@ impl Engine {
             retention_hours,
             tags,
         };
-        let (log, _) = self.inner.store.open_index(&info.id)?;
+        if read(&self.inner.streams).contains_key(name) {
+            return Err(EngineError::ResourceInUse(format!(
+                "the stream {name} already exists"
+            )));
+        }
+        self.inner.store.prepare_stream(&info.id).await?;
+        let log = self.inner.store.open_index_async(&info.id).await?;
         {
             let mut streams = write(&self.inner.streams);
             if streams.contains_key(name) {
@@ -707,7 +721,11 @@ impl Engine {
             let records: Vec<Record> = std::iter::once(Record::Trim { through })
                 .chain(read(&stream.catalog).iter().map(|f| Record::Fragment(*f)))
                 .collect();
-            *log = self.inner.store.rewrite_index(&info.id, &records)?;
+            *log = self
+                .inner
+                .store
+                .rewrite_index_async(&info.id, records)
+                .await?;
             stream.trims.store(1, Ordering::Relaxed);
         }
         tracing::debug!(stream = %info.name, removed = removed.len(), "retention");

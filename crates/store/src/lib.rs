@@ -92,6 +92,10 @@ impl Store {
         ] {
             fs::create_dir_all(&dir).map_err(io(&dir))?;
         }
+        let streams_dir = objects_dir.join("streams");
+        fs::create_dir_all(&streams_dir).map_err(io(&streams_dir))?;
+        sync_dir(&objects_dir)?;
+        sync_dir(root)?;
         let objects = LocalFileSystem::new_with_prefix(&objects_dir)?;
         Ok(Store {
             root: root.to_path_buf(),
@@ -106,6 +110,51 @@ impl Store {
 
     fn fragment_key(stream_id: &str, number: u64) -> ObjectPath {
         ObjectPath::from(format!("streams/{stream_id}/{number:020}.mkv"))
+    }
+
+    /// Creates a stream's object directory and makes its entry durable, so
+    /// the first fragment's fsync of that directory is enough afterwards.
+    pub async fn prepare_stream(&self, stream_id: &str) -> Result<(), StoreError> {
+        let Some(base) = self.local_objects.clone() else {
+            return Ok(());
+        };
+        let dir = base.join("streams").join(stream_id);
+        blocking(move || {
+            fs::create_dir_all(&dir).map_err(io(&dir))?;
+            sync_dir(dir.parent().expect("streams/ is the parent"))?;
+            sync_dir(&base)
+        })
+        .await
+    }
+
+    /// Ids of every stream with an index or objects on disk.
+    pub fn stored_stream_ids(&self) -> Result<Vec<String>, StoreError> {
+        let mut ids = std::collections::BTreeSet::new();
+        let index = self.root.join("index");
+        for e in fs::read_dir(&index).map_err(io(&index))? {
+            let name = e
+                .map_err(io(&index))?
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            if let Some(id) = name.strip_suffix(".idx") {
+                ids.insert(id.to_string());
+            }
+        }
+        if let Some(base) = &self.local_objects {
+            let streams = base.join("streams");
+            if streams.exists() {
+                for e in fs::read_dir(&streams).map_err(io(&streams))? {
+                    ids.insert(
+                        e.map_err(io(&streams))?
+                            .file_name()
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
+                }
+            }
+        }
+        Ok(ids.into_iter().collect())
     }
 
     /// Stores a fragment object durably.
@@ -169,6 +218,9 @@ impl Store {
         for n in self.list_fragments(stream_id).await? {
             self.delete_fragment(stream_id, n).await?;
         }
+        if let Some(base) = &self.local_objects {
+            let _ = fs::remove_dir(base.join("streams").join(stream_id));
+        }
         let idx = self.index_path(stream_id);
         match fs::remove_file(&idx) {
             Ok(()) => Ok(()),
@@ -203,11 +255,30 @@ impl Store {
         sync_dir(path.parent().expect("index files live in index/"))?;
         Ok((
             IndexLog {
-                file: Arc::new(Mutex::new(file)),
+                file: Arc::new(Mutex::new(LogFile {
+                    file,
+                    broken: false,
+                })),
                 path,
             },
             records,
         ))
+    }
+
+    /// [`Store::open_index`] on the blocking pool.
+    pub async fn open_index_async(&self, stream_id: &str) -> Result<IndexLog, StoreError> {
+        let (store, id) = (self.clone(), stream_id.to_string());
+        blocking(move || Ok(store.open_index(&id)?.0)).await
+    }
+
+    /// [`Store::rewrite_index`] on the blocking pool.
+    pub async fn rewrite_index_async(
+        &self,
+        stream_id: &str,
+        records: Vec<Record>,
+    ) -> Result<IndexLog, StoreError> {
+        let (store, id) = (self.clone(), stream_id.to_string());
+        blocking(move || store.rewrite_index(&id, &records)).await
     }
 
     /// Rewrites a stream's index with just `records` (compaction after trims).
@@ -279,8 +350,16 @@ impl Store {
 /// A stream's append-only index log. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct IndexLog {
-    file: Arc<Mutex<File>>,
+    file: Arc<Mutex<LogFile>>,
     path: PathBuf,
+}
+
+#[derive(Debug)]
+struct LogFile {
+    file: File,
+    /// Set when a failed append could not be cut back: the tail is unknown,
+    /// so nothing may be appended after it.
+    broken: bool,
 }
 
 impl IndexLog {
@@ -292,10 +371,30 @@ impl IndexLog {
             let mut bytes = Vec::with_capacity(64);
             index::encode(&record, &mut bytes);
             // The lock only serialises appends; a poisoned lock still guards a valid file.
-            let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
-            f.write_all(&bytes)
-                .and_then(|_| f.sync_data())
-                .map_err(io(&path))
+            let mut log = file.lock().unwrap_or_else(|p| p.into_inner());
+            if log.broken {
+                return Err(StoreError::Io {
+                    path: path.clone(),
+                    source: std::io::Error::other(
+                        "the index log failed earlier and takes no more records",
+                    ),
+                });
+            }
+            let f = &mut log.file;
+            let before = f.seek(SeekFrom::End(0)).map_err(io(&path))?;
+            let result = f.write_all(&bytes).and_then(|_| f.sync_data());
+            if let Err(e) = result {
+                // A partial record must not stay in front of later appends:
+                // recovery stops at the first bad record and would drop
+                // everything after it. Cut back; if even that fails, refuse
+                // further appends rather than acknowledge unrecoverable ones.
+                let cut = f.set_len(before).and_then(|_| f.sync_data());
+                if cut.is_err() {
+                    log.broken = true;
+                }
+                return Err(io(&path)(e));
+            }
+            Ok(())
         })
         .await
     }
