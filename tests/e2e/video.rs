@@ -747,6 +747,83 @@ fn a_truncated_upload_keeps_every_complete_fragment() {
     assert!(http_get(&server, "/health").starts_with("HTTP/1.1 200"));
 }
 
+/// PERSISTED is sent only after the fragment object, its directory entry and
+/// its index record are on disk: the server's system calls, traced with
+/// strace, show fdatasync(object), fsync(directory) and fdatasync(index)
+/// before the write of each PERSISTED ack.
+#[test]
+fn persisted_acks_follow_the_fsyncs_of_object_and_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    create_stream(&server, "durable", 1);
+    let trace = dir.path().join("strace.log");
+    let mut strace = Command::new("strace")
+        .args([
+            "-f",
+            "-y",
+            "-s",
+            "120",
+            "-e",
+            "trace=fsync,fdatasync,write,writev,sendto",
+            "-o",
+        ])
+        .arg(&trace)
+        .args(["-p", &server.child.id().to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strace (installed by scripts/setup.sh)");
+    // Attached once a /health response shows up in the trace.
+    let attached = wait_for(Duration::from_secs(20), || {
+        http_get(&server, "/health");
+        std::fs::read_to_string(&trace)
+            .ok()?
+            .contains("HTTP/1.1 200 OK")
+            .then_some(())
+    });
+    assert!(attached.is_some(), "strace attached to the server");
+    let acks = put_with_gst_curl(&server, "durable", 90, 30, false);
+    let numbers: Vec<String> = acks_of(&acks, "PERSISTED")
+        .iter()
+        .map(|a| a["FragmentNumber"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(numbers.len(), 3);
+    let _ = Command::new("kill")
+        .args(["-TERM", &strace.id().to_string()])
+        .status();
+    let _ = strace.wait();
+    let log = std::fs::read_to_string(&trace).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    for n in &numbers {
+        let ack = lines
+            .iter()
+            .position(|l| l.contains("PERSISTED") && l.contains(n.as_str()))
+            .unwrap_or_else(|| panic!("no ack write for {n} in the trace"));
+        let object = lines[..ack]
+            .iter()
+            .rposition(|l| {
+                l.contains("fdatasync(") && l.contains(&format!("{n}.mkv>")) && l.ends_with("= 0")
+            })
+            .unwrap_or_else(|| panic!("fragment {n}: no fdatasync of its object before the ack"));
+        let dir_sync = lines[object..ack]
+            .iter()
+            .position(|l| {
+                l.contains("fsync(")
+                    && l.contains("/objects/streams/")
+                    && !l.contains(".mkv")
+                    && l.ends_with("= 0")
+            })
+            .unwrap_or_else(|| {
+                panic!("fragment {n}: no fsync of its directory between object and ack")
+            });
+        assert!(
+            lines[object + dir_sync..ack]
+                .iter()
+                .any(|l| l.contains("fdatasync(") && l.contains(".idx>") && l.ends_with("= 0")),
+            "fragment {n}: no fdatasync of the index between the object and the ack"
+        );
+    }
+}
+
 /// SIGKILL during ingest: every fragment acknowledged PERSISTED before the
 /// kill is listed and readable after a restart, and nothing else is served.
 #[test]
