@@ -3,5 +3,6 @@
 //! GStreamer) and checked by independent readers (ffprobe, matroskademux).
 
 mod architecture;
+mod datastreams;
 mod support;
 mod video;

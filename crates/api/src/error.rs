@@ -61,6 +61,13 @@ impl From<EngineError> for ApiError {
             EngineError::ClientLimitExceeded(m) => {
                 Self::new(S::BAD_REQUEST, "ClientLimitExceededException", m)
             }
+            EngineError::ExpiredIterator(m) => {
+                Self::new(S::BAD_REQUEST, "ExpiredIteratorException", m)
+            }
+            EngineError::Internal(m) => {
+                tracing::error!(error = %m, "internal failure");
+                Self::internal()
+            }
             EngineError::Storage(e) => {
                 tracing::error!(error = %e, "storage failure");
                 Self::internal()

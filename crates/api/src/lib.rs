@@ -4,6 +4,7 @@
 //! calls and engine errors into AWS error shapes.
 
 pub mod error;
+mod kinesis;
 pub mod metrics;
 pub mod sigv4;
 mod video;
@@ -36,6 +37,7 @@ const MAX_HASHED_UPLOAD: usize = 64 << 20;
 /// Shared state of all handlers.
 pub struct AppState {
     pub engine: Engine,
+    pub datastreams: kinema_engine::datastreams::DataStreams,
     pub keys: KeyStore,
     pub metrics: Arc<Metrics>,
     /// Base URL returned by GetDataEndpoint; derived from `Host` when unset.
@@ -47,6 +49,7 @@ pub struct AppState {
 /// The full router.
 pub fn router(state: Arc<AppState>) -> Router {
     let signed = video::routes()
+        .route("/", post(kinesis::dispatch))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state.clone());
     Router::new()

@@ -7,6 +7,7 @@
 //! Data Streams API (issue: data streams) is built on.
 
 mod iterator;
+pub mod record;
 mod shards;
 
 pub use iterator::{ITERATOR_TTL_MS, IteratorError, IteratorKey, IteratorPosition};

@@ -9,10 +9,12 @@
 use md5::{Digest, Md5};
 
 /// A shard: its id, hash-key range (inclusive), lineage and lifetime.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Shard {
     pub id: u32,
+    #[serde(with = "u128_string")]
     pub start: u128,
+    #[serde(with = "u128_string")]
     pub end: u128,
     pub parent: Option<u32>,
     pub adjacent_parent: Option<u32>,
@@ -79,8 +81,20 @@ pub fn parse_hash_key(s: &str) -> Option<u128> {
     s.parse().ok()
 }
 
+/// 128-bit hash keys as decimal strings in JSON (numbers that large do not
+/// survive JSON readers).
+mod u128_string {
+    pub fn serialize<S: serde::Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        let s: String = serde::Deserialize::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// All shards of one stream, open and closed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ShardMap {
     shards: Vec<Shard>,
     next_sequence: u64,
@@ -180,6 +194,11 @@ impl ShardMap {
             .iter()
             .find(|s| s.is_open() && s.contains(hash))
             .expect("open shards cover the whole hash space")
+    }
+
+    /// Raises the next sequence number above `seq` (recovery from the log).
+    pub fn observe(&mut self, seq: u64) {
+        self.next_sequence = self.next_sequence.max(seq + 1);
     }
 
     /// Assigns the next sequence number to a record going to `shard`.

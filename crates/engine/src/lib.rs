@@ -4,6 +4,7 @@
 //! requests into calls here and [`EngineError`]s into responses.
 
 mod clock;
+pub mod datastreams;
 mod streams;
 
 pub use clock::now_ms;
@@ -31,6 +32,10 @@ pub enum EngineError {
     NoDataRetention(String),
     #[error("{0}")]
     ClientLimitExceeded(String),
+    #[error("{0}")]
+    ExpiredIterator(String),
+    #[error("internal: {0}")]
+    Internal(String),
     #[error("storage: {0}")]
     Storage(#[from] kinema_store::StoreError),
 }

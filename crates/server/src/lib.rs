@@ -13,6 +13,14 @@ use kinema_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// A fresh secret for signing shard iterators (they do not outlive the process).
+fn iterator_key() -> anyhow::Result<[u8; 32]> {
+    use std::io::Read;
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+    Ok(key)
+}
+
 /// Runs the server on `listener` until `shutdown` resolves.
 pub async fn run(
     listener: TcpListener,
@@ -20,13 +28,24 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let store = Store::open_local(&cfg.data_dir)?;
-    let engine = Engine::open(store, cfg.engine.clone()).await?;
+    let engine = Engine::open(store.clone(), cfg.engine.clone()).await?;
+    let datastreams = kinema_engine::datastreams::DataStreams::open(
+        store,
+        kinema_engine::datastreams::DataStreamsConfig {
+            region: cfg.engine.region.clone(),
+            account_id: cfg.engine.account_id.clone(),
+            ..Default::default()
+        },
+        iterator_key()?,
+    )
+    .await?;
     if cfg.keys.is_empty() {
         tracing::warn!("no access keys configured: every signed request will be refused");
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = Arc::new(AppState {
         engine: engine.clone(),
+        datastreams,
         keys: KeyStore::new(cfg.keys.clone()),
         metrics: Metrics::new(),
         public_url: cfg.public_url.clone(),

@@ -6,7 +6,8 @@
 //!   written through `object_store` (local file system by default);
 //! - `index/<stream id>.idx`: each stream's append-only index log
 //!   ([`kinema_archive::index`]);
-//! - `meta/<name>.json`: small metadata documents replaced atomically.
+//! - `meta/<name>.json`: small metadata documents replaced atomically;
+//! - `data/<stream id>.log`: each data stream's record log ([`DataLog`]).
 //!
 //! Durability: [`Store::put_fragment`] returns only once the object and its
 //! directory entry are on disk (fsync), and [`IndexLog::append`] only once
@@ -397,6 +398,114 @@ impl IndexLog {
             Ok(())
         })
         .await
+    }
+}
+
+/// A data stream's append-only record log (`data/<stream id>.log`).
+/// Appends come from one writer at a time; reads are positional and may
+/// run concurrently with appends.
+#[derive(Debug)]
+pub struct DataLog {
+    file: Arc<File>,
+    path: PathBuf,
+    len: u64,
+}
+
+impl Store {
+    fn data_log_path(&self, stream_id: &str) -> PathBuf {
+        self.root.join("data").join(format!("{stream_id}.log"))
+    }
+
+    /// Opens a data stream's log, cutting a torn tail back to the last
+    /// complete record; returns it with every record and its offset.
+    pub fn open_data_log(
+        &self,
+        stream_id: &str,
+    ) -> Result<(DataLog, Vec<(u64, kinema_datastream::record::StoredRecord)>), StoreError> {
+        let dir = self.root.join("data");
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let path = self.data_log_path(stream_id);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io(&path))?;
+        let (records, valid) = kinema_datastream::record::decode_log(&bytes);
+        if valid < bytes.len() {
+            tracing::warn!(path = %path.display(), cut = bytes.len() - valid, "cutting a torn tail off a data log");
+            file.set_len(valid as u64).map_err(io(&path))?;
+            file.sync_all().map_err(io(&path))?;
+        }
+        sync_dir(&dir)?;
+        Ok((
+            DataLog {
+                file: Arc::new(file),
+                path,
+                len: valid as u64,
+            },
+            records,
+        ))
+    }
+
+    pub fn delete_data_log(&self, stream_id: &str) -> Result<(), StoreError> {
+        let path = self.data_log_path(stream_id);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+}
+
+impl DataLog {
+    /// Appends encoded records and returns their starting offset once they
+    /// are on disk (fdatasync). Blocking: call it off the async runtime.
+    /// On failure the log is cut back, so no partial record stays in front
+    /// of later appends.
+    pub fn append(&mut self, bytes: &[u8]) -> Result<u64, StoreError> {
+        let offset = self.len;
+        let result = (&*self.file)
+            .write_all(bytes)
+            .and_then(|_| self.file.sync_data());
+        if let Err(e) = result {
+            let _ = self
+                .file
+                .set_len(offset)
+                .and_then(|_| self.file.sync_data());
+            return Err(io(&self.path)(e));
+        }
+        self.len += bytes.len() as u64;
+        Ok(offset)
+    }
+
+    /// A reader sharing the file.
+    pub fn reader(&self) -> DataLogReader {
+        DataLogReader {
+            file: self.file.clone(),
+            path: self.path.clone(),
+        }
+    }
+}
+
+/// Positional reads of a data log; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct DataLogReader {
+    file: Arc<File>,
+    path: PathBuf,
+}
+
+impl DataLogReader {
+    /// Reads `len` bytes at `offset`. Blocking.
+    pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0; len];
+        self.file
+            .read_exact_at(&mut buf, offset)
+            .map_err(io(&self.path))?;
+        Ok(buf)
     }
 }
 

@@ -1,0 +1,687 @@
+//! Data streams: a durable, sharded log in the style of Kinesis Data Streams.
+//!
+//! Each stream has one append-only log file (all shards) written by a single
+//! writer task that batches concurrent puts into one fdatasync (group
+//! commit); a put is acknowledged only after its batch is on disk. Sequence
+//! numbers are assigned by the writer in log order, so recovery replays the
+//! log and finds the same records, in the same order, with the same numbers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use kinema_datastream::record::{self, StoredRecord};
+use kinema_datastream::{IteratorError, IteratorKey, IteratorPosition, ShardMap, hash_key};
+use kinema_store::{DataLog, DataLogReader, Store};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
+
+use crate::{EngineError, now_ms};
+
+const META_DOC: &str = "data-streams";
+/// At most this many put requests share one fdatasync.
+const MAX_BATCH_REQUESTS: usize = 256;
+pub const MAX_GET_RECORDS: usize = 10_000;
+const MAX_GET_BYTES: usize = 10 << 20;
+pub const DEFAULT_RETENTION_HOURS: u32 = 24;
+pub const MAX_RETENTION_HOURS: u32 = 8760;
+
+#[derive(Debug, Clone)]
+pub struct DataStreamsConfig {
+    pub region: String,
+    pub account_id: String,
+    /// Largest record data (the original's limit is 1 MiB).
+    pub max_record_bytes: usize,
+    pub max_shards_per_stream: u32,
+}
+
+impl Default for DataStreamsConfig {
+    fn default() -> Self {
+        DataStreamsConfig {
+            region: "us-east-1".into(),
+            account_id: "000000000000".into(),
+            max_record_bytes: 1 << 20,
+            max_shards_per_stream: 256,
+        }
+    }
+}
+
+/// What the control plane knows about a data stream; persisted as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DataStreamInfo {
+    pub name: String,
+    pub id: String,
+    pub arn: String,
+    pub created_ms: i64,
+    pub retention_hours: u32,
+    pub tags: BTreeMap<String, String>,
+    pub shards: ShardMap,
+}
+
+/// One record to append.
+#[derive(Debug, Clone)]
+pub struct PutEntry {
+    pub partition_key: String,
+    pub explicit_hash_key: Option<u128>,
+    pub data: Bytes,
+}
+
+/// Where an appended record went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutResult {
+    pub shard: u32,
+    pub sequence: u64,
+}
+
+/// A record as read back.
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    pub sequence: u64,
+    pub arrival_ms: i64,
+    pub partition_key: String,
+    pub data: Bytes,
+}
+
+pub struct RecordsPage {
+    pub records: Vec<ReadRecord>,
+    /// `None` once a closed shard is drained.
+    pub next_iterator: Option<String>,
+    pub millis_behind_latest: i64,
+    /// Set when a closed shard is drained: its children.
+    pub child_shards: Vec<kinema_datastream::Shard>,
+}
+
+/// Where a shard iterator starts.
+#[derive(Debug, Clone, Copy)]
+pub enum IteratorStart {
+    TrimHorizon,
+    Latest,
+    AtSequence(u64),
+    AfterSequence(u64),
+    AtTimestamp(i64),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    sequence: u64,
+    arrival_ms: i64,
+    offset: u64,
+    len: u32,
+}
+
+struct WriteRequest {
+    entries: Vec<PutEntry>,
+    reply: oneshot::Sender<Result<Vec<PutResult>, EngineError>>,
+}
+
+struct DStream {
+    info: std::sync::Mutex<DataStreamInfo>,
+    index: RwLock<HashMap<u32, Vec<Entry>>>,
+    writer: mpsc::Sender<WriteRequest>,
+    reader: DataLogReader,
+    live: watch::Sender<u64>,
+    deleted: AtomicBool,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Inner {
+    store: Store,
+    config: DataStreamsConfig,
+    streams: RwLock<BTreeMap<String, Arc<DStream>>>,
+    key: IteratorKey,
+    meta_lock: Mutex<()>,
+}
+
+/// The data-stream service handle; cheap to clone.
+#[derive(Clone)]
+pub struct DataStreams {
+    inner: Arc<Inner>,
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+}
+
+fn not_found(name: &str) -> EngineError {
+    EngineError::ResourceNotFound(format!("Stream {name} under account not found."))
+}
+
+impl DataStreams {
+    /// Opens the service, replaying every stream's log. `key` signs shard
+    /// iterators (random per process: iterators do not survive a restart).
+    pub async fn open(
+        store: Store,
+        config: DataStreamsConfig,
+        key: [u8; 32],
+    ) -> Result<DataStreams, EngineError> {
+        let infos: Vec<DataStreamInfo> = store.load_meta(META_DOC)?.unwrap_or_default();
+        let inner = Arc::new(Inner {
+            store,
+            config,
+            streams: RwLock::new(BTreeMap::new()),
+            key: IteratorKey::new(key),
+            meta_lock: Mutex::new(()),
+        });
+        let ds = DataStreams { inner };
+        for mut info in infos {
+            let (log, records) = ds.inner.store.open_data_log(&info.id)?;
+            let mut index: HashMap<u32, Vec<Entry>> = HashMap::new();
+            for (offset, r) in &records {
+                info.shards.observe(r.sequence);
+                index.entry(r.shard).or_default().push(Entry {
+                    sequence: r.sequence,
+                    arrival_ms: r.arrival_ms,
+                    offset: *offset,
+                    len: r.encoded_len() as u32,
+                });
+            }
+            tracing::info!(stream = %info.name, records = records.len(), "recovered data stream");
+            ds.install(info, log, index);
+        }
+        Ok(ds)
+    }
+
+    fn install(&self, info: DataStreamInfo, log: DataLog, index: HashMap<u32, Vec<Entry>>) {
+        let (tx, rx) = mpsc::channel(1024);
+        let stream = Arc::new(DStream {
+            reader: log.reader(),
+            info: std::sync::Mutex::new(info.clone()),
+            index: RwLock::new(index),
+            writer: tx,
+            live: watch::channel(0).0,
+            deleted: AtomicBool::new(false),
+        });
+        tokio::spawn(writer_task(Arc::downgrade(&stream), log, rx));
+        self.inner
+            .streams
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(info.name, stream);
+    }
+
+    fn get(&self, name: &str) -> Result<Arc<DStream>, EngineError> {
+        self.inner
+            .streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found(name))
+    }
+
+    /// Resolves a stream by name or ARN (as the API allows either).
+    pub fn resolve_name(
+        &self,
+        name: Option<&str>,
+        arn: Option<&str>,
+    ) -> Result<String, EngineError> {
+        match (name, arn) {
+            (Some(n), _) => Ok(n.to_string()),
+            (None, Some(a)) => a
+                .rsplit_once(":stream/")
+                .map(|(_, n)| n.to_string())
+                .ok_or_else(|| EngineError::InvalidArgument(format!("{a} is not a stream ARN"))),
+            (None, None) => Err(EngineError::InvalidArgument(
+                "StreamName or StreamARN is required".into(),
+            )),
+        }
+    }
+
+    async fn save_meta(&self) -> Result<(), EngineError> {
+        let _g = self.inner.meta_lock.lock().await;
+        let infos: Vec<DataStreamInfo> = self
+            .inner
+            .streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|s| lock(&s.info).clone())
+            .collect();
+        self.inner.store.save_meta(META_DOC, &infos).await?;
+        Ok(())
+    }
+
+    pub fn config(&self) -> &DataStreamsConfig {
+        &self.inner.config
+    }
+
+    pub async fn create(&self, name: &str, shard_count: u32) -> Result<(), EngineError> {
+        if !valid_name(name) {
+            return Err(EngineError::InvalidArgument(format!(
+                "StreamName {name:?} must be 1-128 characters of [a-zA-Z0-9_.-]"
+            )));
+        }
+        if shard_count == 0 || shard_count > self.inner.config.max_shards_per_stream {
+            return Err(EngineError::InvalidArgument(format!(
+                "ShardCount must be between 1 and {}",
+                self.inner.config.max_shards_per_stream
+            )));
+        }
+        if self.get(name).is_ok() {
+            return Err(EngineError::ResourceInUse(format!(
+                "Stream {name} already exists."
+            )));
+        }
+        let now = now_ms();
+        let cfg = &self.inner.config;
+        let info = DataStreamInfo {
+            name: name.to_string(),
+            id: format!("{now}-{name}"),
+            arn: format!(
+                "arn:aws:kinesis:{}:{}:stream/{name}",
+                cfg.region, cfg.account_id
+            ),
+            created_ms: now,
+            retention_hours: DEFAULT_RETENTION_HOURS,
+            tags: BTreeMap::new(),
+            shards: ShardMap::new(shard_count, now),
+        };
+        let store = self.inner.store.clone();
+        let id = info.id.clone();
+        let (log, _) = tokio::task::spawn_blocking(move || store.open_data_log(&id))
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))??;
+        self.install(info, log, HashMap::new());
+        self.save_meta().await
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<(), EngineError> {
+        let stream = self.get(name)?;
+        self.inner
+            .streams
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        stream.deleted.store(true, Ordering::SeqCst);
+        self.save_meta().await?;
+        let id = lock(&stream.info).id.clone();
+        self.inner.store.delete_data_log(&id)?;
+        Ok(())
+    }
+
+    pub fn describe(&self, name: &str) -> Result<DataStreamInfo, EngineError> {
+        Ok(lock(&self.get(name)?.info).clone())
+    }
+
+    pub fn list(&self) -> Vec<String> {
+        self.inner
+            .streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    async fn update_info(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut DataStreamInfo) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        let stream = self.get(name)?;
+        f(&mut lock(&stream.info))?;
+        self.save_meta().await
+    }
+
+    pub async fn set_retention(
+        &self,
+        name: &str,
+        hours: u32,
+        increase: bool,
+    ) -> Result<(), EngineError> {
+        self.update_info(name, |i| {
+            let ok = if increase {
+                hours >= i.retention_hours
+            } else {
+                hours <= i.retention_hours
+            };
+            if !(DEFAULT_RETENTION_HOURS..=MAX_RETENTION_HOURS).contains(&hours) || !ok {
+                return Err(EngineError::InvalidArgument(format!(
+                    "retention {hours} h must be {} the current {} h and within 24-8760",
+                    if increase { "at least" } else { "at most" },
+                    i.retention_hours
+                )));
+            }
+            i.retention_hours = hours;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn add_tags(
+        &self,
+        name: &str,
+        tags: BTreeMap<String, String>,
+    ) -> Result<(), EngineError> {
+        self.update_info(name, |i| {
+            i.tags.extend(tags);
+            if i.tags.len() > 50 {
+                return Err(EngineError::InvalidArgument(
+                    "at most 50 tags per stream".into(),
+                ));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    fn reshard_error(e: kinema_datastream::ShardError) -> EngineError {
+        match e {
+            kinema_datastream::ShardError::UnknownShard(m) => EngineError::ResourceNotFound(m),
+            other => EngineError::InvalidArgument(other.to_string()),
+        }
+    }
+
+    pub async fn split(&self, name: &str, shard: u32, at: u128) -> Result<(), EngineError> {
+        self.update_info(name, |i| {
+            i.shards
+                .split(shard, at, now_ms())
+                .map(|_| ())
+                .map_err(Self::reshard_error)
+        })
+        .await
+    }
+
+    pub async fn merge(&self, name: &str, shard: u32, adjacent: u32) -> Result<(), EngineError> {
+        self.update_info(name, |i| {
+            i.shards
+                .merge(shard, adjacent, now_ms())
+                .map(|_| ())
+                .map_err(Self::reshard_error)
+        })
+        .await
+    }
+
+    pub async fn update_shard_count(&self, name: &str, target: u32) -> Result<u32, EngineError> {
+        let mut before = 0;
+        self.update_info(name, |i| {
+            before = i.shards.open().len() as u32;
+            i.shards
+                .update_shard_count(target, now_ms())
+                .map_err(Self::reshard_error)
+        })
+        .await?;
+        Ok(before)
+    }
+
+    /// Appends records durably; results are in request order.
+    pub async fn put(
+        &self,
+        name: &str,
+        entries: Vec<PutEntry>,
+    ) -> Result<Vec<PutResult>, EngineError> {
+        let stream = self.get(name)?;
+        let (reply, rx) = oneshot::channel();
+        stream
+            .writer
+            .send(WriteRequest { entries, reply })
+            .await
+            .map_err(|_| not_found(name))?;
+        rx.await.map_err(|_| not_found(name))?
+    }
+
+    pub fn shard_iterator(
+        &self,
+        name: &str,
+        shard: u32,
+        start: IteratorStart,
+    ) -> Result<String, EngineError> {
+        let stream = self.get(name)?;
+        let info = lock(&stream.info);
+        let s = info
+            .shards
+            .shard(shard)
+            .ok_or_else(|| {
+                EngineError::ResourceNotFound(format!(
+                    "Shard {shard} in stream {name} does not exist"
+                ))
+            })?
+            .clone();
+        let in_shard = |seq: u64| {
+            if seq < s.starting_sequence || s.ending_sequence.is_some_and(|e| seq > e) {
+                Err(EngineError::InvalidArgument(format!(
+                    "sequence number {} does not belong to shard {}",
+                    kinema_datastream::sequence_string(seq),
+                    kinema_datastream::shard_id_string(shard)
+                )))
+            } else {
+                Ok(seq)
+            }
+        };
+        let from = match start {
+            IteratorStart::TrimHorizon => 0,
+            IteratorStart::Latest => info.shards.next_sequence(),
+            IteratorStart::AtSequence(seq) => in_shard(seq)?,
+            IteratorStart::AfterSequence(seq) => in_shard(seq)? + 1,
+            IteratorStart::AtTimestamp(t) => {
+                let index = stream.index.read().unwrap_or_else(|p| p.into_inner());
+                let entries = index.get(&shard).map(Vec::as_slice).unwrap_or_default();
+                let i = entries.partition_point(|e| e.arrival_ms < t);
+                entries
+                    .get(i)
+                    .map(|e| e.sequence)
+                    .unwrap_or(info.shards.next_sequence())
+            }
+        };
+        Ok(self.inner.key.encode(&IteratorPosition {
+            stream: info.created_ms as u64,
+            shard,
+            from_sequence: from,
+            issued_ms: now_ms(),
+        }))
+    }
+
+    fn by_stamp(&self, stamp: u64) -> Option<Arc<DStream>> {
+        self.inner
+            .streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .find(|s| lock(&s.info).created_ms as u64 == stamp)
+            .cloned()
+    }
+
+    pub async fn get_records(
+        &self,
+        iterator: &str,
+        limit: usize,
+    ) -> Result<RecordsPage, EngineError> {
+        let now = now_ms();
+        let pos = self.inner.key.decode(iterator, now).map_err(|e| match e {
+            IteratorError::Expired => EngineError::ExpiredIterator(e.to_string()),
+            IteratorError::Invalid => EngineError::InvalidArgument(e.to_string()),
+        })?;
+        let stream = self.by_stamp(pos.stream).ok_or_else(|| {
+            EngineError::ResourceNotFound("the iterator's stream no longer exists".into())
+        })?;
+        let limit = limit.clamp(1, MAX_GET_RECORDS);
+        let (picked, tip) = {
+            let index = stream.index.read().unwrap_or_else(|p| p.into_inner());
+            let entries = index.get(&pos.shard).map(Vec::as_slice).unwrap_or_default();
+            let i = entries.partition_point(|e| e.sequence < pos.from_sequence);
+            let mut bytes = 0usize;
+            let picked: Vec<Entry> = entries[i..]
+                .iter()
+                .take(limit)
+                .take_while(|e| {
+                    bytes += e.len as usize;
+                    bytes <= MAX_GET_BYTES
+                })
+                .copied()
+                .collect();
+            (picked, entries.last().map(|e| e.sequence))
+        };
+        let reader = stream.reader.clone();
+        let wanted = picked.clone();
+        let raw = tokio::task::spawn_blocking(move || {
+            wanted
+                .iter()
+                .map(|e| reader.read_at(e.offset, e.len as usize))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))??;
+        let mut records = Vec::with_capacity(raw.len());
+        for bytes in raw {
+            let (r, _) = record::decode_one(&bytes)
+                .ok_or_else(|| EngineError::Internal("a stored record is unreadable".into()))?;
+            records.push(ReadRecord {
+                sequence: r.sequence,
+                arrival_ms: r.arrival_ms,
+                partition_key: r.partition_key,
+                data: r.data,
+            });
+        }
+        let next_from = records
+            .last()
+            .map(|r| r.sequence + 1)
+            .unwrap_or(pos.from_sequence);
+        let info = lock(&stream.info);
+        let shard = info.shards.shard(pos.shard).cloned();
+        let drained = shard
+            .as_ref()
+            .and_then(|s| s.ending_sequence)
+            .is_some_and(|end| next_from > end);
+        let caught_up = tip.is_none_or(|t| next_from > t);
+        let millis_behind_latest = match records.last() {
+            Some(r) if !caught_up => (now - r.arrival_ms).max(0),
+            _ => 0,
+        };
+        let (next_iterator, child_shards) = if drained {
+            (
+                None,
+                info.shards
+                    .children(pos.shard)
+                    .into_iter()
+                    .cloned()
+                    .collect(),
+            )
+        } else {
+            (
+                Some(self.inner.key.encode(&IteratorPosition {
+                    from_sequence: next_from,
+                    issued_ms: now,
+                    ..pos
+                })),
+                Vec::new(),
+            )
+        };
+        Ok(RecordsPage {
+            records,
+            next_iterator,
+            millis_behind_latest,
+            child_shards,
+        })
+    }
+}
+
+/// The single appender of a stream's log: batches concurrent requests into
+/// one write and one fdatasync, then acknowledges them all.
+async fn writer_task(
+    stream: std::sync::Weak<DStream>,
+    log: DataLog,
+    mut rx: mpsc::Receiver<WriteRequest>,
+) {
+    let mut log = Some(log);
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_REQUESTS {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let Some(stream) = stream.upgrade() else {
+            return;
+        };
+        if stream.deleted.load(Ordering::SeqCst) {
+            for r in batch {
+                let _ = r.reply.send(Err(EngineError::ResourceNotFound(
+                    "the stream was deleted".into(),
+                )));
+            }
+            continue;
+        }
+        let now = now_ms();
+        let mut bytes = Vec::new();
+        let mut placed: Vec<(u32, Entry)> = Vec::new();
+        let mut results: Vec<Vec<PutResult>> = Vec::with_capacity(batch.len());
+        {
+            let mut info = lock(&stream.info);
+            for req in &batch {
+                let mut out = Vec::with_capacity(req.entries.len());
+                for e in &req.entries {
+                    let hash = e
+                        .explicit_hash_key
+                        .unwrap_or_else(|| hash_key(&e.partition_key));
+                    let shard = info.shards.route(hash).id;
+                    let sequence = info
+                        .shards
+                        .assign(shard)
+                        .expect("route returns an open shard");
+                    let r = StoredRecord {
+                        shard,
+                        sequence,
+                        arrival_ms: now,
+                        partition_key: e.partition_key.clone(),
+                        data: e.data.clone(),
+                    };
+                    let offset = bytes.len() as u64;
+                    record::encode(&r, &mut bytes);
+                    placed.push((
+                        shard,
+                        Entry {
+                            sequence,
+                            arrival_ms: now,
+                            offset,
+                            len: r.encoded_len() as u32,
+                        },
+                    ));
+                    out.push(PutResult { shard, sequence });
+                }
+                results.push(out);
+            }
+        }
+        let mut l = log.take().expect("the writer owns the log between batches");
+        let (l, written) = match tokio::task::spawn_blocking(move || {
+            let r = l.append(&bytes);
+            (l, r)
+        })
+        .await
+        {
+            Ok(v) => v,
+            Err(_) => return,
+        };
+        log = Some(l);
+        match written {
+            Ok(base) => {
+                {
+                    let mut index = stream.index.write().unwrap_or_else(|p| p.into_inner());
+                    for (shard, mut e) in placed {
+                        e.offset += base;
+                        index.entry(shard).or_default().push(e);
+                    }
+                }
+                stream.live.send_modify(|n| *n += 1);
+                for (req, res) in batch.into_iter().zip(results) {
+                    let _ = req.reply.send(Ok(res));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "data log append failed");
+                for req in batch {
+                    let _ = req.reply.send(Err(EngineError::Internal(
+                        "the record could not be stored".into(),
+                    )));
+                }
+            }
+        }
+    }
+}
