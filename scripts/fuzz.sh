@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The MKV reader fuzz target (fuzz/, outside the workspace).
-#   scripts/fuzz.sh corpus      build it and replay the checked-in corpus once (CI)
-#   scripts/fuzz.sh run [SECS]  fuzz for SECS seconds (default 60), growing the corpus
+# The fuzz targets (fuzz/, outside the workspace): mkv_reader, datastream_ops.
+#   scripts/fuzz.sh corpus               build the targets, replay each checked-in corpus once (CI)
+#   scripts/fuzz.sh run [SECS] [TARGET]  fuzz each target (or TARGET) for SECS seconds (default 60)
 # cargo-fuzz is installed on first use. The stable toolchain builds libFuzzer
 # targets without a sanitizer (`--sanitizer none`), which needs no nightly.
 set -euo pipefail
@@ -13,16 +13,21 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked --quiet
 fi
 mode="${1:-corpus}"
-corpus=fuzz/corpus/mkv_reader
+targets="mkv_reader datastream_ops"
 case "$mode" in
   corpus)
-    cargo fuzz run --fuzz-dir fuzz --sanitizer none mkv_reader "$corpus" -- -runs=0
-    echo "fuzz: corpus of $(ls "$corpus" | wc -l) inputs replayed without a failure"
+    for t in $targets; do
+      corpus="fuzz/corpus/$t"
+      cargo fuzz run --fuzz-dir fuzz --sanitizer none "$t" "$corpus" -- -runs=0
+      echo "fuzz: $t: corpus of $(ls "$corpus" | wc -l) inputs replayed without a failure"
+    done
     ;;
   run)
     secs="${2:-60}"
-    mkdir -p /tmp/kinema-fuzz-corpus
-    cargo fuzz run --fuzz-dir fuzz --sanitizer none mkv_reader /tmp/kinema-fuzz-corpus "$corpus" -- -max_total_time="$secs" -max_len=65536
+    for t in ${3:-$targets}; do
+      mkdir -p "/tmp/kinema-fuzz-corpus/$t"
+      cargo fuzz run --fuzz-dir fuzz --sanitizer none "$t" "/tmp/kinema-fuzz-corpus/$t" "fuzz/corpus/$t" -- -max_total_time="$secs" -max_len=65536
+    done
     ;;
-  *) echo "usage: $0 corpus|run [SECS]" >&2; exit 2 ;;
+  *) echo "usage: $0 corpus | run [SECS] [TARGET]" >&2; exit 2 ;;
 esac
