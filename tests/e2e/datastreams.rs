@@ -17,6 +17,14 @@ fn boto3_drives_data_streams() {
 }
 
 #[test]
+fn subscribe_to_shard_pushes_records_to_a_registered_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let out = run_python(&server, "ds.py", &["subscribe"]);
+    assert!(out.contains("subscribe ok"));
+}
+
+#[test]
 fn the_aws_cli_puts_and_reads_records() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());

@@ -139,6 +139,59 @@ def cmd_suite():
     print("data streams ok")
 
 
+def cmd_subscribe():
+    """Enhanced fan-out: consumers and SubscribeToShard push over the event stream."""
+    import threading
+    k = client()
+    k.create_stream(StreamName="push", ShardCount=1)
+    arn = k.describe_stream_summary(StreamName="push")["StreamDescriptionSummary"]["StreamARN"]
+    c = k.register_stream_consumer(StreamARN=arn, ConsumerName="dash")["Consumer"]
+    assert c["ConsumerStatus"] == "ACTIVE" and c["ConsumerARN"].startswith(arn + "/consumer/dash:")
+    expect_error("ResourceInUseException", k.register_stream_consumer, StreamARN=arn, ConsumerName="dash")
+    assert k.describe_stream_consumer(ConsumerARN=c["ConsumerARN"])["ConsumerDescription"]["StreamARN"] == arn
+    assert k.describe_stream_consumer(StreamARN=arn, ConsumerName="dash")["ConsumerDescription"]["ConsumerARN"] == c["ConsumerARN"]
+    assert [x["ConsumerName"] for x in k.list_stream_consumers(StreamARN=arn)["Consumers"]] == ["dash"]
+
+    first = [k.put_record(StreamName="push", PartitionKey="p", Data=f"r{i}".encode())["SequenceNumber"] for i in range(5)]
+    resp = k.subscribe_to_shard(ConsumerARN=c["ConsumerARN"], ShardId="shardId-000000000000",
+                                StartingPosition={"Type": "TRIM_HORIZON"})
+    got = []
+    def later():
+        time.sleep(0.5)
+        for i in range(5, 8):
+            k.put_record(StreamName="push", PartitionKey="p", Data=f"r{i}".encode())
+    threading.Thread(target=later).start()
+    last_cont = None
+    for i, event in enumerate(resp["EventStream"]):
+        e = event["SubscribeToShardEvent"]
+        got += [r["Data"].decode() for r in e["Records"]]
+        if e["Records"]:
+            assert e["ContinuationSequenceNumber"] == e["Records"][-1]["SequenceNumber"]
+        last_cont = e["ContinuationSequenceNumber"]
+        if len(got) >= 8 or i > 20:
+            break
+    resp["EventStream"].close()
+    assert got == [f"r{i}" for i in range(8)], got
+    assert got[:5] and last_cont > first[-1]
+
+    # Resume after the continuation point: only newer records come.
+    k.put_record(StreamName="push", PartitionKey="p", Data=b"r8")
+    resp = k.subscribe_to_shard(ConsumerARN=c["ConsumerARN"], ShardId="shardId-000000000000",
+                                StartingPosition={"Type": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": last_cont})
+    for event in resp["EventStream"]:
+        recs = event["SubscribeToShardEvent"]["Records"]
+        if recs:
+            assert [r["Data"] for r in recs] == [b"r8"], recs
+            break
+    resp["EventStream"].close()
+
+    expect_error("ResourceNotFoundException", k.subscribe_to_shard, ConsumerARN=arn + "/consumer/nobody:1",
+                 ShardId="shardId-000000000000", StartingPosition={"Type": "LATEST"})
+    k.deregister_stream_consumer(ConsumerARN=c["ConsumerARN"])
+    expect_error("ResourceNotFoundException", k.describe_stream_consumer, ConsumerARN=c["ConsumerARN"])
+    print("subscribe ok")
+
+
 def cmd_create(name, shards):
     client().create_stream(StreamName=name, ShardCount=int(shards))
 

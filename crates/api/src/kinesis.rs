@@ -118,6 +118,12 @@ pub async fn dispatch(
             .into_response();
         }
     };
+    if op == "SubscribeToShard" {
+        return match subscribe_to_shard(&st, &input) {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+    }
     match operation(&st, op, &input).await {
         Ok(v) => json_response(v),
         Err(e) => e.into_response(),
@@ -362,31 +368,48 @@ async fn operation(st: &AppState, op: &str, v: &Value) -> Result<Value, ApiError
                 Some(_) => u32_arg(v, "Limit")? as usize,
             };
             let page = ds.get_records(it, limit).await?;
-            let records: Vec<Value> = page
-                .records
-                .iter()
-                .map(|r| {
-                    json!({"SequenceNumber": sequence_string(r.sequence), "ApproximateArrivalTimestamp": seconds(r.arrival_ms),
-                           "Data": B64.encode(&r.data), "PartitionKey": r.partition_key})
-                })
-                .collect();
-            let mut out =
-                json!({"Records": records, "MillisBehindLatest": page.millis_behind_latest});
+            let mut out = json!({
+                "Records": records_json(&page.records),
+                "MillisBehindLatest": page.millis_behind_latest,
+            });
             match page.next_iterator {
                 Some(n) => out["NextShardIterator"] = json!(n),
-                None => {
-                    out["ChildShards"] = json!(page
-                        .child_shards
-                        .iter()
-                        .map(|c| json!({
-                            "ShardId": shard_id_string(c.id),
-                            "ParentShards": c.parents().map(shard_id_string).collect::<Vec<_>>(),
-                            "HashKeyRange": {"StartingHashKey": c.start.to_string(), "EndingHashKey": c.end.to_string()},
-                        }))
-                        .collect::<Vec<_>>());
-                }
+                None => out["ChildShards"] = json!(child_shards_json(&page.child_shards)),
             }
             Ok(out)
+        }
+        "RegisterStreamConsumer" => {
+            let stream_arn = str_field(v, "StreamARN")
+                .ok_or_else(|| ApiError::invalid("StreamARN is required"))?;
+            let name = str_field(v, "ConsumerName")
+                .ok_or_else(|| ApiError::invalid("ConsumerName is required"))?;
+            let c = ds.register_consumer(stream_arn, name).await?;
+            Ok(json!({"Consumer": consumer_json(&c)}))
+        }
+        "DescribeStreamConsumer" => {
+            let (c, stream_arn) = ds.describe_consumer(
+                str_field(v, "ConsumerARN"),
+                str_field(v, "StreamARN"),
+                str_field(v, "ConsumerName"),
+            )?;
+            let mut d = consumer_json(&c);
+            d["StreamARN"] = json!(stream_arn);
+            Ok(json!({"ConsumerDescription": d}))
+        }
+        "ListStreamConsumers" => {
+            let stream_arn = str_field(v, "StreamARN")
+                .ok_or_else(|| ApiError::invalid("StreamARN is required"))?;
+            let list = ds.list_consumers(stream_arn)?;
+            Ok(json!({"Consumers": list.iter().map(consumer_json).collect::<Vec<_>>()}))
+        }
+        "DeregisterStreamConsumer" => {
+            ds.deregister_consumer(
+                str_field(v, "ConsumerARN"),
+                str_field(v, "StreamARN"),
+                str_field(v, "ConsumerName"),
+            )
+            .await?;
+            Ok(json!({}))
         }
         other => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -394,6 +417,111 @@ async fn operation(st: &AppState, op: &str, v: &Value) -> Result<Value, ApiError
             format!("operation {other} is not supported"),
         )),
     }
+}
+
+fn consumer_json(c: &kinema_engine::datastreams::ConsumerInfo) -> Value {
+    json!({"ConsumerName": c.name, "ConsumerARN": c.arn, "ConsumerStatus": "ACTIVE",
+           "ConsumerCreationTimestamp": seconds(c.created_ms)})
+}
+
+fn records_json(records: &[kinema_engine::datastreams::ReadRecord]) -> Vec<Value> {
+    records
+        .iter()
+        .map(|r| {
+            json!({"SequenceNumber": sequence_string(r.sequence), "ApproximateArrivalTimestamp": seconds(r.arrival_ms),
+                   "Data": B64.encode(&r.data), "PartitionKey": r.partition_key})
+        })
+        .collect()
+}
+
+fn child_shards_json(children: &[Shard]) -> Vec<Value> {
+    children
+        .iter()
+        .map(|c| {
+            json!({
+                "ShardId": shard_id_string(c.id),
+                "ParentShards": c.parents().map(shard_id_string).collect::<Vec<_>>(),
+                "HashKeyRange": {"StartingHashKey": c.start.to_string(), "EndingHashKey": c.end.to_string()},
+            })
+        })
+        .collect()
+}
+
+/// How often an idle subscription sends an empty event.
+const SUBSCRIBE_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// SubscribeToShard: an `initial-response` event, then a
+/// `SubscribeToShardEvent` whenever records arrive (or every few seconds),
+/// for five minutes, in the AWS event-stream encoding.
+fn subscribe_to_shard(st: &AppState, v: &Value) -> Result<Response, ApiError> {
+    use kinema_datastream::eventstream;
+    let consumer =
+        str_field(v, "ConsumerARN").ok_or_else(|| ApiError::invalid("ConsumerARN is required"))?;
+    let shard = shard_arg(v, "ShardId")?;
+    let pos = v
+        .get("StartingPosition")
+        .ok_or_else(|| ApiError::invalid("StartingPosition is required"))?;
+    let seq = || {
+        str_field(pos, "SequenceNumber")
+            .and_then(parse_sequence)
+            .ok_or_else(|| {
+                ApiError::invalid("StartingPosition.SequenceNumber is missing or malformed")
+            })
+    };
+    let start = match str_field(pos, "Type") {
+        Some("TRIM_HORIZON") => IteratorStart::TrimHorizon,
+        Some("LATEST") => IteratorStart::Latest,
+        Some("AT_SEQUENCE_NUMBER") => IteratorStart::AtSequence(seq()?),
+        Some("AFTER_SEQUENCE_NUMBER") => IteratorStart::AfterSequence(seq()?),
+        Some("AT_TIMESTAMP") => IteratorStart::AtTimestamp(
+            (pos.get("Timestamp")
+                .and_then(Value::as_f64)
+                .ok_or_else(|| ApiError::invalid("StartingPosition.Timestamp is required"))?
+                * 1000.0)
+                .round() as i64,
+        ),
+        _ => {
+            return Err(ApiError::invalid(
+                "StartingPosition.Type is missing or unknown",
+            ));
+        }
+    };
+    let mut sub = st.datastreams.subscribe(consumer, shard, start)?;
+    let mut shutdown = st.shutdown.clone();
+    let body = async_stream::stream! {
+        yield Ok::<Bytes, std::convert::Infallible>(Bytes::from(eventstream::event("initial-response", b"{}")));
+        loop {
+            let next = tokio::select! {
+                e = sub.next_event(SUBSCRIBE_HEARTBEAT) => e,
+                _ = shutdown.changed() => None,
+            };
+            match next {
+                None => break,
+                Some(Ok(ev)) => {
+                    let mut payload = json!({
+                        "Records": records_json(&ev.records),
+                        "ContinuationSequenceNumber": sequence_string(ev.continuation_sequence),
+                        "MillisBehindLatest": ev.millis_behind_latest,
+                    });
+                    if !ev.child_shards.is_empty() {
+                        payload["ChildShards"] = json!(child_shards_json(&ev.child_shards));
+                    }
+                    yield Ok(Bytes::from(eventstream::event("SubscribeToShardEvent", payload.to_string().as_bytes())));
+                }
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "subscription failed");
+                    let msg = json!({"message": "the subscription failed"}).to_string();
+                    yield Ok(Bytes::from(eventstream::exception("InternalFailureException", msg.as_bytes())));
+                    break;
+                }
+            }
+        }
+    };
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/vnd.amazon.eventstream")
+        .body(axum::body::Body::from_stream(body))
+        .expect("static response parts are valid"))
 }
 
 /// Validates one record of PutRecord/PutRecords: `(ErrorCode, message)` on failure.

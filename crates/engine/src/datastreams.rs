@@ -57,7 +57,20 @@ pub struct DataStreamInfo {
     pub retention_hours: u32,
     pub tags: BTreeMap<String, String>,
     pub shards: ShardMap,
+    #[serde(default)]
+    pub consumers: Vec<ConsumerInfo>,
 }
+
+/// A registered enhanced fan-out consumer (for SubscribeToShard).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConsumerInfo {
+    pub name: String,
+    pub arn: String,
+    pub created_ms: i64,
+}
+
+/// How long one SubscribeToShard subscription lasts (as in the original).
+pub const SUBSCRIPTION_MS: i64 = 5 * 60 * 1000;
 
 /// One record to append.
 #[derive(Debug, Clone)]
@@ -282,6 +295,7 @@ impl DataStreams {
             retention_hours: DEFAULT_RETENTION_HOURS,
             tags: BTreeMap::new(),
             shards: ShardMap::new(shard_count, now),
+            consumers: Vec::new(),
         };
         let store = self.inner.store.clone();
         let id = info.id.clone();
@@ -501,84 +515,290 @@ impl DataStreams {
         let stream = self.by_stamp(pos.stream).ok_or_else(|| {
             EngineError::ResourceNotFound("the iterator's stream no longer exists".into())
         })?;
-        let limit = limit.clamp(1, MAX_GET_RECORDS);
-        let (picked, tip) = {
-            let index = stream.index.read().unwrap_or_else(|p| p.into_inner());
-            let entries = index.get(&pos.shard).map(Vec::as_slice).unwrap_or_default();
-            let i = entries.partition_point(|e| e.sequence < pos.from_sequence);
-            let mut bytes = 0usize;
-            let picked: Vec<Entry> = entries[i..]
-                .iter()
-                .take(limit)
-                .take_while(|e| {
-                    bytes += e.len as usize;
-                    bytes <= MAX_GET_BYTES
-                })
-                .copied()
-                .collect();
-            (picked, entries.last().map(|e| e.sequence))
-        };
-        let reader = stream.reader.clone();
-        let wanted = picked.clone();
-        let raw = tokio::task::spawn_blocking(move || {
-            wanted
-                .iter()
-                .map(|e| reader.read_at(e.offset, e.len as usize))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await
-        .map_err(|e| EngineError::Internal(e.to_string()))??;
-        let mut records = Vec::with_capacity(raw.len());
-        for bytes in raw {
-            let (r, _) = record::decode_one(&bytes)
-                .ok_or_else(|| EngineError::Internal("a stored record is unreadable".into()))?;
-            records.push(ReadRecord {
-                sequence: r.sequence,
-                arrival_ms: r.arrival_ms,
-                partition_key: r.partition_key,
-                data: r.data,
-            });
-        }
-        let next_from = records
-            .last()
-            .map(|r| r.sequence + 1)
-            .unwrap_or(pos.from_sequence);
-        let info = lock(&stream.info);
-        let shard = info.shards.shard(pos.shard).cloned();
-        let drained = shard
-            .as_ref()
-            .and_then(|s| s.ending_sequence)
-            .is_some_and(|end| next_from > end);
-        let caught_up = tip.is_none_or(|t| next_from > t);
-        let millis_behind_latest = match records.last() {
-            Some(r) if !caught_up => (now - r.arrival_ms).max(0),
-            _ => 0,
-        };
-        let (next_iterator, child_shards) = if drained {
-            (
-                None,
-                info.shards
-                    .children(pos.shard)
-                    .into_iter()
-                    .cloned()
-                    .collect(),
-            )
-        } else {
-            (
-                Some(self.inner.key.encode(&IteratorPosition {
-                    from_sequence: next_from,
-                    issued_ms: now,
-                    ..pos
-                })),
-                Vec::new(),
-            )
-        };
+        let chunk = read_shard(&stream, pos.shard, pos.from_sequence, limit, now).await?;
+        let next_iterator = (!chunk.drained).then(|| {
+            self.inner.key.encode(&IteratorPosition {
+                from_sequence: chunk.next_from,
+                issued_ms: now,
+                ..pos
+            })
+        });
         Ok(RecordsPage {
-            records,
+            records: chunk.records,
             next_iterator,
-            millis_behind_latest,
-            child_shards,
+            millis_behind_latest: chunk.millis_behind_latest,
+            child_shards: chunk.child_shards,
         })
+    }
+
+    // ---- enhanced fan-out consumers and SubscribeToShard ----------------------
+
+    fn by_arn(&self, stream_arn: &str) -> Result<Arc<DStream>, EngineError> {
+        let name = self.resolve_name(None, Some(stream_arn))?;
+        let s = self.get(&name)?;
+        if lock(&s.info).arn != stream_arn {
+            return Err(not_found(&name));
+        }
+        Ok(s)
+    }
+
+    pub async fn register_consumer(
+        &self,
+        stream_arn: &str,
+        name: &str,
+    ) -> Result<ConsumerInfo, EngineError> {
+        if !valid_name(name) {
+            return Err(EngineError::InvalidArgument(
+                "ConsumerName must be 1-128 characters of [a-zA-Z0-9_.-]".into(),
+            ));
+        }
+        let stream = self.by_arn(stream_arn)?;
+        let consumer = {
+            let mut info = lock(&stream.info);
+            if info.consumers.iter().any(|c| c.name == name) {
+                return Err(EngineError::ResourceInUse(format!(
+                    "Consumer {name} already exists"
+                )));
+            }
+            if info.consumers.len() >= 20 {
+                return Err(EngineError::LimitExceeded(
+                    "at most 20 consumers per stream".into(),
+                ));
+            }
+            let now = now_ms();
+            let c = ConsumerInfo {
+                name: name.to_string(),
+                arn: format!("{}/consumer/{name}:{}", info.arn, now / 1000),
+                created_ms: now,
+            };
+            info.consumers.push(c.clone());
+            c
+        };
+        self.save_meta().await?;
+        Ok(consumer)
+    }
+
+    /// Finds a consumer by ARN, or by stream ARN and name; returns it with its stream's ARN.
+    pub fn describe_consumer(
+        &self,
+        consumer_arn: Option<&str>,
+        stream_arn: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<(ConsumerInfo, String), EngineError> {
+        let missing = || EngineError::ResourceNotFound("the consumer does not exist".into());
+        let (stream_arn, by_arn) = match (consumer_arn, stream_arn, name) {
+            (Some(arn), _, _) => (
+                arn.split("/consumer/")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+                Some(arn),
+            ),
+            (None, Some(s), Some(_)) => (s.to_string(), None),
+            _ => {
+                return Err(EngineError::InvalidArgument(
+                    "ConsumerARN, or StreamARN and ConsumerName, are required".into(),
+                ));
+            }
+        };
+        let stream = self.by_arn(&stream_arn).map_err(|_| missing())?;
+        let info = lock(&stream.info);
+        info.consumers
+            .iter()
+            .find(|c| match by_arn {
+                Some(a) => c.arn == a,
+                None => Some(c.name.as_str()) == name,
+            })
+            .cloned()
+            .map(|c| (c, stream_arn.clone()))
+            .ok_or_else(missing)
+    }
+
+    pub fn list_consumers(&self, stream_arn: &str) -> Result<Vec<ConsumerInfo>, EngineError> {
+        Ok(lock(&self.by_arn(stream_arn)?.info).consumers.clone())
+    }
+
+    pub async fn deregister_consumer(
+        &self,
+        consumer_arn: Option<&str>,
+        stream_arn: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<(), EngineError> {
+        let (consumer, stream_arn) = self.describe_consumer(consumer_arn, stream_arn, name)?;
+        let stream = self.by_arn(&stream_arn)?;
+        lock(&stream.info)
+            .consumers
+            .retain(|c| c.arn != consumer.arn);
+        self.save_meta().await
+    }
+
+    /// Starts a SubscribeToShard subscription for a registered consumer.
+    pub fn subscribe(
+        &self,
+        consumer_arn: &str,
+        shard: u32,
+        start: IteratorStart,
+    ) -> Result<Subscription, EngineError> {
+        let (_, stream_arn) = self.describe_consumer(Some(consumer_arn), None, None)?;
+        let stream = self.by_arn(&stream_arn)?;
+        let name = lock(&stream.info).name.clone();
+        let token = self.shard_iterator(&name, shard, start)?;
+        let pos = self
+            .inner
+            .key
+            .decode(&token, now_ms())
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        Ok(Subscription {
+            live: stream.live.subscribe(),
+            stream,
+            shard,
+            next_from: pos.from_sequence,
+            started_ms: now_ms(),
+            done: false,
+        })
+    }
+}
+
+/// Records read from one shard position.
+struct ShardChunk {
+    records: Vec<ReadRecord>,
+    next_from: u64,
+    drained: bool,
+    millis_behind_latest: i64,
+    child_shards: Vec<kinema_datastream::Shard>,
+}
+
+async fn read_shard(
+    stream: &Arc<DStream>,
+    shard: u32,
+    from: u64,
+    limit: usize,
+    now: i64,
+) -> Result<ShardChunk, EngineError> {
+    let limit = limit.clamp(1, MAX_GET_RECORDS);
+    let (picked, tip) = {
+        let index = stream.index.read().unwrap_or_else(|p| p.into_inner());
+        let entries = index.get(&shard).map(Vec::as_slice).unwrap_or_default();
+        let i = entries.partition_point(|e| e.sequence < from);
+        let mut bytes = 0usize;
+        let picked: Vec<Entry> = entries[i..]
+            .iter()
+            .take(limit)
+            .take_while(|e| {
+                bytes += e.len as usize;
+                bytes <= MAX_GET_BYTES
+            })
+            .copied()
+            .collect();
+        (picked, entries.last().map(|e| e.sequence))
+    };
+    let reader = stream.reader.clone();
+    let raw = tokio::task::spawn_blocking(move || {
+        picked
+            .iter()
+            .map(|e| reader.read_at(e.offset, e.len as usize))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| EngineError::Internal(e.to_string()))??;
+    let mut records = Vec::with_capacity(raw.len());
+    for bytes in raw {
+        let (r, _) = record::decode_one(&bytes)
+            .ok_or_else(|| EngineError::Internal("a stored record is unreadable".into()))?;
+        records.push(ReadRecord {
+            sequence: r.sequence,
+            arrival_ms: r.arrival_ms,
+            partition_key: r.partition_key,
+            data: r.data,
+        });
+    }
+    let next_from = records.last().map(|r| r.sequence + 1).unwrap_or(from);
+    let info = lock(&stream.info);
+    let drained = info
+        .shards
+        .shard(shard)
+        .and_then(|s| s.ending_sequence)
+        .is_some_and(|end| next_from > end);
+    let caught_up = tip.is_none_or(|t| next_from > t);
+    let millis_behind_latest = match records.last() {
+        Some(r) if !caught_up => (now - r.arrival_ms).max(0),
+        _ => 0,
+    };
+    let child_shards = if drained {
+        info.shards.children(shard).into_iter().cloned().collect()
+    } else {
+        Vec::new()
+    };
+    Ok(ShardChunk {
+        records,
+        next_from,
+        drained,
+        millis_behind_latest,
+        child_shards,
+    })
+}
+
+/// One SubscribeToShardEvent.
+pub struct SubscribeEvent {
+    pub records: Vec<ReadRecord>,
+    /// The sequence number to resume after (AFTER_SEQUENCE_NUMBER).
+    pub continuation_sequence: u64,
+    pub millis_behind_latest: i64,
+    pub child_shards: Vec<kinema_datastream::Shard>,
+}
+
+/// A push subscription to one shard: yields an event as soon as records
+/// arrive, a heartbeat event when none do, and ends after
+/// [`SUBSCRIPTION_MS`] or once a closed shard is drained.
+pub struct Subscription {
+    stream: Arc<DStream>,
+    live: watch::Receiver<u64>,
+    shard: u32,
+    next_from: u64,
+    started_ms: i64,
+    done: bool,
+}
+
+impl Subscription {
+    /// The next event, waiting up to `heartbeat` for new records.
+    pub async fn next_event(
+        &mut self,
+        heartbeat: std::time::Duration,
+    ) -> Option<Result<SubscribeEvent, EngineError>> {
+        if self.done
+            || self.stream.deleted.load(Ordering::SeqCst)
+            || now_ms() - self.started_ms >= SUBSCRIPTION_MS
+        {
+            return None;
+        }
+        let deadline = tokio::time::Instant::now() + heartbeat;
+        loop {
+            self.live.borrow_and_update();
+            let chunk = match read_shard(
+                &self.stream,
+                self.shard,
+                self.next_from,
+                MAX_GET_RECORDS,
+                now_ms(),
+            )
+            .await
+            {
+                Ok(c) => c,
+                Err(e) => return Some(Err(e)),
+            };
+            let timed_out = tokio::time::Instant::now() >= deadline;
+            if !chunk.records.is_empty() || chunk.drained || timed_out {
+                self.next_from = chunk.next_from;
+                self.done = chunk.drained;
+                return Some(Ok(SubscribeEvent {
+                    records: chunk.records,
+                    continuation_sequence: chunk.next_from.saturating_sub(1),
+                    millis_behind_latest: chunk.millis_behind_latest,
+                    child_shards: chunk.child_shards,
+                }));
+            }
+            let _ = tokio::time::timeout_at(deadline, self.live.changed()).await;
+        }
     }
 }
 

@@ -34,6 +34,8 @@ pub enum EngineError {
     ClientLimitExceeded(String),
     #[error("{0}")]
     ExpiredIterator(String),
+    #[error("{0}")]
+    LimitExceeded(String),
     #[error("internal: {0}")]
     Internal(String),
     #[error("storage: {0}")]
