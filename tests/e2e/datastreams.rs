@@ -24,6 +24,95 @@ fn subscribe_to_shard_pushes_records_to_a_registered_consumer() {
     assert!(out.contains("subscribe ok"));
 }
 
+/// The server-sent-events push: all shards from TRIM_HORIZON, then live
+/// records as they are appended, in order per shard.
+#[test]
+fn sse_subscription_delivers_stored_then_live_records_in_shard_order() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    run_python(&server, "ds.py", &["create", "feed", "2"]);
+    let acks = |out: String| -> Vec<Value> {
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let mut expected = acks(run_python(&server, "ds.py", &["produce", "feed", "1"]));
+
+    let path = "/v1/datastreams/feed/subscribe?from=TRIM_HORIZON";
+    let mut req = http::Request::get(format!("{}{path}", server.url()))
+        .header("host", format!("127.0.0.1:{}", server.port))
+        .body(())
+        .unwrap();
+    kinema_server::put_media::sign_request(&mut req, KEY_ID, SECRET, "us-east-1", "kinesis", None)
+        .unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\n").unwrap();
+    for (k, v) in req.headers() {
+        write!(s, "{k}: {}\r\n", v.to_str().unwrap()).unwrap();
+    }
+    write!(s, "\r\n").unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut lines = BufReader::new(s).lines();
+    let status = lines.next().unwrap().unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+
+    let mut seen: Vec<(String, String, String)> = Vec::new();
+    let mut read_until = |n: usize, seen: &mut Vec<(String, String, String)>| {
+        while seen.len() < n {
+            let line = lines
+                .next()
+                .expect("event stream open")
+                .expect("event within 30 s");
+            let Some(data) = line.strip_prefix("data: ") else {
+                continue;
+            };
+            let ev: Value = serde_json::from_str(data).unwrap();
+            for r in ev["records"].as_array().unwrap() {
+                seen.push((
+                    ev["shardId"].as_str().unwrap().to_string(),
+                    r["sequenceNumber"].as_str().unwrap().to_string(),
+                    String::from_utf8(base64_decode(r["data"].as_str().unwrap())).unwrap(),
+                ));
+            }
+        }
+    };
+    read_until(100, &mut seen);
+    // Live: records appended now arrive on the same subscription.
+    expected.extend(acks(run_python(
+        &server,
+        "ds.py",
+        &["produce", "feed", "1"],
+    )));
+    read_until(200, &mut seen);
+    assert_eq!(seen.len(), 200);
+    let mut by_seq: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for (shard, seq, data) in &seen {
+        by_seq.insert(seq.clone(), (shard.clone(), data.clone()));
+    }
+    for a in &expected {
+        let (shard, data) = &by_seq[a[1].as_str().unwrap()];
+        assert_eq!(
+            (shard.as_str(), data.as_str()),
+            (a[0].as_str().unwrap(), a[2].as_str().unwrap())
+        );
+    }
+    let mut last: BTreeMap<&str, &str> = BTreeMap::new();
+    for (shard, seq, _) in &seen {
+        if let Some(prev) = last.insert(shard, seq) {
+            assert!(prev < seq.as_str(), "{shard}: {prev} then {seq}");
+        }
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .expect("base64 data")
+}
+
 #[test]
 fn the_aws_cli_puts_and_reads_records() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,6 +6,7 @@
 pub mod error;
 mod kinesis;
 pub mod metrics;
+mod push;
 pub mod sigv4;
 mod video;
 
@@ -50,6 +51,7 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     let signed = video::routes()
         .route("/", post(kinesis::dispatch))
+        .route("/v1/datastreams/{stream}/subscribe", get(push::subscribe))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state.clone());
     Router::new()

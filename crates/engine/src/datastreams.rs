@@ -632,6 +632,31 @@ impl DataStreams {
         self.save_meta().await
     }
 
+    /// Starts a push subscription to one shard of a stream by name (the
+    /// browser-friendly push; no registered consumer needed).
+    pub fn subscribe_by_name(
+        &self,
+        name: &str,
+        shard: u32,
+        start: IteratorStart,
+    ) -> Result<Subscription, EngineError> {
+        let stream = self.get(name)?;
+        let token = self.shard_iterator(name, shard, start)?;
+        let pos = self
+            .inner
+            .key
+            .decode(&token, now_ms())
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        Ok(Subscription {
+            live: stream.live.subscribe(),
+            stream,
+            shard,
+            next_from: pos.from_sequence,
+            started_ms: now_ms(),
+            done: false,
+        })
+    }
+
     /// Starts a SubscribeToShard subscription for a registered consumer.
     pub fn subscribe(
         &self,

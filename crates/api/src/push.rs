@@ -1,0 +1,122 @@
+//! Kinema's own push subscription to a data stream, as server-sent events:
+//! `GET /v1/datastreams/{stream}/subscribe?shard=...&from=...`, signed like
+//! every other request (a presigned URL works for browsers' EventSource).
+//!
+//! Query: `shard` (a shard id; omitted = every shard of the stream), `from`
+//! (`TRIM_HORIZON` | `LATEST` (default) | `AT_SEQUENCE_NUMBER` |
+//! `AFTER_SEQUENCE_NUMBER` | `AT_TIMESTAMP`), `sequence` (for the sequence
+//! positions), `timestamp` (epoch seconds, for `AT_TIMESTAMP`).
+//! Each `records` event carries `{"shardId", "records": [{"sequenceNumber",
+//! "partitionKey", "data" (base64), "approximateArrivalTimestamp"}],
+//! "millisBehindLatest"}`; records arrive in order within a shard.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use kinema_datastream::{parse_sequence, parse_shard_id, sequence_string, shard_id_string};
+use kinema_engine::datastreams::IteratorStart;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::{ApiError, AppState};
+
+pub async fn subscribe(
+    State(st): State<Arc<AppState>>,
+    Path(stream): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let seq = || {
+        q.get("sequence")
+            .and_then(|s| parse_sequence(s))
+            .ok_or_else(|| ApiError::invalid("sequence is missing or malformed"))
+    };
+    let start = match q.get("from").map(String::as_str).unwrap_or("LATEST") {
+        "TRIM_HORIZON" => IteratorStart::TrimHorizon,
+        "LATEST" => IteratorStart::Latest,
+        "AT_SEQUENCE_NUMBER" => IteratorStart::AtSequence(seq()?),
+        "AFTER_SEQUENCE_NUMBER" => IteratorStart::AfterSequence(seq()?),
+        "AT_TIMESTAMP" => IteratorStart::AtTimestamp(
+            q.get("timestamp")
+                .and_then(|t| t.parse::<f64>().ok())
+                .map(|t| (t * 1000.0).round() as i64)
+                .ok_or_else(|| ApiError::invalid("timestamp must be epoch seconds"))?,
+        ),
+        other => {
+            return Err(ApiError::invalid(format!(
+                "unknown from position {other:?}"
+            )));
+        }
+    };
+    let shards: Vec<u32> = match q.get("shard") {
+        Some(s) => {
+            vec![parse_shard_id(s).ok_or_else(|| ApiError::invalid("shard must be a shard id"))?]
+        }
+        None => st
+            .datastreams
+            .describe(&stream)?
+            .shards
+            .shards()
+            .iter()
+            .map(|s| s.id)
+            .collect(),
+    };
+    // Subscribe to every shard first so a bad position fails the request.
+    let subs = shards
+        .iter()
+        .map(|&s| {
+            st.datastreams
+                .subscribe_by_name(&stream, s, start)
+                .map(|sub| (s, sub))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (tx, mut rx) = mpsc::channel::<Event>(64);
+    for (shard, mut sub) in subs {
+        let tx = tx.clone();
+        let mut shutdown = st.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    e = sub.next_event(Duration::from_secs(15)) => e,
+                    _ = shutdown.changed() => None,
+                };
+                let Some(Ok(ev)) = next else { break };
+                if ev.records.is_empty() {
+                    continue;
+                }
+                let records: Vec<_> = ev
+                    .records
+                    .iter()
+                    .map(|r| {
+                        json!({"sequenceNumber": sequence_string(r.sequence), "partitionKey": r.partition_key,
+                               "data": B64.encode(&r.data), "approximateArrivalTimestamp": r.arrival_ms as f64 / 1000.0})
+                    })
+                    .collect();
+                let data = json!({"shardId": shard_id_string(shard), "records": records,
+                                  "millisBehindLatest": ev.millis_behind_latest});
+                if tx
+                    .send(Event::default().event("records").data(data.to_string()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let events = async_stream::stream! {
+        while let Some(e) = rx.recv().await {
+            yield Ok::<Event, Infallible>(e);
+        }
+    };
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
