@@ -4,5 +4,6 @@
 
 mod architecture;
 mod datastreams;
+mod groups;
 mod support;
 mod video;

@@ -105,6 +105,10 @@ def cmd_suite():
     parent = shards[0]
     lo, hi = int(parent["HashKeyRange"]["StartingHashKey"]), int(parent["HashKeyRange"]["EndingHashKey"])
     k.put_record(StreamName="orders", PartitionKey="x", Data=b"before split", ExplicitHashKey=str(lo))
+    # A later record on the other shard puts the parent's ending sequence
+    # number above its own last record (regression: the parent must still
+    # count as drained once its last record is read).
+    k.put_record(StreamName="orders", PartitionKey="x", Data=b"elsewhere", ExplicitHashKey=str(2**128 - 1))
     k.split_shard(StreamName="orders", ShardToSplit=parent["ShardId"], NewStartingHashKey=str((lo + hi) // 2))
     after_split = k.put_record(StreamName="orders", PartitionKey="x", Data=b"after split", ExplicitHashKey=str(lo))
     listed = k.list_shards(StreamName="orders")["Shards"]

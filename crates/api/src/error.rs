@@ -61,6 +61,7 @@ impl From<EngineError> for ApiError {
             EngineError::ClientLimitExceeded(m) => {
                 Self::new(S::BAD_REQUEST, "ClientLimitExceededException", m)
             }
+            EngineError::LeaseLost(m) => Self::new(S::CONFLICT, "LeaseLostException", m),
             EngineError::LimitExceeded(m) => Self::new(S::BAD_REQUEST, "LimitExceededException", m),
             EngineError::ExpiredIterator(m) => {
                 Self::new(S::BAD_REQUEST, "ExpiredIteratorException", m)

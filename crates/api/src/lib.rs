@@ -52,6 +52,14 @@ pub fn router(state: Arc<AppState>) -> Router {
     let signed = video::routes()
         .route("/", post(kinesis::dispatch))
         .route("/v1/datastreams/{stream}/subscribe", get(push::subscribe))
+        .route(
+            "/v1/datastreams/{stream}/groups/{group}",
+            get(push::group_state),
+        )
+        .route(
+            "/v1/datastreams/{stream}/groups/{group}/{action}",
+            post(push::group_action),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state.clone());
     Router::new()

@@ -120,3 +120,100 @@ pub async fn subscribe(
         .keep_alive(KeepAlive::default())
         .into_response())
 }
+
+/// Consumer groups: `POST /v1/datastreams/{stream}/groups/{group}/{action}`
+/// with a JSON body, and `GET /v1/datastreams/{stream}/groups/{group}`.
+///
+/// - `leases` `{"consumer", "maxShards"?, "leaseMs"?}` renews the consumer's
+///   leases and takes free shards (parents before children); answers
+///   `{"leases": [{"shardId", "checkpoint": sequence | "SHARD_END" | null}]}`.
+/// - `checkpoint` `{"consumer", "shardId", "sequenceNumber" | "SHARD_END"}`
+///   stores a checkpoint durably (409 `LeaseLostException` unless the
+///   consumer holds the shard's lease).
+/// - `release` `{"consumer"}` gives the consumer's leases up.
+pub async fn group_action(
+    State(st): State<Arc<AppState>>,
+    Path((stream, group, action)): Path<(String, String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    use kinema_datastream::leases::Checkpoint;
+    let v: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?;
+    let consumer = v["consumer"]
+        .as_str()
+        .ok_or_else(|| ApiError::invalid("consumer is required"))?;
+    let ds = &st.datastreams;
+    let out = match action.as_str() {
+        "leases" => {
+            let max = v["maxShards"].as_u64().unwrap_or(u64::from(u32::MAX)) as usize;
+            let lease_ms = v["leaseMs"]
+                .as_i64()
+                .unwrap_or(kinema_engine::datastreams::DEFAULT_LEASE_MS)
+                .clamp(100, 600_000);
+            let leases = ds
+                .acquire_leases(&stream, &group, consumer, max, lease_ms)
+                .await?;
+            let leases: Vec<_> = leases
+                .iter()
+                .map(|(s, c)| {
+                    let cp = match c {
+                        Some(Checkpoint::At(n)) => json!(sequence_string(*n)),
+                        Some(Checkpoint::ShardEnd) => json!("SHARD_END"),
+                        None => serde_json::Value::Null,
+                    };
+                    json!({"shardId": shard_id_string(*s), "checkpoint": cp})
+                })
+                .collect();
+            json!({ "leases": leases, "leaseMs": lease_ms })
+        }
+        "checkpoint" => {
+            let shard = v["shardId"]
+                .as_str()
+                .and_then(parse_shard_id)
+                .ok_or_else(|| ApiError::invalid("shardId is required"))?;
+            let at = match v["sequenceNumber"].as_str() {
+                Some("SHARD_END") => Checkpoint::ShardEnd,
+                Some(s) => Checkpoint::At(
+                    parse_sequence(s)
+                        .ok_or_else(|| ApiError::invalid("sequenceNumber is malformed"))?,
+                ),
+                None => return Err(ApiError::invalid("sequenceNumber is required")),
+            };
+            ds.checkpoint(&stream, &group, consumer, shard, at).await?;
+            json!({})
+        }
+        "release" => {
+            ds.release_leases(&stream, &group, consumer).await?;
+            json!({})
+        }
+        other => return Err(ApiError::not_found(format!("no group action {other}"))),
+    };
+    Ok(axum::Json(out).into_response())
+}
+
+/// `GET /v1/datastreams/{stream}/groups/{group}`: every shard's owner,
+/// lease expiry and checkpoint.
+pub async fn group_state(
+    State(st): State<Arc<AppState>>,
+    Path((stream, group)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    use kinema_datastream::leases::Checkpoint;
+    let table = st.datastreams.group(&stream, &group)?;
+    let shards: Vec<_> = table
+        .shards
+        .iter()
+        .map(|(s, l)| {
+            json!({
+                "shardId": shard_id_string(*s),
+                "owner": l.owner,
+                "leaseExpires": l.expires_ms as f64 / 1000.0,
+                "checkpoint": match l.checkpoint {
+                    Some(Checkpoint::At(n)) => json!(sequence_string(n)),
+                    Some(Checkpoint::ShardEnd) => json!("SHARD_END"),
+                    None => serde_json::Value::Null,
+                },
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "group": group, "shards": shards })).into_response())
+}

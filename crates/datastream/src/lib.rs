@@ -8,6 +8,7 @@
 
 pub mod eventstream;
 mod iterator;
+pub mod leases;
 pub mod record;
 mod shards;
 

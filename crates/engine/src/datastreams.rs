@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
+use kinema_datastream::leases::{Checkpoint, LeaseTable};
 use kinema_datastream::record::{self, StoredRecord};
 use kinema_datastream::{IteratorError, IteratorKey, IteratorPosition, ShardMap, hash_key};
 use kinema_store::{DataLog, DataLogReader, Store};
@@ -59,7 +60,13 @@ pub struct DataStreamInfo {
     pub shards: ShardMap,
     #[serde(default)]
     pub consumers: Vec<ConsumerInfo>,
+    /// Server-side consumer groups: leases and checkpoints per group.
+    #[serde(default)]
+    pub groups: BTreeMap<String, LeaseTable>,
 }
+
+/// Default lease duration of a consumer group member.
+pub const DEFAULT_LEASE_MS: i64 = 10_000;
 
 /// A registered enhanced fan-out consumer (for SubscribeToShard).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -296,6 +303,7 @@ impl DataStreams {
             tags: BTreeMap::new(),
             shards: ShardMap::new(shard_count, now),
             consumers: Vec::new(),
+            groups: BTreeMap::new(),
         };
         let store = self.inner.store.clone();
         let id = info.id.clone();
@@ -531,6 +539,73 @@ impl DataStreams {
         })
     }
 
+    // ---- server-side consumer groups ------------------------------------------
+
+    /// Renews `consumer`'s leases in `group` and takes up to `max` shards in
+    /// all; returns its shards with the group's checkpoints. Durable.
+    pub async fn acquire_leases(
+        &self,
+        name: &str,
+        group: &str,
+        consumer: &str,
+        max: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<(u32, Option<Checkpoint>)>, EngineError> {
+        check_member(group, consumer)?;
+        let mut out = Vec::new();
+        self.update_info(name, |i| {
+            let table = i.groups.entry(group.to_string()).or_default();
+            for shard in table.acquire(&i.shards, consumer, max, lease_ms, now_ms()) {
+                out.push((shard, table.shards.get(&shard).and_then(|l| l.checkpoint)));
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Records a checkpoint durably; only the lease owner may.
+    pub async fn checkpoint(
+        &self,
+        name: &str,
+        group: &str,
+        consumer: &str,
+        shard: u32,
+        at: Checkpoint,
+    ) -> Result<(), EngineError> {
+        check_member(group, consumer)?;
+        self.update_info(name, |i| {
+            let table = i.groups.entry(group.to_string()).or_default();
+            table
+                .checkpoint(&i.shards, consumer, shard, at, now_ms())
+                .map_err(|e| EngineError::LeaseLost(e.to_string()))
+        })
+        .await
+    }
+
+    pub async fn release_leases(
+        &self,
+        name: &str,
+        group: &str,
+        consumer: &str,
+    ) -> Result<(), EngineError> {
+        self.update_info(name, |i| {
+            if let Some(t) = i.groups.get_mut(group) {
+                t.release(consumer);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub fn group(&self, name: &str, group: &str) -> Result<LeaseTable, EngineError> {
+        Ok(lock(&self.get(name)?.info)
+            .groups
+            .get(group)
+            .cloned()
+            .unwrap_or_default())
+    }
+
     // ---- enhanced fan-out consumers and SubscribeToShard ----------------------
 
     fn by_arn(&self, stream_arn: &str) -> Result<Arc<DStream>, EngineError> {
@@ -684,6 +759,16 @@ impl DataStreams {
     }
 }
 
+fn check_member(group: &str, consumer: &str) -> Result<(), EngineError> {
+    if valid_name(group) && !consumer.is_empty() && consumer.len() <= 256 {
+        Ok(())
+    } else {
+        Err(EngineError::InvalidArgument(
+            "group must be 1-128 characters of [a-zA-Z0-9_.-] and consumer 1-256 characters".into(),
+        ))
+    }
+}
+
 /// Records read from one shard position.
 struct ShardChunk {
     records: Vec<ReadRecord>,
@@ -739,12 +824,11 @@ async fn read_shard(
     }
     let next_from = records.last().map(|r| r.sequence + 1).unwrap_or(from);
     let info = lock(&stream.info);
-    let drained = info
-        .shards
-        .shard(shard)
-        .and_then(|s| s.ending_sequence)
-        .is_some_and(|end| next_from > end);
     let caught_up = tip.is_none_or(|t| next_from > t);
+    // A closed shard takes no more records: once the reader is past its last
+    // one, it is drained (its last record may be well below the shard's
+    // ending sequence number, which is stream-wide).
+    let drained = caught_up && info.shards.shard(shard).is_some_and(|s| !s.is_open());
     let millis_behind_latest = match records.last() {
         Some(r) if !caught_up => (now - r.arrival_ms).max(0),
         _ => 0,

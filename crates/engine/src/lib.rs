@@ -36,6 +36,8 @@ pub enum EngineError {
     ExpiredIterator(String),
     #[error("{0}")]
     LimitExceeded(String),
+    #[error("{0}")]
+    LeaseLost(String),
     #[error("internal: {0}")]
     Internal(String),
     #[error("storage: {0}")]

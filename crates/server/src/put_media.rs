@@ -3,14 +3,8 @@
 //! the acknowledgements as they arrive.
 
 use std::path::PathBuf;
-use std::time::SystemTime;
 
 use anyhow::{Context, bail};
-use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{
-    PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings, sign,
-};
-use aws_sigv4::sign::v4;
 use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
@@ -48,45 +42,7 @@ pub struct Args {
     pub input: PathBuf,
 }
 
-/// Signs `request` in place with SigV4 for `service`: over `payload` (the
-/// body bytes) when given, else as `UNSIGNED-PAYLOAD` for a streaming body.
-/// The request needs an absolute URI and a `host` header.
-pub fn sign_request<B>(
-    request: &mut http::Request<B>,
-    key: &str,
-    secret: &str,
-    region: &str,
-    service: &str,
-    payload: Option<&[u8]>,
-) -> anyhow::Result<()> {
-    let identity = Credentials::new(key, secret, None, None, "kinema-cli").into();
-    let mut settings = SigningSettings::default();
-    if payload.is_none() {
-        settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-    }
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name(service)
-        .time(SystemTime::now())
-        .settings(settings)
-        .build()?
-        .into();
-    let uri = request.uri().to_string();
-    let headers: Vec<(&str, &str)> = request
-        .headers()
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
-        .collect();
-    let body = match payload {
-        Some(bytes) => SignableBody::Bytes(bytes),
-        None => SignableBody::UnsignedPayload,
-    };
-    let signable = SignableRequest::new(request.method().as_str(), uri, headers.into_iter(), body)?;
-    let (instructions, _signature) = sign(signable, &params)?.into_parts();
-    instructions.apply_to_request_http1x(request);
-    Ok(())
-}
+pub use kinema_client::sign_request;
 
 pub async fn run(args: Args, env_key: Option<(String, String)>) -> anyhow::Result<()> {
     let (key, secret) = match (args.access_key.clone(), args.secret_key.clone(), env_key) {
