@@ -114,6 +114,17 @@ fn base64_decode(s: &str) -> Vec<u8> {
 }
 
 #[test]
+fn write_quotas_throttle_per_entry_and_boto3_retries_through_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_config(
+        &dir.path().join("data"),
+        "[data_streams]\nshard_write_records_per_second = 2\n",
+    );
+    let out = run_python(&server, "ds.py", &["quota"]);
+    assert!(out.contains("quota ok"), "{out}");
+}
+
+#[test]
 fn the_aws_cli_puts_and_reads_records() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());

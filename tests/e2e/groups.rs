@@ -138,8 +138,16 @@ async fn a_group_member_that_dies_is_replaced_from_the_last_checkpoint() {
     .await;
     b.abort();
     if !all_seen {
-        let state = client.get("/v1/datastreams/grp/groups/analytics").await.unwrap();
-        eprintln!("state {state}\na={} b={} expected={}", log_a.lock().unwrap().len(), log_b.lock().unwrap().len(), expected.len());
+        let state = client
+            .get("/v1/datastreams/grp/groups/analytics")
+            .await
+            .unwrap();
+        eprintln!(
+            "state {state}\na={} b={} expected={}",
+            log_a.lock().unwrap().len(),
+            log_b.lock().unwrap().len(),
+            expected.len()
+        );
     }
     assert!(all_seen, "every record reached the group (at least once)");
 

@@ -19,21 +19,27 @@ pub struct Server {
 
 impl Server {
     pub fn start(data_dir: &Path) -> Server {
-        Self::start_with(data_dir, &[])
+        Self::start_args(data_dir, &[])
     }
 
-    pub fn start_with(data_dir: &Path, extra_env: &[(&str, &str)]) -> Server {
+    /// Starts the server with `config` (TOML) as its configuration file.
+    pub fn start_with_config(data_dir: &Path, config: &str) -> Server {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let path = data_dir.with_extension("toml");
+        std::fs::write(&path, config).unwrap();
+        Self::start_args(data_dir, &["--config", path.to_str().unwrap()])
+    }
+
+    fn start_args(data_dir: &Path, args: &[&str]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kinema"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(args)
             .env("KINEMA_ACCESS_KEY_ID", KEY_ID)
             .env("KINEMA_SECRET_ACCESS_KEY", SECRET)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
         let mut child = cmd.spawn().expect("spawn kinema");
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, rx) = mpsc::channel();

@@ -196,6 +196,33 @@ def cmd_subscribe():
     print("subscribe ok")
 
 
+def cmd_quota():
+    """With 2 records/s per shard: per-entry throttling in PutRecords, and
+    boto3's own retries carrying PutRecord through."""
+    k = client()
+    k.create_stream(StreamName="limited", ShardCount=1)
+    res = k.put_records(StreamName="limited", Records=[{"PartitionKey": f"k{i}", "Data": b"x"} for i in range(8)])
+    codes = [r.get("ErrorCode") for r in res["Records"]]
+    assert res["FailedRecordCount"] == 6, res
+    assert codes[:2] == [None] * 2 and codes[2:] == ["ProvisionedThroughputExceededException"] * 6, codes
+    throttled = 0
+    for _ in range(20):
+        try:
+            k.put_record(StreamName="limited", PartitionKey="a", Data=b"x")
+        except botocore.exceptions.ClientError as e:
+            assert e.response["Error"]["Code"] == "ProvisionedThroughputExceededException", e
+            throttled += 1
+    assert throttled > 0, "PutRecord past the quota is refused"
+    retrying = boto3.client("kinesis", endpoint_url=ENDPOINT, region_name="us-east-1",
+                            config=Config(retries={"mode": "standard", "max_attempts": 10}))
+    retries = 0
+    for i in range(6):
+        r = retrying.put_record(StreamName="limited", PartitionKey="a", Data=b"y")
+        retries += r["ResponseMetadata"]["RetryAttempts"]
+    assert retries > 0, "boto3 retried throttled puts"
+    print("quota ok", retries)
+
+
 def cmd_create(name, shards):
     client().create_stream(StreamName=name, ShardCount=int(shards))
 

@@ -292,7 +292,7 @@ async fn operation(st: &AppState, op: &str, v: &Value) -> Result<Value, ApiError
             let name = stream_name(st, v)?;
             let entry = put_entry(st, v).map_err(|(_, m)| ApiError::invalid(m))?;
             let r = ds.put(&name, vec![entry]).await?;
-            let r = r.first().ok_or_else(ApiError::internal)?;
+            let r = r.first().copied().flatten().ok_or_else(throttled)?;
             Ok(
                 json!({"ShardId": shard_id_string(r.shard), "SequenceNumber": sequence_string(r.sequence), "EncryptionType": "NONE"}),
             )
@@ -320,11 +320,12 @@ async fn operation(st: &AppState, op: &str, v: &Value) -> Result<Value, ApiError
             let out: Vec<Value> = checked
                 .iter()
                 .map(|c| match c {
-                    Ok(_) => match stored.next() {
+                    Ok(_) => match stored.next().flatten() {
                         Some(r) => json!({"ShardId": shard_id_string(r.shard), "SequenceNumber": sequence_string(r.sequence)}),
                         None => {
                             failed += 1;
-                            json!({"ErrorCode": "InternalFailure", "ErrorMessage": "not stored"})
+                            json!({"ErrorCode": "ProvisionedThroughputExceededException",
+                                   "ErrorMessage": "Rate exceeded for shard in stream under account."})
                         }
                     },
                     Err((code, msg)) => {
@@ -417,6 +418,14 @@ async fn operation(st: &AppState, op: &str, v: &Value) -> Result<Value, ApiError
             format!("operation {other} is not supported"),
         )),
     }
+}
+
+fn throttled() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "ProvisionedThroughputExceededException",
+        "Rate exceeded for shard in stream under account.",
+    )
 }
 
 fn consumer_json(c: &kinema_engine::datastreams::ConsumerInfo) -> Value {

@@ -35,6 +35,10 @@ pub struct DataStreamsConfig {
     /// Largest record data (the original's limit is 1 MiB).
     pub max_record_bytes: usize,
     pub max_shards_per_stream: u32,
+    /// Per-shard write quota in bytes per second (0: unlimited).
+    pub shard_write_bytes_per_s: u64,
+    /// Per-shard write quota in records per second (0: unlimited).
+    pub shard_write_records_per_s: u64,
 }
 
 impl Default for DataStreamsConfig {
@@ -44,6 +48,8 @@ impl Default for DataStreamsConfig {
             account_id: "000000000000".into(),
             max_record_bytes: 1 << 20,
             max_shards_per_stream: 256,
+            shard_write_bytes_per_s: 0,
+            shard_write_records_per_s: 0,
         }
     }
 }
@@ -130,9 +136,13 @@ struct Entry {
     len: u32,
 }
 
+/// Per entry: where it was stored, or `None` when the shard's write quota
+/// refused it (`ProvisionedThroughputExceededException`).
+pub type PutOutcome = Option<PutResult>;
+
 struct WriteRequest {
     entries: Vec<PutEntry>,
-    reply: oneshot::Sender<Result<Vec<PutResult>, EngineError>>,
+    reply: oneshot::Sender<Result<Vec<PutOutcome>, EngineError>>,
 }
 
 struct DStream {
@@ -218,7 +228,11 @@ impl DataStreams {
             live: watch::channel(0).0,
             deleted: AtomicBool::new(false),
         });
-        tokio::spawn(writer_task(Arc::downgrade(&stream), log, rx));
+        let quota = (
+            self.inner.config.shard_write_bytes_per_s,
+            self.inner.config.shard_write_records_per_s,
+        );
+        tokio::spawn(writer_task(Arc::downgrade(&stream), log, rx, quota));
         self.inner
             .streams
             .write()
@@ -438,7 +452,7 @@ impl DataStreams {
         &self,
         name: &str,
         entries: Vec<PutEntry>,
-    ) -> Result<Vec<PutResult>, EngineError> {
+    ) -> Result<Vec<PutOutcome>, EngineError> {
         let stream = self.get(name)?;
         let (reply, rx) = oneshot::channel();
         stream
@@ -917,8 +931,10 @@ async fn writer_task(
     stream: std::sync::Weak<DStream>,
     log: DataLog,
     mut rx: mpsc::Receiver<WriteRequest>,
+    (quota_bytes, quota_records): (u64, u64),
 ) {
     let mut log = Some(log);
+    let mut quotas: HashMap<u32, kinema_datastream::quota::ShardQuota> = HashMap::new();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_REQUESTS {
@@ -941,7 +957,7 @@ async fn writer_task(
         let now = now_ms();
         let mut bytes = Vec::new();
         let mut placed: Vec<(u32, Entry)> = Vec::new();
-        let mut results: Vec<Vec<PutResult>> = Vec::with_capacity(batch.len());
+        let mut results: Vec<Vec<PutOutcome>> = Vec::with_capacity(batch.len());
         {
             let mut info = lock(&stream.info);
             for req in &batch {
@@ -951,6 +967,21 @@ async fn writer_task(
                         .explicit_hash_key
                         .unwrap_or_else(|| hash_key(&e.partition_key));
                     let shard = info.shards.route(hash).id;
+                    let size = (e.data.len() + e.partition_key.len()) as u64;
+                    let admitted = quotas
+                        .entry(shard)
+                        .or_insert_with(|| {
+                            kinema_datastream::quota::ShardQuota::new(
+                                quota_bytes,
+                                quota_records,
+                                now,
+                            )
+                        })
+                        .admit(size, now);
+                    if !admitted {
+                        out.push(None);
+                        continue;
+                    }
                     let sequence = info
                         .shards
                         .assign(shard)
@@ -973,7 +1004,7 @@ async fn writer_task(
                             len: r.encoded_len() as u32,
                         },
                     ));
-                    out.push(PutResult { shard, sequence });
+                    out.push(Some(PutResult { shard, sequence }));
                 }
                 results.push(out);
             }

@@ -16,6 +16,7 @@ pub const DEFAULT_MAX_FRAGMENT_MB: u64 = 50;
 pub const DEFAULT_MAX_FRAGMENT_SECONDS: u64 = 10;
 pub const DEFAULT_GET_MEDIA_IDLE_SECONDS: u64 = 3;
 pub const DEFAULT_GET_MEDIA_LIVE_IDLE_SECONDS: u64 = 30;
+pub const DEFAULT_MAX_RECORD_KIB: u64 = 1024;
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +27,16 @@ pub struct Config {
     pub access_keys: Vec<AccessKey>,
     #[serde(default)]
     pub video: VideoConfig,
+    #[serde(default)]
+    pub data_streams: DataStreamsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataStreamsConfig {
+    pub max_record_kib: Option<u64>,
+    pub shard_write_bytes_per_second: Option<u64>,
+    pub shard_write_records_per_second: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -76,6 +87,7 @@ pub struct Resolved {
     pub public_url: Option<String>,
     pub keys: Vec<(String, String)>,
     pub engine: kinema_engine::EngineConfig,
+    pub data_streams: kinema_engine::datastreams::DataStreamsConfig,
     pub retention_check_seconds: u64,
 }
 
@@ -127,7 +139,17 @@ impl Config {
                 * 1000,
             ..Default::default()
         };
+        let d = &self.data_streams;
+        let data_streams = kinema_engine::datastreams::DataStreamsConfig {
+            region: engine.region.clone(),
+            account_id: engine.account_id.clone(),
+            max_record_bytes: (d.max_record_kib.unwrap_or(DEFAULT_MAX_RECORD_KIB) * 1024) as usize,
+            shard_write_bytes_per_s: d.shard_write_bytes_per_second.unwrap_or(0),
+            shard_write_records_per_s: d.shard_write_records_per_second.unwrap_or(0),
+            ..Default::default()
+        };
         Resolved {
+            data_streams,
             listen: listen
                 .or(self.server.listen)
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses")),
@@ -159,6 +181,8 @@ mod tests {
         let r = cfg.resolve(None, None, Some(("ENV".into(), "secret".into())));
         assert_eq!(r.keys.len(), 2);
         assert_eq!(r.engine.ingest.max_fragment_bytes, 50 * 1024 * 1024);
+        assert_eq!(r.data_streams.max_record_bytes, 1024 * 1024);
+        assert_eq!(r.data_streams.shard_write_records_per_s, 0);
     }
 
     #[test]

@@ -31,11 +31,7 @@ pub async fn run(
     let engine = Engine::open(store.clone(), cfg.engine.clone()).await?;
     let datastreams = kinema_engine::datastreams::DataStreams::open(
         store,
-        kinema_engine::datastreams::DataStreamsConfig {
-            region: cfg.engine.region.clone(),
-            account_id: cfg.engine.account_id.clone(),
-            ..Default::default()
-        },
+        cfg.data_streams.clone(),
         iterator_key()?,
     )
     .await?;
