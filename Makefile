@@ -40,3 +40,4 @@ fuzz-corpus:
 bench: setup
 	cargo build --release -p kinema-server -p kinema-bench
 	$(CARGO_TARGET_DIR)/release/kinema-bench $(BENCH_ARGS)
+	$(CARGO_TARGET_DIR)/release/kinema-bench-datastream

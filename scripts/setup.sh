@@ -10,7 +10,7 @@ APT_PACKAGES=(
   build-essential pkg-config curl ca-certificates
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
-  ffmpeg strace
+  ffmpeg strace nats-server
 )
 
 missing=()

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,26 +31,8 @@ use kinema_mkv::{Event, Reader};
 use kinema_server::put_media::sign_request;
 use tokio::sync::{Mutex, mpsc};
 
-const KEY: &str = "AKIDBENCH";
-const SECRET: &str = "bench-secret";
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i]
-}
-
-/// CPU seconds (user + system) a process has used, from /proc.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').context("malformed stat")?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let utime: f64 = fields[11].parse()?;
-    let stime: f64 = fields[12].parse()?;
-    Ok((utime + stime) / 100.0)
-}
+mod common;
+use common::{KEY, SECRET, ServerProc, cpu_seconds, percentile, start_server};
 
 /// Renders the benchmark clip: 640x360, 30 fps, ~2 Mbit/s, a keyframe a second.
 fn make_clip(path: &Path, seconds: u32) -> anyhow::Result<()> {
@@ -90,51 +72,6 @@ fn split_clusters(data: &[u8]) -> (Bytes, Vec<Bytes>) {
         .map(|w| Bytes::copy_from_slice(&data[w[0]..w[1]]))
         .collect();
     (header, clusters)
-}
-
-struct ServerProc {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(data_dir: &Path) -> anyhow::Result<ServerProc> {
-    use std::io::BufRead;
-    let exe = std::env::current_exe()?.with_file_name("kinema");
-    let mut child = Command::new(&exe)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("KINEMA_ACCESS_KEY_ID", KEY)
-        .env("KINEMA_SECRET_ACCESS_KEY", SECRET)
-        .env("RUST_LOG", "warn,kinema_server=info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| {
-            format!(
-                "start {} (build it with `cargo build --release -p kinema-server`)",
-                exe.display()
-            )
-        })?;
-    let stderr = child.stderr.take().context("stderr")?;
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    let url = loop {
-        let line = lines.next().context("server exited")??;
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .context("address")?
-                .to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Ok(ServerProc { child, url })
 }
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, BoxBody>;
