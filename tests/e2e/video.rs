@@ -792,7 +792,8 @@ fn persisted_acks_follow_the_fsyncs_of_object_and_index() {
         .status();
     let _ = strace.wait();
     let log = std::fs::read_to_string(&trace).unwrap();
-    let lines: Vec<&str> = log.lines().collect();
+    let merged = merge_unfinished(&log);
+    let lines: Vec<&str> = merged.iter().map(String::as_str).collect();
     for n in &numbers {
         let ack = lines
             .iter()
@@ -822,6 +823,27 @@ fn persisted_acks_follow_the_fsyncs_of_object_and_index() {
             "fragment {n}: no fdatasync of the index between the object and the ack"
         );
     }
+}
+
+/// Joins strace's `<unfinished ...>` / `<... resumed>` pairs (system calls
+/// interrupted by another thread's output) into one line placed where the
+/// call completed, so line order is completion order.
+fn merge_unfinished(log: &str) -> Vec<String> {
+    let mut pending: std::collections::HashMap<&str, String> = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for line in log.lines() {
+        let pid = line.split_whitespace().next().unwrap_or_default();
+        if let Some(start) = line.strip_suffix(" <unfinished ...>") {
+            pending.insert(pid, start.to_string());
+        } else if line.contains("<... ") && line.contains(" resumed>") {
+            let rest = line.split(" resumed>").nth(1).unwrap_or_default();
+            let start = pending.remove(pid).unwrap_or_default();
+            out.push(format!("{start}{rest}"));
+        } else {
+            out.push(line.to_string());
+        }
+    }
+    out
 }
 
 /// SIGKILL during ingest: every fragment acknowledged PERSISTED before the
