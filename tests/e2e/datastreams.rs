@@ -124,6 +124,83 @@ fn write_quotas_throttle_per_entry_and_boto3_retries_through_them() {
     assert!(out.contains("quota ok"), "{out}");
 }
 
+/// Sends a signed JSON 1.1 request with a raw body; returns status and body.
+fn raw_kinesis(server: &Server, target: &str, body: &[u8]) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut req = http::Request::post(format!("{}/", server.url()))
+        .header("host", format!("127.0.0.1:{}", server.port))
+        .header("x-amz-target", target)
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(())
+        .unwrap();
+    kinema_server::put_media::sign_request(
+        &mut req,
+        KEY_ID,
+        SECRET,
+        "us-east-1",
+        "kinesis",
+        Some(body),
+    )
+    .unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    )
+    .unwrap();
+    for (k, v) in req.headers() {
+        write!(s, "{k}: {}\r\n", v.to_str().unwrap()).unwrap();
+    }
+    write!(s, "\r\n").unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp[9..12].parse().unwrap();
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or_default();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[test]
+fn malformed_json_and_unknown_targets_get_the_expected_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (status, body) = raw_kinesis(&server, "Kinesis_20131202.ListStreams", b"{not json");
+    assert_eq!(
+        (status, body["__type"].as_str()),
+        (400, Some("SerializationException")),
+        "{body}"
+    );
+    let (status, body) = raw_kinesis(&server, "Kinesis_20131202.FlyToTheMoon", b"{}");
+    assert_eq!(
+        (status, body["__type"].as_str()),
+        (400, Some("UnknownOperationException")),
+        "{body}"
+    );
+    let (status, body) = raw_kinesis(&server, "DynamoDB_20120810.ListTables", b"{}");
+    assert_eq!(
+        (status, body["__type"].as_str()),
+        (400, Some("UnknownOperationException")),
+        "{body}"
+    );
+    let (status, body) = raw_kinesis(
+        &server,
+        "Kinesis_20131202.CreateStream",
+        br#"{"StreamName": "ok", "ShardCount": 0}"#,
+    );
+    assert_eq!(
+        (status, body["__type"].as_str()),
+        (400, Some("InvalidArgumentException")),
+        "{body}"
+    );
+    let (status, body) = raw_kinesis(&server, "Kinesis_20131202.ListStreams", b"{}");
+    assert_eq!(
+        status, 200,
+        "nothing was created by the bad requests: {body}"
+    );
+    assert_eq!(body["StreamNames"], serde_json::json!([]));
+}
+
 #[test]
 fn the_aws_cli_puts_and_reads_records() {
     let dir = tempfile::tempdir().unwrap();
@@ -178,6 +255,35 @@ fn the_aws_cli_puts_and_reads_records() {
     ]);
     assert_eq!(recs["Records"][0]["Data"], "aGVsbG8=");
     assert_eq!(recs["Records"][0]["SequenceNumber"], put["SequenceNumber"]);
+    aws(&[
+        "increase-stream-retention-period",
+        "--stream-name",
+        "cli",
+        "--retention-period-hours",
+        "48",
+    ]);
+    let summary = aws(&["describe-stream-summary", "--stream-name", "cli"]);
+    assert_eq!(
+        summary["StreamDescriptionSummary"]["RetentionPeriodHours"],
+        48
+    );
+    aws(&[
+        "update-shard-count",
+        "--stream-name",
+        "cli",
+        "--target-shard-count",
+        "2",
+        "--scaling-type",
+        "UNIFORM_SCALING",
+    ]);
+    let shards = aws(&["list-shards", "--stream-name", "cli"]);
+    assert_eq!(
+        shards["Shards"].as_array().unwrap().len(),
+        3,
+        "the parent and two children"
+    );
+    let streams = aws(&["list-streams"]);
+    assert_eq!(streams["StreamNames"], serde_json::json!(["cli"]));
 }
 
 /// Every acknowledged record survives SIGKILL, in the same order with the

@@ -39,6 +39,9 @@ pub struct DataStreamsConfig {
     pub shard_write_bytes_per_s: u64,
     /// Per-shard write quota in records per second (0: unlimited).
     pub shard_write_records_per_s: u64,
+    /// Size at which the log starts a new segment file; retention deletes
+    /// whole segments whose records are all past the retention period.
+    pub segment_bytes: u64,
 }
 
 impl Default for DataStreamsConfig {
@@ -50,6 +53,7 @@ impl Default for DataStreamsConfig {
             max_shards_per_stream: 256,
             shard_write_bytes_per_s: 0,
             shard_write_records_per_s: 0,
+            segment_bytes: 64 << 20,
         }
     }
 }
@@ -149,6 +153,7 @@ struct DStream {
     info: std::sync::Mutex<DataStreamInfo>,
     index: RwLock<HashMap<u32, Vec<Entry>>>,
     writer: mpsc::Sender<WriteRequest>,
+    retain: mpsc::Sender<(i64, oneshot::Sender<Result<usize, EngineError>>)>,
     reader: DataLogReader,
     live: watch::Sender<u64>,
     deleted: AtomicBool,
@@ -201,7 +206,10 @@ impl DataStreams {
         });
         let ds = DataStreams { inner };
         for mut info in infos {
-            let (log, records) = ds.inner.store.open_data_log(&info.id)?;
+            let (log, records) = ds
+                .inner
+                .store
+                .open_data_log(&info.id, ds.inner.config.segment_bytes)?;
             let mut index: HashMap<u32, Vec<Entry>> = HashMap::new();
             for (offset, r) in &records {
                 info.shards.observe(r.sequence);
@@ -220,11 +228,13 @@ impl DataStreams {
 
     fn install(&self, info: DataStreamInfo, log: DataLog, index: HashMap<u32, Vec<Entry>>) {
         let (tx, rx) = mpsc::channel(1024);
+        let (retain_tx, retain_rx) = mpsc::channel(4);
         let stream = Arc::new(DStream {
             reader: log.reader(),
             info: std::sync::Mutex::new(info.clone()),
             index: RwLock::new(index),
             writer: tx,
+            retain: retain_tx,
             live: watch::channel(0).0,
             deleted: AtomicBool::new(false),
         });
@@ -232,7 +242,13 @@ impl DataStreams {
             self.inner.config.shard_write_bytes_per_s,
             self.inner.config.shard_write_records_per_s,
         );
-        tokio::spawn(writer_task(Arc::downgrade(&stream), log, rx, quota));
+        tokio::spawn(writer_task(
+            Arc::downgrade(&stream),
+            log,
+            rx,
+            retain_rx,
+            quota,
+        ));
         self.inner
             .streams
             .write()
@@ -321,7 +337,8 @@ impl DataStreams {
         };
         let store = self.inner.store.clone();
         let id = info.id.clone();
-        let (log, _) = tokio::task::spawn_blocking(move || store.open_data_log(&id))
+        let segment_bytes = self.inner.config.segment_bytes;
+        let (log, _) = tokio::task::spawn_blocking(move || store.open_data_log(&id, segment_bytes))
             .await
             .map_err(|e| EngineError::Internal(e.to_string()))??;
         self.install(info, log, HashMap::new());
@@ -551,6 +568,28 @@ impl DataStreams {
             millis_behind_latest: chunk.millis_behind_latest,
             child_shards: chunk.child_shards,
         })
+    }
+
+    /// Deletes, in every stream, the log segments whose records are all
+    /// older than the stream's retention period at `now_ms`. Returns how
+    /// many records went.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize, EngineError> {
+        let streams: Vec<Arc<DStream>> = self
+            .inner
+            .streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut removed = 0;
+        for s in streams {
+            let (tx, rx) = oneshot::channel();
+            if s.retain.send((now_ms, tx)).await.is_ok() {
+                removed += rx.await.unwrap_or(Ok(0))?;
+            }
+        }
+        Ok(removed)
     }
 
     // ---- server-side consumer groups ------------------------------------------
@@ -925,17 +964,98 @@ impl Subscription {
     }
 }
 
+/// Retention on the writer task (so it never races an append): deletes the
+/// older segments whose newest record is past the retention period, then
+/// drops their records from the index (a prefix of every shard's entries,
+/// since positions follow sequence order).
+async fn retain(
+    stream: &Arc<DStream>,
+    log: DataLog,
+    segment_newest: &mut BTreeMap<u32, i64>,
+    now: i64,
+) -> (DataLog, Result<usize, EngineError>) {
+    let cutoff = now - i64::from(lock(&stream.info).retention_hours) * 3_600_000;
+    let active = log.active_segment();
+    // Only a prefix of segments goes, so the index loses a prefix too.
+    let expired: Vec<u32> = segment_newest
+        .iter()
+        .take_while(|(seg, newest)| **seg != active && **newest < cutoff)
+        .map(|(seg, _)| *seg)
+        .collect();
+    if expired.is_empty() {
+        return (log, Ok(0));
+    }
+    let mut l = log;
+    let gone = expired.clone();
+    let (l, result) = match tokio::task::spawn_blocking(move || {
+        let r = l.delete_segments(&gone);
+        (l, r)
+    })
+    .await
+    {
+        Ok(v) => v,
+        // delete_segments only removes files and returns errors as values.
+        Err(e) => panic!("the segment deletion task panicked: {e}"),
+    };
+    if let Err(e) = result {
+        return (l, Err(e.into()));
+    }
+    let last = *expired.last().expect("not empty");
+    let mut removed = 0;
+    for entries in stream
+        .index
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .values_mut()
+    {
+        let keep = entries.partition_point(|e| kinema_store::segment_of(e.offset) <= last);
+        removed += keep;
+        entries.drain(..keep);
+    }
+    for seg in expired {
+        segment_newest.remove(&seg);
+    }
+    (l, Ok(removed))
+}
+
 /// The single appender of a stream's log: batches concurrent requests into
 /// one write and one fdatasync, then acknowledges them all.
 async fn writer_task(
     stream: std::sync::Weak<DStream>,
     log: DataLog,
     mut rx: mpsc::Receiver<WriteRequest>,
+    mut retain_rx: mpsc::Receiver<(i64, oneshot::Sender<Result<usize, EngineError>>)>,
     (quota_bytes, quota_records): (u64, u64),
 ) {
     let mut log = Some(log);
     let mut quotas: HashMap<u32, kinema_datastream::quota::ShardQuota> = HashMap::new();
-    while let Some(first) = rx.recv().await {
+    // The newest arrival time in each segment, for retention.
+    let mut segment_newest: BTreeMap<u32, i64> = BTreeMap::new();
+    if let Some(s) = stream.upgrade() {
+        for entries in s.index.read().unwrap_or_else(|p| p.into_inner()).values() {
+            for e in entries {
+                let seg = kinema_store::segment_of(e.offset);
+                let newest = segment_newest.entry(seg).or_insert(i64::MIN);
+                *newest = (*newest).max(e.arrival_ms);
+            }
+        }
+    }
+    loop {
+        let first = tokio::select! {
+            r = rx.recv() => match r {
+                Some(r) => r,
+                None => return,
+            },
+            cmd = retain_rx.recv() => {
+                let Some((now, reply)) = cmd else { return };
+                let Some(s) = stream.upgrade() else { return };
+                let Some(l) = log.take() else { return };
+                let (l, result) = retain(&s, l, &mut segment_newest, now).await;
+                log = Some(l);
+                let _ = reply.send(result);
+                continue;
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_REQUESTS {
             match rx.try_recv() {
@@ -1022,6 +1142,10 @@ async fn writer_task(
         log = Some(l);
         match written {
             Ok(base) => {
+                let newest = segment_newest
+                    .entry(kinema_store::segment_of(base))
+                    .or_insert(i64::MIN);
+                *newest = (*newest).max(now);
                 {
                     let mut index = stream.index.write().unwrap_or_else(|p| p.into_inner());
                     for (shard, mut e) in placed {

@@ -59,6 +59,24 @@ pub async fn run(
                 .await
         }
     });
+    let mut ds_stop = stop_rx.clone();
+    let ds_retention = tokio::spawn({
+        let ds = state.datastreams.clone();
+        let every = Duration::from_secs(cfg.retention_check_seconds);
+        async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = ds_stop.changed() => return,
+                    _ = tick.tick() => {
+                        if let Err(e) = ds.enforce_retention(kinema_engine::now_ms()).await {
+                            tracing::error!(error = %e, "data-stream retention failed");
+                        }
+                    }
+                }
+            }
+        }
+    });
     let addr = listener.local_addr()?;
     tracing::info!(data_dir = %cfg.data_dir.display(), "listening on http://{addr}");
     let result = kinema_api::serve(listener, state, async move {
@@ -68,5 +86,6 @@ pub async fn run(
     })
     .await;
     let _ = retention.await;
+    let _ = ds_retention.await;
     Ok(result?)
 }

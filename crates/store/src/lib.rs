@@ -7,13 +7,14 @@
 //! - `index/<stream id>.idx`: each stream's append-only index log
 //!   ([`kinema_archive::index`]);
 //! - `meta/<name>.json`: small metadata documents replaced atomically;
-//! - `data/<stream id>.log`: each data stream's record log ([`DataLog`]).
+//! - `data/<stream id>/<segment>.log`: each data stream's record log ([`DataLog`]).
 //!
 //! Durability: [`Store::put_fragment`] returns only once the object and its
 //! directory entry are on disk (fsync), and [`IndexLog::append`] only once
 //! the record is (fdatasync). Callers append the index record after the
 //! object is durable, so an index entry always names a readable object.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -401,91 +402,182 @@ impl IndexLog {
     }
 }
 
-/// A data stream's append-only record log (`data/<stream id>.log`).
-/// Appends come from one writer at a time; reads are positional and may
-/// run concurrently with appends.
+/// Bits of a data-log position that hold the offset inside a segment; the
+/// bits above hold the segment number.
+const SEGMENT_SHIFT: u32 = 40;
+
+/// The segment number of a data-log position.
+pub fn segment_of(pos: u64) -> u32 {
+    (pos >> SEGMENT_SHIFT) as u32
+}
+
+type Segments = Arc<std::sync::RwLock<BTreeMap<u32, Arc<File>>>>;
+
+/// A data stream's append-only record log: a directory of segment files
+/// (`data/<stream id>/<segment>.log`). Records are addressed by a position
+/// `segment << 40 | offset`. Appends come from one writer at a time and go
+/// to the newest segment, which rolls over past `segment_bytes`; whole old
+/// segments are deleted for retention; reads are positional and may run
+/// concurrently with appends.
 #[derive(Debug)]
 pub struct DataLog {
-    file: Arc<File>,
-    path: PathBuf,
+    dir: PathBuf,
+    segments: Segments,
+    active: u32,
     len: u64,
+    segment_bytes: u64,
 }
 
 impl Store {
-    fn data_log_path(&self, stream_id: &str) -> PathBuf {
-        self.root.join("data").join(format!("{stream_id}.log"))
+    fn data_log_dir(&self, stream_id: &str) -> PathBuf {
+        self.root.join("data").join(stream_id)
     }
 
-    /// Opens a data stream's log, cutting a torn tail back to the last
-    /// complete record; returns it with every record and its offset.
+    /// Opens a data stream's log, cutting a torn tail of the newest segment
+    /// back to its last complete record; returns it with every record and
+    /// its position.
     pub fn open_data_log(
         &self,
         stream_id: &str,
+        segment_bytes: u64,
     ) -> Result<(DataLog, Vec<(u64, kinema_datastream::record::StoredRecord)>), StoreError> {
-        let dir = self.root.join("data");
+        let dir = self.data_log_dir(stream_id);
         fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let path = self.data_log_path(stream_id);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io(&path))?;
-        let (records, valid) = kinema_datastream::record::decode_log(&bytes);
-        if valid < bytes.len() {
-            tracing::warn!(path = %path.display(), cut = bytes.len() - valid, "cutting a torn tail off a data log");
-            file.set_len(valid as u64).map_err(io(&path))?;
-            file.sync_all().map_err(io(&path))?;
+        sync_dir(dir.parent().expect("data/ is the parent"))?;
+        let mut numbers: Vec<u32> = fs::read_dir(&dir)
+            .map_err(io(&dir))?
+            .filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_suffix(".log")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        numbers.sort_unstable();
+        if numbers.is_empty() {
+            numbers.push(0);
+        }
+        let mut segments = BTreeMap::new();
+        let mut records = Vec::new();
+        let mut len = 0;
+        let last = *numbers.last().expect("at least one segment");
+        for n in numbers {
+            let path = dir.join(format!("{n:010}.log"));
+            let mut file = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .open(&path)
+                .map_err(io(&path))?;
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes).map_err(io(&path))?;
+            let (recs, valid) = kinema_datastream::record::decode_log(&bytes);
+            if valid < bytes.len() {
+                // Only the newest segment can have a torn tail; an older one
+                // with damage is cut too, so recovery never stops midway.
+                tracing::warn!(path = %path.display(), cut = bytes.len() - valid, "cutting a torn tail off a data log");
+                file.set_len(valid as u64).map_err(io(&path))?;
+                file.sync_all().map_err(io(&path))?;
+            }
+            records.extend(
+                recs.into_iter()
+                    .map(|(off, r)| ((u64::from(n) << SEGMENT_SHIFT) | off, r)),
+            );
+            if n == last {
+                len = valid as u64;
+            }
+            segments.insert(n, Arc::new(file));
         }
         sync_dir(&dir)?;
         Ok((
             DataLog {
-                file: Arc::new(file),
-                path,
-                len: valid as u64,
+                dir,
+                segments: Arc::new(std::sync::RwLock::new(segments)),
+                active: last,
+                len,
+                segment_bytes: segment_bytes.max(1),
             },
             records,
         ))
     }
 
     pub fn delete_data_log(&self, stream_id: &str) -> Result<(), StoreError> {
-        let path = self.data_log_path(stream_id);
-        match fs::remove_file(&path) {
+        let dir = self.data_log_dir(stream_id);
+        match fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(&path)(e)),
+            Err(e) => Err(io(&dir)(e)),
         }
     }
 }
 
 impl DataLog {
-    /// Appends encoded records and returns their starting offset once they
-    /// are on disk (fdatasync). Blocking: call it off the async runtime.
-    /// On failure the log is cut back, so no partial record stays in front
-    /// of later appends.
-    pub fn append(&mut self, bytes: &[u8]) -> Result<u64, StoreError> {
-        let offset = self.len;
-        let result = (&*self.file)
-            .write_all(bytes)
-            .and_then(|_| self.file.sync_data());
-        if let Err(e) = result {
-            let _ = self
-                .file
-                .set_len(offset)
-                .and_then(|_| self.file.sync_data());
-            return Err(io(&self.path)(e));
-        }
-        self.len += bytes.len() as u64;
-        Ok(offset)
+    fn active_file(&self) -> Arc<File> {
+        self.segments.read().unwrap_or_else(|p| p.into_inner())[&self.active].clone()
     }
 
-    /// A reader sharing the file.
+    /// Appends encoded records (kept in one segment) and returns their
+    /// starting position once they are on disk (fdatasync). Blocking: call
+    /// it off the async runtime. On failure the segment is cut back, so no
+    /// partial record stays in front of later appends.
+    pub fn append(&mut self, bytes: &[u8]) -> Result<u64, StoreError> {
+        if self.len > 0 && self.len + bytes.len() as u64 > self.segment_bytes {
+            let next = self.active + 1;
+            let path = self.dir.join(format!("{next:010}.log"));
+            let file = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .open(&path)
+                .map_err(io(&path))?;
+            sync_dir(&self.dir)?;
+            self.segments
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(next, Arc::new(file));
+            self.active = next;
+            self.len = 0;
+        }
+        let file = self.active_file();
+        let offset = self.len;
+        let result = (&*file).write_all(bytes).and_then(|_| file.sync_data());
+        if let Err(e) = result {
+            let _ = file.set_len(offset).and_then(|_| file.sync_data());
+            return Err(io(&self.dir)(e));
+        }
+        self.len += bytes.len() as u64;
+        Ok((u64::from(self.active) << SEGMENT_SHIFT) | offset)
+    }
+
+    /// The segment appends go to.
+    pub fn active_segment(&self) -> u32 {
+        self.active
+    }
+
+    /// Deletes the files of the given (older) segments. Blocking.
+    pub fn delete_segments(&mut self, numbers: &[u32]) -> Result<(), StoreError> {
+        for &n in numbers.iter().filter(|n| **n != self.active) {
+            self.segments
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&n);
+            let path = self.dir.join(format!("{n:010}.log"));
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path)(e)),
+            }
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// A reader sharing the segment files.
     pub fn reader(&self) -> DataLogReader {
         DataLogReader {
-            file: self.file.clone(),
-            path: self.path.clone(),
+            segments: self.segments.clone(),
+            dir: self.dir.clone(),
         }
     }
 }
@@ -493,18 +585,24 @@ impl DataLog {
 /// Positional reads of a data log; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct DataLogReader {
-    file: Arc<File>,
-    path: PathBuf,
+    segments: Segments,
+    dir: PathBuf,
 }
 
 impl DataLogReader {
-    /// Reads `len` bytes at `offset`. Blocking.
-    pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+    /// Reads `len` bytes at position `pos`. Blocking.
+    pub fn read_at(&self, pos: u64, len: usize) -> Result<Vec<u8>, StoreError> {
         use std::os::unix::fs::FileExt;
+        let file = self
+            .segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&segment_of(pos))
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(format!("data log segment {}", segment_of(pos))))?;
         let mut buf = vec![0; len];
-        self.file
-            .read_exact_at(&mut buf, offset)
-            .map_err(io(&self.path))?;
+        file.read_exact_at(&mut buf, pos & ((1 << SEGMENT_SHIFT) - 1))
+            .map_err(io(&self.dir))?;
         Ok(buf)
     }
 }
