@@ -5,7 +5,12 @@
 use std::collections::BTreeSet;
 use std::process::Command;
 
-const SANS_IO: &[&str] = &["kinema-mkv", "kinema-archive", "kinema-datastream", "kinema-hls"];
+const SANS_IO: &[&str] = &[
+    "kinema-mkv",
+    "kinema-archive",
+    "kinema-datastream",
+    "kinema-hls",
+];
 const FORBIDDEN: &[&str] = &[
     "tokio",
     "hyper",
