@@ -339,26 +339,12 @@ async fn operation(st: &AppState, op: &str, v: &Value) -> Result<Value, ApiError
         "GetShardIterator" => {
             let name = stream_name(st, v)?;
             let shard = shard_arg(v, "ShardId")?;
-            let seq = || {
-                str_field(v, "StartingSequenceNumber")
-                    .and_then(parse_sequence)
-                    .ok_or_else(|| {
-                        ApiError::invalid("StartingSequenceNumber is missing or malformed")
-                    })
-            };
-            let start = match str_field(v, "ShardIteratorType") {
-                Some("TRIM_HORIZON") => IteratorStart::TrimHorizon,
-                Some("LATEST") => IteratorStart::Latest,
-                Some("AT_SEQUENCE_NUMBER") => IteratorStart::AtSequence(seq()?),
-                Some("AFTER_SEQUENCE_NUMBER") => IteratorStart::AfterSequence(seq()?),
-                Some("AT_TIMESTAMP") => {
-                    let t = v.get("Timestamp").and_then(Value::as_f64).ok_or_else(|| {
-                        ApiError::invalid("Timestamp is required for AT_TIMESTAMP")
-                    })?;
-                    IteratorStart::AtTimestamp((t * 1000.0).round() as i64)
-                }
-                _ => return Err(ApiError::invalid("ShardIteratorType is missing or unknown")),
-            };
+            let start = iterator_start(
+                str_field(v, "ShardIteratorType"),
+                str_field(v, "StartingSequenceNumber"),
+                v.get("Timestamp").and_then(Value::as_f64),
+                ["ShardIteratorType", "StartingSequenceNumber", "Timestamp"],
+            )?;
             Ok(json!({"ShardIterator": ds.shard_iterator(&name, shard, start)?}))
         }
         "GetRecords" => {
@@ -420,6 +406,40 @@ async fn operation(st: &AppState, op: &str, v: &Value) -> Result<Value, ApiError
     }
 }
 
+/// Where an iterator or subscription starts, from its type and the input
+/// that type needs (a sequence number, or epoch seconds). `fields` names
+/// the three inputs in error messages.
+pub(crate) fn iterator_start(
+    kind: Option<&str>,
+    sequence: Option<&str>,
+    timestamp_s: Option<f64>,
+    fields: [&str; 3],
+) -> Result<IteratorStart, ApiError> {
+    let seq = || {
+        sequence
+            .and_then(parse_sequence)
+            .ok_or_else(|| ApiError::invalid(format!("{} is missing or malformed", fields[1])))
+    };
+    Ok(match kind {
+        Some("TRIM_HORIZON") => IteratorStart::TrimHorizon,
+        Some("LATEST") => IteratorStart::Latest,
+        Some("AT_SEQUENCE_NUMBER") => IteratorStart::AtSequence(seq()?),
+        Some("AFTER_SEQUENCE_NUMBER") => IteratorStart::AfterSequence(seq()?),
+        Some("AT_TIMESTAMP") => {
+            let t = timestamp_s.ok_or_else(|| {
+                ApiError::invalid(format!("{} is required for AT_TIMESTAMP", fields[2]))
+            })?;
+            IteratorStart::AtTimestamp((t * 1000.0).round() as i64)
+        }
+        _ => {
+            return Err(ApiError::invalid(format!(
+                "{} is missing or unknown",
+                fields[0]
+            )));
+        }
+    })
+}
+
 fn throttled() -> ApiError {
     ApiError::new(
         StatusCode::BAD_REQUEST,
@@ -470,31 +490,16 @@ fn subscribe_to_shard(st: &AppState, v: &Value) -> Result<Response, ApiError> {
     let pos = v
         .get("StartingPosition")
         .ok_or_else(|| ApiError::invalid("StartingPosition is required"))?;
-    let seq = || {
-        str_field(pos, "SequenceNumber")
-            .and_then(parse_sequence)
-            .ok_or_else(|| {
-                ApiError::invalid("StartingPosition.SequenceNumber is missing or malformed")
-            })
-    };
-    let start = match str_field(pos, "Type") {
-        Some("TRIM_HORIZON") => IteratorStart::TrimHorizon,
-        Some("LATEST") => IteratorStart::Latest,
-        Some("AT_SEQUENCE_NUMBER") => IteratorStart::AtSequence(seq()?),
-        Some("AFTER_SEQUENCE_NUMBER") => IteratorStart::AfterSequence(seq()?),
-        Some("AT_TIMESTAMP") => IteratorStart::AtTimestamp(
-            (pos.get("Timestamp")
-                .and_then(Value::as_f64)
-                .ok_or_else(|| ApiError::invalid("StartingPosition.Timestamp is required"))?
-                * 1000.0)
-                .round() as i64,
-        ),
-        _ => {
-            return Err(ApiError::invalid(
-                "StartingPosition.Type is missing or unknown",
-            ));
-        }
-    };
+    let start = iterator_start(
+        str_field(pos, "Type"),
+        str_field(pos, "SequenceNumber"),
+        pos.get("Timestamp").and_then(Value::as_f64),
+        [
+            "StartingPosition.Type",
+            "StartingPosition.SequenceNumber",
+            "StartingPosition.Timestamp",
+        ],
+    )?;
     let mut sub = st.datastreams.subscribe(consumer, shard, start)?;
     let mut shutdown = st.shutdown.clone();
     let body = async_stream::stream! {

@@ -21,7 +21,6 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use kinema_datastream::{parse_sequence, parse_shard_id, sequence_string, shard_id_string};
-use kinema_engine::datastreams::IteratorStart;
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -32,28 +31,12 @@ pub async fn subscribe(
     Path(stream): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let seq = || {
-        q.get("sequence")
-            .and_then(|s| parse_sequence(s))
-            .ok_or_else(|| ApiError::invalid("sequence is missing or malformed"))
-    };
-    let start = match q.get("from").map(String::as_str).unwrap_or("LATEST") {
-        "TRIM_HORIZON" => IteratorStart::TrimHorizon,
-        "LATEST" => IteratorStart::Latest,
-        "AT_SEQUENCE_NUMBER" => IteratorStart::AtSequence(seq()?),
-        "AFTER_SEQUENCE_NUMBER" => IteratorStart::AfterSequence(seq()?),
-        "AT_TIMESTAMP" => IteratorStart::AtTimestamp(
-            q.get("timestamp")
-                .and_then(|t| t.parse::<f64>().ok())
-                .map(|t| (t * 1000.0).round() as i64)
-                .ok_or_else(|| ApiError::invalid("timestamp must be epoch seconds"))?,
-        ),
-        other => {
-            return Err(ApiError::invalid(format!(
-                "unknown from position {other:?}"
-            )));
-        }
-    };
+    let start = crate::kinesis::iterator_start(
+        Some(q.get("from").map(String::as_str).unwrap_or("LATEST")),
+        q.get("sequence").map(String::as_str),
+        q.get("timestamp").and_then(|t| t.parse::<f64>().ok()),
+        ["from", "sequence", "timestamp"],
+    )?;
     let shards: Vec<u32> = match q.get("shard") {
         Some(s) => {
             vec![parse_shard_id(s).ok_or_else(|| ApiError::invalid("shard must be a shard id"))?]

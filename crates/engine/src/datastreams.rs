@@ -487,44 +487,9 @@ impl DataStreams {
         start: IteratorStart,
     ) -> Result<String, EngineError> {
         let stream = self.get(name)?;
-        let info = lock(&stream.info);
-        let s = info
-            .shards
-            .shard(shard)
-            .ok_or_else(|| {
-                EngineError::ResourceNotFound(format!(
-                    "Shard {shard} in stream {name} does not exist"
-                ))
-            })?
-            .clone();
-        let in_shard = |seq: u64| {
-            if seq < s.starting_sequence || s.ending_sequence.is_some_and(|e| seq > e) {
-                Err(EngineError::InvalidArgument(format!(
-                    "sequence number {} does not belong to shard {}",
-                    kinema_datastream::sequence_string(seq),
-                    kinema_datastream::shard_id_string(shard)
-                )))
-            } else {
-                Ok(seq)
-            }
-        };
-        let from = match start {
-            IteratorStart::TrimHorizon => 0,
-            IteratorStart::Latest => info.shards.next_sequence(),
-            IteratorStart::AtSequence(seq) => in_shard(seq)?,
-            IteratorStart::AfterSequence(seq) => in_shard(seq)? + 1,
-            IteratorStart::AtTimestamp(t) => {
-                let index = stream.index.read().unwrap_or_else(|p| p.into_inner());
-                let entries = index.get(&shard).map(Vec::as_slice).unwrap_or_default();
-                let i = entries.partition_point(|e| e.arrival_ms < t);
-                entries
-                    .get(i)
-                    .map(|e| e.sequence)
-                    .unwrap_or(info.shards.next_sequence())
-            }
-        };
+        let from = start_sequence(&stream, name, shard, start)?;
         Ok(self.inner.key.encode(&IteratorPosition {
-            stream: info.created_ms as u64,
+            stream: lock(&stream.info).created_ms as u64,
             shard,
             from_sequence: from,
             issued_ms: now_ms(),
@@ -769,17 +734,12 @@ impl DataStreams {
         start: IteratorStart,
     ) -> Result<Subscription, EngineError> {
         let stream = self.get(name)?;
-        let token = self.shard_iterator(name, shard, start)?;
-        let pos = self
-            .inner
-            .key
-            .decode(&token, now_ms())
-            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let next_from = start_sequence(&stream, name, shard, start)?;
         Ok(Subscription {
             live: stream.live.subscribe(),
             stream,
             shard,
-            next_from: pos.from_sequence,
+            next_from,
             started_ms: now_ms(),
             done: false,
         })
@@ -793,22 +753,8 @@ impl DataStreams {
         start: IteratorStart,
     ) -> Result<Subscription, EngineError> {
         let (_, stream_arn) = self.describe_consumer(Some(consumer_arn), None, None)?;
-        let stream = self.by_arn(&stream_arn)?;
-        let name = lock(&stream.info).name.clone();
-        let token = self.shard_iterator(&name, shard, start)?;
-        let pos = self
-            .inner
-            .key
-            .decode(&token, now_ms())
-            .map_err(|e| EngineError::Internal(e.to_string()))?;
-        Ok(Subscription {
-            live: stream.live.subscribe(),
-            stream,
-            shard,
-            next_from: pos.from_sequence,
-            started_ms: now_ms(),
-            done: false,
-        })
+        let name = lock(&self.by_arn(&stream_arn)?.info).name.clone();
+        self.subscribe_by_name(&name, shard, start)
     }
 }
 
@@ -820,6 +766,51 @@ fn check_member(group: &str, consumer: &str) -> Result<(), EngineError> {
             "group must be 1-128 characters of [a-zA-Z0-9_.-] and consumer 1-256 characters".into(),
         ))
     }
+}
+
+/// The first sequence number an iterator or subscription starting at
+/// `start` in `shard` reads.
+fn start_sequence(
+    stream: &DStream,
+    name: &str,
+    shard: u32,
+    start: IteratorStart,
+) -> Result<u64, EngineError> {
+    let info = lock(&stream.info);
+    let s = info
+        .shards
+        .shard(shard)
+        .ok_or_else(|| {
+            EngineError::ResourceNotFound(format!("Shard {shard} in stream {name} does not exist"))
+        })?
+        .clone();
+    let in_shard = |seq: u64| {
+        if seq < s.starting_sequence || s.ending_sequence.is_some_and(|e| seq > e) {
+            Err(EngineError::InvalidArgument(format!(
+                "sequence number {} does not belong to shard {}",
+                kinema_datastream::sequence_string(seq),
+                kinema_datastream::shard_id_string(shard)
+            )))
+        } else {
+            Ok(seq)
+        }
+    };
+    let from = match start {
+        IteratorStart::TrimHorizon => 0,
+        IteratorStart::Latest => info.shards.next_sequence(),
+        IteratorStart::AtSequence(seq) => in_shard(seq)?,
+        IteratorStart::AfterSequence(seq) => in_shard(seq)? + 1,
+        IteratorStart::AtTimestamp(t) => {
+            let index = stream.index.read().unwrap_or_else(|p| p.into_inner());
+            let entries = index.get(&shard).map(Vec::as_slice).unwrap_or_default();
+            let i = entries.partition_point(|e| e.arrival_ms < t);
+            entries
+                .get(i)
+                .map(|e| e.sequence)
+                .unwrap_or(info.shards.next_sequence())
+        }
+    };
+    Ok(from)
 }
 
 /// Records read from one shard position.
