@@ -289,34 +289,24 @@ fn index_bench() -> (f64, f64) {
         })
         .expect("numbers increase");
     }
-    let lookups = 1_000_000u64;
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let mut sum = 0u64;
-    let t = Instant::now();
-    for _ in 0..lookups {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let ts = base + (x % 1_000_000_000) as i64;
-        sum += c
-            .locate(TimeKind::Producer, ts)
-            .map(|f| f.number)
-            .unwrap_or(0);
-    }
-    let producer_ns = t.elapsed().as_nanos() as f64 / lookups as f64;
-    let t = Instant::now();
-    for _ in 0..lookups {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let ts = base + (x % 1_000_000_000) as i64;
-        sum += c
-            .locate(TimeKind::Server, ts)
-            .map(|f| f.number)
-            .unwrap_or(0);
-    }
-    let server_ns = t.elapsed().as_nanos() as f64 / lookups as f64;
-    std::hint::black_box(sum);
+    // Nanoseconds per lookup of pseudo-random timestamps (xorshift).
+    let time_lookups = |kind: TimeKind| {
+        let lookups = 1_000_000u64;
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut sum = 0u64;
+        let t = Instant::now();
+        for _ in 0..lookups {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let ts = base + (x % 1_000_000_000) as i64;
+            sum += c.locate(kind, ts).map(|f| f.number).unwrap_or(0);
+        }
+        std::hint::black_box(sum);
+        t.elapsed().as_nanos() as f64 / lookups as f64
+    };
+    let producer_ns = time_lookups(TimeKind::Producer);
+    let server_ns = time_lookups(TimeKind::Server);
     (producer_ns, server_ns)
 }
 

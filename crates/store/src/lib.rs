@@ -68,6 +68,36 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
+/// Opens (creating) an append-only log file for reading and appending.
+fn open_append(path: &Path) -> Result<File, StoreError> {
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(io(path))
+}
+
+/// Opens an append-only log and decodes it with `decode` (which returns
+/// what it read and the length of the valid prefix), cutting a torn tail
+/// back to that prefix durably. Returns the file, the decoded contents and
+/// the valid length.
+fn open_recovering<T>(
+    path: &Path,
+    decode: impl Fn(&[u8]) -> (T, usize),
+) -> Result<(File, T, u64), StoreError> {
+    let mut file = open_append(path)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(io(path))?;
+    let (decoded, valid) = decode(&bytes);
+    if valid < bytes.len() {
+        tracing::warn!(path = %path.display(), cut = bytes.len() - valid, "cutting a torn tail off a log");
+        file.set_len(valid as u64).map_err(io(path))?;
+        file.sync_all().map_err(io(path))?;
+    }
+    Ok((file, decoded, valid as u64))
+}
+
 #[derive(Clone)]
 pub struct Store {
     root: PathBuf,
@@ -239,20 +269,7 @@ impl Store {
     /// complete record, and returns it with the records it holds.
     pub fn open_index(&self, stream_id: &str) -> Result<(IndexLog, Vec<Record>), StoreError> {
         let path = self.index_path(stream_id);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io(&path))?;
-        let (records, valid) = index::decode_log(&bytes);
-        if valid < bytes.len() {
-            tracing::warn!(path = %path.display(), cut = bytes.len() - valid, "cutting a torn tail off the index log");
-            file.set_len(valid as u64).map_err(io(&path))?;
-            file.sync_all().map_err(io(&path))?;
-        }
+        let (mut file, records, _) = open_recovering(&path, index::decode_log)?;
         file.seek(SeekFrom::End(0)).map_err(io(&path))?;
         sync_dir(path.parent().expect("index files live in index/"))?;
         Ok((
@@ -465,28 +482,16 @@ impl Store {
         let last = *numbers.last().expect("at least one segment");
         for n in numbers {
             let path = dir.join(format!("{n:010}.log"));
-            let mut file = OpenOptions::new()
-                .read(true)
-                .append(true)
-                .create(true)
-                .open(&path)
-                .map_err(io(&path))?;
-            let mut bytes = Vec::new();
-            file.read_to_end(&mut bytes).map_err(io(&path))?;
-            let (recs, valid) = kinema_datastream::record::decode_log(&bytes);
-            if valid < bytes.len() {
-                // Only the newest segment can have a torn tail; an older one
-                // with damage is cut too, so recovery never stops midway.
-                tracing::warn!(path = %path.display(), cut = bytes.len() - valid, "cutting a torn tail off a data log");
-                file.set_len(valid as u64).map_err(io(&path))?;
-                file.sync_all().map_err(io(&path))?;
-            }
+            // Only the newest segment can have a torn tail; an older one
+            // with damage is cut too, so recovery never stops midway.
+            let (file, recs, valid) =
+                open_recovering(&path, kinema_datastream::record::decode_log)?;
             records.extend(
                 recs.into_iter()
                     .map(|(off, r)| ((u64::from(n) << SEGMENT_SHIFT) | off, r)),
             );
             if n == last {
-                len = valid as u64;
+                len = valid;
             }
             segments.insert(n, Arc::new(file));
         }
@@ -525,13 +530,7 @@ impl DataLog {
     pub fn append(&mut self, bytes: &[u8]) -> Result<u64, StoreError> {
         if self.len > 0 && self.len + bytes.len() as u64 > self.segment_bytes {
             let next = self.active + 1;
-            let path = self.dir.join(format!("{next:010}.log"));
-            let file = OpenOptions::new()
-                .read(true)
-                .append(true)
-                .create(true)
-                .open(&path)
-                .map_err(io(&path))?;
+            let file = open_append(&self.dir.join(format!("{next:010}.log")))?;
             sync_dir(&self.dir)?;
             self.segments
                 .write()
