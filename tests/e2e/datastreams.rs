@@ -206,21 +206,12 @@ fn the_aws_cli_puts_and_reads_records() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     let aws = |args: &[&str]| -> Value {
-        let out = Command::new(aws_cli())
-            .arg("kinesis")
-            .args(args)
-            .args(["--endpoint-url", &server.url(), "--output", "json"])
-            .env("AWS_ACCESS_KEY_ID", KEY_ID)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET)
-            .env("AWS_DEFAULT_REGION", "us-east-1")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+        let args: Vec<&str> = std::iter::once("kinesis")
+            .chain(args.iter().copied())
+            .collect();
+        let (ok, out, err) = run_aws(&server, &args);
+        assert!(ok, "{err}");
+        serde_json::from_str(&out).unwrap_or(Value::Null)
     };
     aws(&[
         "create-stream",

@@ -104,9 +104,26 @@ pub fn python() -> String {
     })
 }
 
-pub fn aws_cli() -> String {
+fn aws_cli() -> String {
     let py = PathBuf::from(python());
     py.with_file_name("aws").display().to_string()
+}
+
+/// Runs the AWS CLI against the server: (succeeded, stdout, stderr).
+pub fn run_aws(server: &Server, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(aws_cli())
+        .args(args)
+        .args(["--endpoint-url", &server.url(), "--output", "json"])
+        .env("AWS_ACCESS_KEY_ID", KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .output()
+        .expect("run aws");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 /// Runs a script from tests/python with the server's endpoint and keys;

@@ -27,21 +27,7 @@ fn boto3_drives_the_whole_control_plane() {
 fn the_aws_cli_creates_and_lists_streams() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    let run = |args: &[&str]| {
-        let out = Command::new(aws_cli())
-            .args(args)
-            .args(["--endpoint-url", &server.url(), "--output", "json"])
-            .env("AWS_ACCESS_KEY_ID", KEY_ID)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET)
-            .env("AWS_DEFAULT_REGION", "us-east-1")
-            .output()
-            .expect("run aws");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let run = |args: &[&str]| run_aws(&server, args);
     let (ok, out, err) = run(&[
         "kinesisvideo",
         "create-stream",
@@ -356,82 +342,37 @@ fn unsigned_and_badly_signed_requests_get_403_in_the_aws_shape() {
 
     // A stale date, correctly signed otherwise (curl signs at its own clock;
     // the server must refuse a date over 15 minutes away).
-    let stale = Command::new("curl")
-        .args([
-            "-sS",
-            "-o",
-            "-",
-            "-w",
-            "%{http_code}",
-            "--aws-sigv4",
-            "aws:amz:us-east-1:kinesisvideo",
-        ])
-        .args(["--user", &format!("{KEY_ID}:{SECRET}")])
-        .args([
-            "-H",
-            "X-Amz-Date: 20200101T000000Z",
-            "-X",
-            "POST",
-            "-d",
-            "{}",
-        ])
-        .arg(format!("{}/listStreams", server.url()))
-        .output()
-        .unwrap();
-    let body = String::from_utf8_lossy(&stale.stdout);
-    assert!(body.ends_with("403"), "{body}");
-    assert!(body.contains("NotAuthorizedException"), "{body}");
-
-    // A valid signature for a different body.
-    let signed = Command::new("curl")
-        .args([
-            "-sS",
-            "-o",
-            "-",
-            "-w",
-            "%{http_code}",
-            "--aws-sigv4",
-            "aws:amz:us-east-1:kinesisvideo",
-        ])
-        .args([
-            "--user",
-            &format!("{KEY_ID}:{SECRET}"),
-            "-X",
-            "POST",
-            "-d",
-            "{}",
-        ])
-        .arg(format!("{}/listStreams", server.url()))
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&signed.stdout).ends_with("200"),
-        "curl's own signature is accepted"
+    let stale = curl_signed(
+        &server,
+        SECRET,
+        "/listStreams",
+        &["-H", "X-Amz-Date: 20200101T000000Z", "-d", "{}"],
     );
-    let tampered = Command::new("curl")
-        .args([
-            "-sS",
-            "-o",
-            "-",
-            "-w",
-            "%{http_code}",
-            "--aws-sigv4",
-            "aws:amz:us-east-1:kinesisvideo",
-        ])
-        .args([
-            "--user",
-            &format!("{KEY_ID}:wrong-secret"),
-            "-X",
-            "POST",
-            "-d",
-            "{}",
-        ])
-        .arg(format!("{}/listStreams", server.url()))
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&tampered.stdout).ends_with("403"));
+    assert!(stale.ends_with("403"), "{stale}");
+    assert!(stale.contains("NotAuthorizedException"), "{stale}");
+
+    // curl's own signature is accepted; the same request signed with a
+    // wrong secret is not.
+    let signed = curl_signed(&server, SECRET, "/listStreams", &["-d", "{}"]);
+    assert!(signed.ends_with("200"), "{signed}");
+    let wrong = curl_signed(&server, "wrong-secret", "/listStreams", &["-d", "{}"]);
+    assert!(wrong.ends_with("403"), "{wrong}");
     // The health endpoint needs no signature.
     assert!(http_get(&server, "/health").starts_with("HTTP/1.1 200"));
+}
+
+/// A POST to `path` signed by curl's `--aws-sigv4` with `secret`; returns
+/// the response body followed by the HTTP status code.
+fn curl_signed(server: &Server, secret: &str, path: &str, extra: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "-", "-w", "%{http_code}"])
+        .args(["--aws-sigv4", "aws:amz:us-east-1:kinesisvideo"])
+        .args(["--user", &format!("{KEY_ID}:{secret}"), "-X", "POST"])
+        .args(extra)
+        .arg(format!("{}{path}", server.url()))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// An upload that goes quiet gets IDLE keep-alives, signed by Kinema's own
@@ -645,26 +586,19 @@ fn garbage_gets_an_error_ack_and_the_server_stays_healthy() {
     assert_eq!(acks_of(&acks, "ERROR")[0]["ErrorId"], 4006);
 
     // An unknown stream is refused before any media is read.
-    let acks_resp = Command::new("curl")
-        .args([
-            "-sS",
-            "-w",
-            "%{http_code}",
-            "--aws-sigv4",
-            "aws:amz:us-east-1:kinesisvideo",
-        ])
-        .args(["--user", &format!("{KEY_ID}:{SECRET}"), "-X", "POST"])
-        .args([
+    let text = curl_signed(
+        &server,
+        SECRET,
+        "/putMedia",
+        &[
             "-H",
             "x-amzn-stream-name: nope",
             "-H",
             "x-amzn-fragment-timecode-type: RELATIVE",
-        ])
-        .args(["--data-binary", "@/dev/null"])
-        .arg(format!("{}/putMedia", server.url()))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&acks_resp.stdout);
+            "--data-binary",
+            "@/dev/null",
+        ],
+    );
     assert!(
         text.contains("ResourceNotFoundException") && text.ends_with("404"),
         "{text}"
