@@ -83,12 +83,12 @@ fn full(b: Bytes) -> BoxBody {
         .boxed()
 }
 
-async fn call(
-    client: &HttpClient,
+/// A JSON POST to Kinema signed over its body.
+fn signed_post(
     url: &str,
     path: &str,
-    body: serde_json::Value,
-) -> anyhow::Result<serde_json::Value> {
+    body: &serde_json::Value,
+) -> anyhow::Result<http::Request<BoxBody>> {
     let bytes = Bytes::from(body.to_string());
     let uri: http::Uri = format!("{url}{path}").parse()?;
     let mut req = http::Request::post(uri.clone())
@@ -103,7 +103,16 @@ async fn call(
         "kinesisvideo",
         Some(&bytes),
     )?;
-    let resp = client.request(req).await?;
+    Ok(req)
+}
+
+async fn call(
+    client: &HttpClient,
+    url: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let resp = client.request(signed_post(url, path, &body)?).await?;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();
     if !status.is_success() {
@@ -323,19 +332,7 @@ async fn get_media_ttfb(
             "StreamName": stream,
             "StartSelector": {"StartSelectorType": "PRODUCER_TIMESTAMP", "StartTimestamp": at_ms as f64 / 1000.0}
         });
-        let bytes = Bytes::from(body.to_string());
-        let uri: http::Uri = format!("{url}/getMedia").parse()?;
-        let mut req = http::Request::post(uri.clone())
-            .header("host", uri.authority().context("authority")?.as_str())
-            .body(full(bytes.clone()))?;
-        sign_request(
-            &mut req,
-            KEY,
-            SECRET,
-            "us-east-1",
-            "kinesisvideo",
-            Some(&bytes),
-        )?;
+        let req = signed_post(url, "/getMedia", &body)?;
         let t = Instant::now();
         let resp = client.request(req).await?;
         let mut body = resp.into_body();
