@@ -132,6 +132,18 @@ impl Catalog {
         self.frags.get(i)
     }
 
+    /// A stored fragment that `candidate` repeats: one starting at the same
+    /// producer millisecond with the same frame count and duration. A
+    /// producer that lost its connection resends fragments it had no
+    /// PERSISTED ack for; some of them were stored before the loss.
+    pub fn duplicate_of(&self, candidate: &FragmentMeta) -> Option<&FragmentMeta> {
+        let p = candidate.producer_ms;
+        self.by_producer
+            .range((p, 0)..=(p, u64::MAX))
+            .filter_map(|&(_, n)| self.get(n))
+            .find(|f| f.frames == candidate.frames && f.duration_ms == candidate.duration_ms)
+    }
+
     /// The fragment holding time `t`: the last one starting at or before `t`
     /// if `t` falls inside it, otherwise the first one starting after `t`.
     pub fn locate(&self, kind: TimeKind, t: i64) -> Option<&FragmentMeta> {
@@ -228,6 +240,19 @@ mod tests {
             .unwrap();
         }
         c
+    }
+
+    #[test]
+    fn a_resent_fragment_is_recognised_by_producer_time_frames_and_duration() {
+        let c = catalog();
+        let resent = frag(99, 12_000, 70_000);
+        assert_eq!(c.duplicate_of(&resent).map(|f| f.number), Some(3));
+        let other_frames = FragmentMeta {
+            frames: 29,
+            ..resent
+        };
+        assert_eq!(c.duplicate_of(&other_frames), None);
+        assert_eq!(c.duplicate_of(&frag(99, 12_001, 70_000)), None);
     }
 
     #[test]

@@ -520,6 +520,12 @@ impl Engine {
             cluster_offset: frag.cluster_offset,
             frames: frag.frames,
         };
+        // A producer resending after a lost connection: the fragment is
+        // already durable, so acknowledge the stored one instead of storing
+        // it twice.
+        if let Some(stored) = read(&stream.catalog).duplicate_of(&meta) {
+            return Ok(*stored);
+        }
         let id = stream.id();
         self.inner
             .store

@@ -36,13 +36,12 @@ fn upload(clusters: u64) -> Vec<u8> {
 }
 
 async fn ingest(engine: &Engine, name: &str, clusters: u64) -> Vec<u64> {
+    ingest_at(engine, name, clusters, 1_700_000_000_000_000_000).await
+}
+
+async fn ingest_at(engine: &Engine, name: &str, clusters: u64, start_ns: i128) -> Vec<u64> {
     let mut s = engine
-        .begin_put_media(
-            Some(name),
-            None,
-            TimecodeType::Relative,
-            1_700_000_000_000_000_000,
-        )
+        .begin_put_media(Some(name), None, TimecodeType::Relative, start_ns)
         .unwrap();
     s.push(&upload(clusters));
     s.finish();
@@ -94,7 +93,13 @@ async fn fragments_survive_reopening_and_numbering_continues() {
         [1, 2, 3]
     );
     assert!(!orphan_dir.join("00000000000000000004.mkv").exists());
-    assert_eq!(ingest(&engine, "cam", 1).await, [4]);
+    // The same upload again (a producer resending after a lost connection)
+    // is acknowledged with the stored fragments and stores nothing new.
+    assert_eq!(ingest(&engine, "cam", 3).await, [1, 2, 3]);
+    assert_eq!(
+        ingest_at(&engine, "cam", 1, 1_700_000_003_000_000_000).await,
+        [4]
+    );
     assert_eq!(
         read_all(&engine, "cam", StartSelector::ContinuationToken(2)).await,
         [3, 4]

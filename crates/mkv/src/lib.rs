@@ -5,6 +5,7 @@
 //! hands back [`Event`]s; the writer returns byte vectors.
 
 pub mod ids;
+pub mod mux;
 mod reader;
 pub mod vint;
 mod writer;
