@@ -1,0 +1,336 @@
+//! The GStreamer adapter: camera sources (RTSP pulled with `rtspsrc`, local
+//! files looped as cameras) turned into H.264 frames of our own type.
+//!
+//! This is the only server crate that names GStreamer types. A [`Camera`]
+//! runs one pipeline on GStreamer's threads and hands everything it sees to
+//! a callback as [`SourceEvent`]s: the track (codec configuration and size),
+//! each access unit in AVC form with a Unix-time presentation timestamp, the
+//! end of the stream, or an error. Nothing is re-encoded: the depayloaded
+//! (or demuxed) H.264 is parsed into access units and passed on as it came.
+
+#[cfg(feature = "rtsp-server")]
+pub mod rtsp_server;
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+pub use kinema_mkv::mux::{CODEC_H264, Frame, VideoTrack};
+
+/// How `rtspsrc` carries RTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+/// What to pull.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceSpec {
+    /// `rtsp://host[:port]/path` or `file:///absolute/path`.
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub transport: Transport,
+}
+
+/// What a running camera reports, on GStreamer's threads.
+#[derive(Debug, Clone)]
+pub enum SourceEvent {
+    /// The video track, before the first frame and again when it changes.
+    Track(VideoTrack),
+    Frame(Frame),
+    /// The source ended (a file reached its end, a camera closed the session).
+    Eos,
+    Error(SourceError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    #[error("GStreamer is not usable: {0}")]
+    Init(String),
+    #[error("unsupported source URL {0:?}: use rtsp:// or file://")]
+    UnsupportedUrl(String),
+    #[error("unsupported codec {0}: only H.264 is ingested")]
+    UnsupportedCodec(String),
+    #[error("the camera refused the credentials: {0}")]
+    Unauthorized(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("{0}")]
+    Pipeline(String),
+}
+
+/// Callback receiving a camera's events. It runs on GStreamer's streaming
+/// threads and may block briefly (back-pressure slows the source down).
+pub type EventSink = Arc<dyn Fn(SourceEvent) + Send + Sync>;
+
+/// Initialises GStreamer once per process.
+pub fn init() -> Result<(), SourceError> {
+    static INIT: OnceLock<Result<(), String>> = OnceLock::new();
+    INIT.get_or_init(|| gst::init().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(SourceError::Init)
+}
+
+/// One running source pipeline; dropping it stops the pipeline.
+pub struct Camera {
+    pipeline: gst::Pipeline,
+}
+
+impl Camera {
+    /// Builds and starts the pipeline for `spec`. Errors found later (a
+    /// refused connection, bad credentials, an unsupported codec) arrive
+    /// as [`SourceEvent::Error`].
+    pub fn start(spec: &SourceSpec, sink: EventSink) -> Result<Camera, SourceError> {
+        init()?;
+        let pipeline = gst::Pipeline::new();
+        let parse = make("h264parse", "parse")?;
+        let appsink = gst_app::AppSink::builder()
+            .caps(
+                &gst::Caps::builder("video/x-h264")
+                    .field("stream-format", "avc")
+                    .field("alignment", "au")
+                    .build(),
+            )
+            .max_buffers(16)
+            .drop(false)
+            .build();
+        let (head, depay): (gst::Element, Option<gst::Element>) =
+            if let Some(path) = spec.url.strip_prefix("file://") {
+                let src = gst::ElementFactory::make("filesrc")
+                    .property("location", path)
+                    .build()
+                    .map_err(|e| SourceError::Pipeline(e.to_string()))?;
+                let demux = make("parsebin", "demux")?;
+                pipeline
+                    .add_many([&src, &demux])
+                    .map_err(|e| SourceError::Pipeline(e.to_string()))?;
+                src.link(&demux)
+                    .map_err(|e| SourceError::Pipeline(e.to_string()))?;
+                (demux, None)
+            } else if spec.url.starts_with("rtsp://") || spec.url.starts_with("rtsps://") {
+                let mut b = gst::ElementFactory::make("rtspsrc")
+                    .property("location", &spec.url)
+                    .property("latency", 200u32)
+                    .property_from_str(
+                        "protocols",
+                        match spec.transport {
+                            Transport::Tcp => "tcp",
+                            Transport::Udp => "udp",
+                        },
+                    );
+                if let Some(u) = &spec.username {
+                    b = b.property("user-id", u);
+                }
+                if let Some(p) = &spec.password {
+                    b = b.property("user-pw", p);
+                }
+                let src = b
+                    .build()
+                    .map_err(|e| SourceError::Pipeline(e.to_string()))?;
+                let depay = make("rtph264depay", "depay")?;
+                pipeline
+                    .add_many([&src, &depay])
+                    .map_err(|e| SourceError::Pipeline(e.to_string()))?;
+                (src, Some(depay))
+            } else {
+                return Err(SourceError::UnsupportedUrl(spec.url.clone()));
+            };
+        // A file plays at its own pace, like a camera; RTSP arrives live.
+        appsink.set_sync(depay.is_none());
+        pipeline
+            .add_many([&parse, appsink.upcast_ref()])
+            .map_err(|e| SourceError::Pipeline(e.to_string()))?;
+        parse
+            .link(&appsink)
+            .map_err(|e| SourceError::Pipeline(e.to_string()))?;
+
+        // Dynamic pads: H.264 video goes to the parser (through the
+        // depayloader for RTP); anything else that is video is an error;
+        // other media are discarded.
+        let weak = pipeline.downgrade();
+        let pad_sink = sink.clone();
+        head.connect_pad_added(move |_, pad| {
+            let Some(pipeline) = weak.upgrade() else {
+                return;
+            };
+            let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+            let Some(s) = caps.structure(0) else { return };
+            let (is_video, is_h264, name) = if s.name() == "application/x-rtp" {
+                let media = s.get::<&str>("media").unwrap_or("");
+                let enc = s.get::<&str>("encoding-name").unwrap_or("");
+                (
+                    media == "video",
+                    enc.eq_ignore_ascii_case("H264"),
+                    enc.to_string(),
+                )
+            } else {
+                let n = s.name().as_str();
+                (n.starts_with("video/"), n == "video/x-h264", n.to_string())
+            };
+            let target = if is_h264 {
+                // Names set at construction: RTP goes through the depayloader.
+                pipeline
+                    .by_name("depay")
+                    .or_else(|| pipeline.by_name("parse"))
+                    .and_then(|e| e.static_pad("sink"))
+            } else {
+                if is_video {
+                    pad_sink(SourceEvent::Error(SourceError::UnsupportedCodec(name)));
+                }
+                discard(&pipeline)
+            };
+            if let Some(target) = target
+                && !target.is_linked()
+            {
+                let _ = pad.link(&target);
+            }
+        });
+        if let Some(depay) = &depay {
+            depay
+                .link(&parse)
+                .map_err(|e| SourceError::Pipeline(e.to_string()))?;
+        }
+
+        install_appsink(&appsink, sink.clone());
+        let bus = pipeline
+            .bus()
+            .ok_or_else(|| SourceError::Pipeline("pipeline without a bus".into()))?;
+        let bus_sink = sink;
+        bus.set_sync_handler(move |_, msg| {
+            match msg.view() {
+                gst::MessageView::Error(e) => bus_sink(SourceEvent::Error(classify(e))),
+                gst::MessageView::Eos(_) => bus_sink(SourceEvent::Eos),
+                _ => {}
+            }
+            gst::BusSyncReply::Drop
+        });
+        pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|e| SourceError::Pipeline(format!("cannot start the pipeline: {e}")))?;
+        Ok(Camera { pipeline })
+    }
+}
+
+impl Drop for Camera {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+fn make(factory: &str, name: &str) -> Result<gst::Element, SourceError> {
+    gst::ElementFactory::make(factory)
+        .name(name)
+        .build()
+        .map_err(|_| SourceError::Init(format!("GStreamer element {factory} is not installed")))
+}
+
+/// A new fakesink for a stream we do not ingest (audio, metadata).
+fn discard(pipeline: &gst::Pipeline) -> Option<gst::Pad> {
+    let sink = gst::ElementFactory::make("fakesink")
+        .property("sync", false)
+        .property("async", false)
+        .build()
+        .ok()?;
+    pipeline.add(&sink).ok()?;
+    sink.sync_state_with_parent().ok()?;
+    sink.static_pad("sink")
+}
+
+fn classify(e: &gst::message::Error) -> SourceError {
+    let err = e.error();
+    let text = match e.debug() {
+        Some(d) => format!("{err} ({d})"),
+        None => err.to_string(),
+    };
+    match err.kind::<gst::ResourceError>() {
+        Some(gst::ResourceError::NotAuthorized) => SourceError::Unauthorized(text),
+        Some(gst::ResourceError::NotFound) => SourceError::NotFound(text),
+        Some(gst::ResourceError::OpenRead)
+        | Some(gst::ResourceError::OpenReadWrite)
+        | Some(gst::ResourceError::Read) => SourceError::Connect(text),
+        _ => SourceError::Pipeline(text),
+    }
+}
+
+fn now_unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Maps a pipeline's running time onto wall time: the first frame is
+/// stamped with the wall clock, later ones keep the source clock's spacing
+/// (the RTP clock for RTSP, the file's timestamps for files).
+#[derive(Default)]
+struct Clock {
+    base: Option<(u64, u64)>,
+}
+
+impl Clock {
+    fn unix_ns(&mut self, pts: u64) -> u64 {
+        let (wall, first) = *self.base.get_or_insert_with(|| (now_unix_ns(), pts));
+        wall.saturating_add(pts.saturating_sub(first))
+            .saturating_sub(first.saturating_sub(pts))
+    }
+}
+
+fn install_appsink(appsink: &gst_app::AppSink, sink: EventSink) {
+    let state = Mutex::new((Clock::default(), None::<VideoTrack>));
+    appsink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |appsink| {
+                let sample = appsink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(track) = sample.caps().and_then(track_of)
+                    && st.1.as_ref() != Some(&track)
+                {
+                    st.1 = Some(track.clone());
+                    sink(SourceEvent::Track(track));
+                }
+                let Some(buffer) = sample.buffer() else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let Some(pts) = buffer.pts().or(buffer.dts()) else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                // Running time, so a looped or restarted segment keeps going forward.
+                let running = sample
+                    .segment()
+                    .and_then(|s| s.downcast_ref::<gst::ClockTime>())
+                    .and_then(|s| s.to_running_time(pts))
+                    .unwrap_or(pts);
+                let Ok(map) = buffer.map_readable() else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let frame = Frame {
+                    pts_ns: st.0.unix_ns(running.nseconds()),
+                    keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
+                    data: bytes::Bytes::copy_from_slice(map.as_slice()),
+                };
+                drop(st);
+                sink(SourceEvent::Frame(frame));
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+}
+
+/// The track description from negotiated `video/x-h264` caps.
+fn track_of(caps: &gst::CapsRef) -> Option<VideoTrack> {
+    let s = caps.structure(0)?;
+    let codec_data = s.get::<gst::Buffer>("codec_data").ok()?;
+    let map = codec_data.map_readable().ok()?;
+    Some(VideoTrack {
+        codec_id: CODEC_H264.into(),
+        codec_private: map.as_slice().to_vec(),
+        width: s.get::<i32>("width").unwrap_or(0).max(0) as u32,
+        height: s.get::<i32>("height").unwrap_or(0).max(0) as u32,
+    })
+}
