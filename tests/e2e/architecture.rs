@@ -58,3 +58,45 @@ fn sans_io_crates_depend_on_no_runtime_network_media_or_storage_crate() {
         assert!(closure.len() < 30, "{krate} stays small: {closure:?}");
     }
 }
+
+/// Each outside world has one adapter crate: only these may name it as a
+/// direct (normal) dependency.
+#[test]
+fn gstreamer_is_named_only_by_its_adapter_crates() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(&cargo)
+        .args([
+            "metadata",
+            "--offline",
+            "--no-deps",
+            "--format-version",
+            "1",
+        ])
+        .current_dir(crate::support::repo_root())
+        .output()
+        .expect("cargo metadata");
+    assert!(out.status.success());
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let owners: &[(&str, &[&str])] = &[
+        ("gstreamer", &["kinema-media", "gst-plugin-kinema"]),
+        ("object_store", &["kinema-store"]),
+        ("axum", &["kinema-api"]),
+    ];
+    let mut checked = 0;
+    for pkg in meta["packages"].as_array().unwrap() {
+        let name = pkg["name"].as_str().unwrap();
+        for dep in pkg["dependencies"].as_array().unwrap() {
+            if !dep["kind"].is_null() {
+                continue; // dev- and build-dependencies
+            }
+            let dep = dep["name"].as_str().unwrap();
+            for (prefix, allowed) in owners {
+                if dep.starts_with(prefix) {
+                    checked += 1;
+                    assert!(allowed.contains(&name), "{name} depends on {dep} directly");
+                }
+            }
+        }
+    }
+    assert!(checked >= 4, "the owners themselves were seen: {checked}");
+}

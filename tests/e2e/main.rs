@@ -5,5 +5,6 @@
 mod architecture;
 mod datastreams;
 mod groups;
+mod sources;
 mod support;
 mod video;

@@ -291,3 +291,48 @@ pub fn read_to_string(mut r: impl Read) -> String {
     let _ = r.read_to_string(&mut s);
     s
 }
+
+/// A request to Kinema's own JSON API, signed by curl's `--aws-sigv4`:
+/// (HTTP status, parsed JSON body or `null`).
+pub fn api(
+    server: &Server,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}"])
+        .args(["--aws-sigv4", "aws:amz:us-east-1:kinesisvideo"])
+        .args(["--user", &format!("{KEY_ID}:{SECRET}"), "-X", method]);
+    if let Some(b) = body {
+        cmd.args(["-H", "content-type: application/json", "--data-binary", b]);
+    }
+    let out = cmd.arg(format!("{}{path}", server.url())).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    (status.trim().parse().unwrap_or(0), value)
+}
+
+/// A small H.264 MP4 clip made with GStreamer: 176x144 at 30 fps.
+pub fn make_mp4(path: &Path, frames: u32, gop: u32) {
+    let status = Command::new("gst-launch-1.0")
+        .arg("-q")
+        .args(["videotestsrc", &format!("num-buffers={frames}"), "!"])
+        .args([
+            "video/x-raw,format=I420,width=176,height=144,framerate=30/1",
+            "!",
+        ])
+        .args(["x264enc", &format!("key-int-max={gop}"), "!"])
+        .args([
+            "video/x-h264,profile=constrained-baseline",
+            "!",
+            "mp4mux",
+            "!",
+            "filesink",
+        ])
+        .arg(format!("location={}", path.display()))
+        .status()
+        .unwrap();
+    assert!(status.success());
+}

@@ -8,6 +8,7 @@ mod kinesis;
 pub mod metrics;
 mod push;
 pub mod sigv4;
+mod sources;
 mod video;
 
 use std::sync::Arc;
@@ -39,6 +40,7 @@ const MAX_HASHED_UPLOAD: usize = 64 << 20;
 pub struct AppState {
     pub engine: Engine,
     pub datastreams: kinema_engine::datastreams::DataStreams,
+    pub sources: kinema_engine::sources::Sources,
     pub keys: KeyStore,
     pub metrics: Arc<Metrics>,
     /// Base URL returned by GetDataEndpoint; derived from `Host` when unset.
@@ -59,6 +61,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/datastreams/{stream}/groups/{group}/{action}",
             post(push::group_action),
+        )
+        .route("/v1/sources", get(sources::list).post(sources::create))
+        .route(
+            "/v1/sources/{name}",
+            get(sources::get).delete(sources::delete),
         )
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state.clone());

@@ -2,9 +2,14 @@
 
 use std::sync::Arc;
 
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -30,9 +35,82 @@ pub struct Metrics {
     pub outgoing_bytes: Family<StreamLabel, Counter>,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+    stream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceStateLabel {
+    source: String,
+    state: &'static str,
+}
+
+/// Camera source status, read from the sources at each scrape.
+#[derive(Debug)]
+struct SourceCollector(kinema_engine::sources::Sources);
+
+impl Collector for SourceCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use kinema_engine::sources::SourceState;
+        let statuses = self.0.snapshot();
+        let mut e = encoder.encode_descriptor(
+            "source_state",
+            "1 for the state each camera source is in (connecting, streaming, retrying, stopped)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &statuses {
+            for state in SourceState::ALL {
+                let label = SourceStateLabel {
+                    source: s.name.clone(),
+                    state: state.as_str(),
+                };
+                ConstGauge::new((s.state == state) as i64).encode(e.encode_family(&label)?)?;
+            }
+        }
+        type Get = fn(&kinema_engine::sources::SourceStatus) -> u64;
+        let counters: [(&str, &str, Get); 4] = [
+            (
+                "source_frames",
+                "Frames received from camera sources",
+                |s| s.frames,
+            ),
+            (
+                "source_fragments",
+                "Fragments persisted from camera sources",
+                |s| s.fragments,
+            ),
+            (
+                "source_bytes",
+                "Matroska bytes ingested from camera sources",
+                |s| s.bytes,
+            ),
+            (
+                "source_reconnects",
+                "Failed camera connections (each is retried)",
+                |s| s.reconnects,
+            ),
+        ];
+        for (name, help, get) in counters {
+            let mut e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for s in &statuses {
+                let label = SourceLabel {
+                    source: s.name.clone(),
+                    stream: s.stream.clone(),
+                };
+                ConstCounter::new(get(s)).encode(e.encode_family(&label)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Metrics {
-    pub fn new() -> Arc<Metrics> {
+    pub fn new(sources: kinema_engine::sources::Sources) -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("kinema");
+        registry.register_collector(Box::new(SourceCollector(sources)));
         let incoming_bytes = Family::<StreamLabel, Counter>::default();
         let incoming_fragments = Family::<StreamLabel, Counter>::default();
         let put_media_errors = Family::<ErrorLabel, Counter>::default();

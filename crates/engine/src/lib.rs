@@ -5,6 +5,7 @@
 
 mod clock;
 pub mod datastreams;
+pub mod sources;
 mod streams;
 
 pub use clock::now_ms;

@@ -217,6 +217,10 @@ impl Engine {
         &self.inner.config
     }
 
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
     fn new_version(&self) -> String {
         let n = self.inner.versions.fetch_add(1, Ordering::Relaxed);
         format!("{}{:06}", now_ms(), n % 1_000_000)

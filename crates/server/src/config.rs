@@ -29,6 +29,9 @@ pub struct Config {
     pub video: VideoConfig,
     #[serde(default)]
     pub data_streams: DataStreamsConfig,
+    /// Cameras the server pulls (RTSP) or files it loops as cameras.
+    #[serde(default)]
+    pub sources: Vec<kinema_engine::sources::SourceConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -89,6 +92,7 @@ pub struct Resolved {
     pub engine: kinema_engine::EngineConfig,
     pub data_streams: kinema_engine::datastreams::DataStreamsConfig,
     pub retention_check_seconds: u64,
+    pub sources: Vec<kinema_engine::sources::SourceConfig>,
 }
 
 impl Config {
@@ -163,6 +167,7 @@ impl Config {
                 .retention_check_seconds
                 .unwrap_or(DEFAULT_RETENTION_CHECK_SECONDS)
                 .max(1),
+            sources: self.sources.clone(),
         }
     }
 }
@@ -183,6 +188,12 @@ mod tests {
         assert_eq!(r.engine.ingest.max_fragment_bytes, 50 * 1024 * 1024);
         assert_eq!(r.data_streams.max_record_bytes, 1024 * 1024);
         assert_eq!(r.data_streams.shard_write_records_per_s, 0);
+        assert_eq!(r.sources.len(), 1);
+        assert_eq!(r.sources[0].stream, "front-door");
+        assert_eq!(
+            r.sources[0].transport,
+            kinema_engine::sources::SourceTransport::Tcp
+        );
     }
 
     #[test]

@@ -38,12 +38,15 @@ pub async fn run(
     if cfg.keys.is_empty() {
         tracing::warn!("no access keys configured: every signed request will be refused");
     }
+    let sources =
+        kinema_engine::sources::Sources::start(engine.clone(), cfg.sources.clone()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = Arc::new(AppState {
         engine: engine.clone(),
         datastreams,
+        sources: sources.clone(),
         keys: KeyStore::new(cfg.keys.clone()),
-        metrics: Metrics::new(),
+        metrics: Metrics::new(sources.clone()),
         public_url: cfg.public_url.clone(),
         shutdown: stop_rx.clone(),
     });
@@ -85,6 +88,7 @@ pub async fn run(
         let _ = stop_tx.send(true);
     })
     .await;
+    sources.shutdown().await;
     let _ = retention.await;
     let _ = ds_retention.await;
     Ok(result?)

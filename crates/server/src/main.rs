@@ -31,6 +31,11 @@ enum Command {
         /// Directory for fragments, indexes and metadata.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// A camera source NAME=URL (rtsp://... or file:///path to loop a
+        /// file), stored in the stream NAME; repeatable. Adds to the
+        /// configuration file's [[sources]].
+        #[arg(long = "source", value_name = "NAME=URL")]
+        sources: Vec<String>,
     },
     /// Upload a Matroska file (or standard input) to a stream with PutMedia.
     PutMedia(put_media::Args),
@@ -63,11 +68,27 @@ fn main() -> anyhow::Result<()> {
             config,
             listen,
             data_dir,
+            sources,
         } => {
-            let cfg = match &config {
+            let mut cfg = match &config {
                 Some(p) => Config::load(p)?,
                 None => Config::default(),
             };
+            for s in sources {
+                let Some((name, url)) = s.split_once('=') else {
+                    anyhow::bail!("--source {s:?}: expected NAME=URL");
+                };
+                cfg.sources.push(kinema_engine::sources::SourceConfig {
+                    name: name.into(),
+                    url: url.into(),
+                    stream: name.into(),
+                    transport: Default::default(),
+                    username: None,
+                    password: None,
+                    fragment_ms: None,
+                    retention_hours: None,
+                });
+            }
             let resolved = cfg.resolve(listen, data_dir, env_key());
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(resolved.listen).await?;

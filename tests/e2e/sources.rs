@@ -1,0 +1,252 @@
+//! Camera sources pulled by the server: an in-process RTSP server
+//! (gstreamer-rtsp-server) as the camera, files looped as cameras, the JSON
+//! API with status, the metrics, and GetMedia + ffprobe on what was stored.
+
+use std::time::Duration;
+
+use kinema_media::rtsp_server::{RtspServer, test_pattern_launch};
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+fn camera(port: u16, credentials: Option<(&str, &str)>) -> RtspServer {
+    RtspServer::start(
+        port,
+        "/cam",
+        &test_pattern_launch(320, 240, 30, 30, 400),
+        credentials,
+        true,
+    )
+    .unwrap()
+}
+
+fn status(server: &Server, name: &str) -> Value {
+    let (code, v) = api(server, "GET", &format!("/v1/sources/{name}"), None);
+    assert_eq!(code, 200, "{v}");
+    v
+}
+
+/// Waits up to 30 s for the source's status to satisfy `f`.
+fn wait_status(server: &Server, name: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    wait_for(Duration::from_secs(30), || {
+        let s = status(server, name);
+        f(&s).then_some(s)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "source {name}: {what} not reached; last status {}\nserver log:\n{}",
+            status(server, name),
+            server.log()
+        )
+    })
+}
+
+fn get_media_frames(server: &Server, stream: &str, dir: &std::path::Path) -> (u64, usize) {
+    let file = dir.join(format!("{stream}.mkv"));
+    let out: Value = serde_json::from_str(&run_python(
+        server,
+        "kv.py",
+        &["getmedia", stream, "EARLIEST", "", file.to_str().unwrap()],
+    ))
+    .unwrap();
+    (
+        ffprobe_frames(&file),
+        out["fragments"].as_array().map_or(0, Vec::len),
+    )
+}
+
+/// The whole life of an RTSP camera: created through the API, streaming
+/// (status and metrics say so), the camera goes away (retrying, with the
+/// error), comes back on the same address (streaming again), and every
+/// frame the source counted plays back from GetMedia through ffprobe.
+#[test]
+fn an_rtsp_camera_is_ingested_and_resumes_after_the_camera_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let cam = camera(0, None);
+    let port = cam.port();
+    let body = json!({
+        "name": "gate", "url": cam.url("/cam"), "stream": "gate-cam", "fragment_ms": 1000
+    });
+    let (code, created) = api(&server, "POST", "/v1/sources", Some(&body.to_string()));
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["origin"], "api");
+    let s = wait_status(&server, "gate", "3 fragments", |s| {
+        s["state"] == "streaming" && s["fragments"].as_u64() >= Some(3)
+    });
+    assert!(s["frames"].as_u64().unwrap() >= 60, "{s}");
+    let metrics = http_metrics(&server);
+    assert!(
+        metrics.contains(r#"kinema_source_state{source="gate",state="streaming"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"kinema_source_fragments_total{source="gate",stream="gate-cam"}"#));
+
+    // The camera goes away: a gap, a retry with the reason, no crash.
+    drop(cam);
+    let s = wait_status(&server, "gate", "retrying", |s| s["state"] == "retrying");
+    assert!(s["last_error"].as_str().is_some(), "{s}");
+    assert!(s["reconnects"].as_u64() >= Some(1));
+    let fragments_before = s["fragments"].as_u64().unwrap();
+
+    // Back on the same address: ingest resumes.
+    let cam = camera(port, None);
+    wait_status(&server, "gate", "streaming again", |s| {
+        s["state"] == "streaming" && s["fragments"].as_u64() >= Some(fragments_before + 2)
+    });
+    let (code, last) = api(&server, "DELETE", "/v1/sources/gate", None);
+    assert_eq!(code, 200, "{last}");
+    drop(cam);
+    let (code, _) = api(&server, "GET", "/v1/sources/gate", None);
+    assert_eq!(code, 404);
+
+    // Every frame the source stored plays back, decoded by ffprobe.
+    let (frames, fragments) = get_media_frames(&server, "gate-cam", dir.path());
+    assert_eq!(frames, last["frames"].as_u64().unwrap(), "{last}");
+    assert_eq!(fragments as u64, last["fragments"].as_u64().unwrap());
+}
+
+/// Wrong credentials, a wrong path and an unsupported codec each show as a
+/// clear status error; the right credentials stream; bad requests get the
+/// API's error shape.
+#[test]
+fn camera_errors_show_in_the_status_and_bad_requests_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let cam = camera(0, Some(("alice", "s3cret")));
+    let vp8 = RtspServer::start(
+        0,
+        "/vp8",
+        "( videotestsrc is-live=true ! video/x-raw,width=160,height=120 ! vp8enc deadline=1 ! rtpvp8pay name=pay0 pt=96 )",
+        None,
+        true,
+    )
+    .unwrap();
+    let create = |name: &str, url: String, extra: Value| {
+        let mut body = json!({ "name": name, "url": url, "stream": name });
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        api(&server, "POST", "/v1/sources", Some(&body.to_string()))
+    };
+    assert_eq!(
+        create(
+            "good",
+            cam.url("/cam"),
+            json!({"username": "alice", "password": "s3cret", "transport": "udp"})
+        )
+        .0,
+        201
+    );
+    assert_eq!(
+        create(
+            "badpass",
+            cam.url("/cam"),
+            json!({"username": "alice", "password": "nope"})
+        )
+        .0,
+        201
+    );
+    assert_eq!(
+        create(
+            "nopath",
+            cam.url("/missing"),
+            json!({"username": "alice", "password": "s3cret"})
+        )
+        .0,
+        201
+    );
+    assert_eq!(create("vp8", vp8.url("/vp8"), json!({})).0, 201);
+
+    wait_status(&server, "good", "streaming", |s| {
+        s["state"] == "streaming" && s["fragments"].as_u64() >= Some(1)
+    });
+    for (name, kind) in [
+        ("badpass", "unauthorized"),
+        ("nopath", "not_found"),
+        ("vp8", "unsupported_codec"),
+    ] {
+        let s = wait_status(&server, name, kind, |s| s["last_error_kind"] == kind);
+        assert_eq!(s["frames"], 0, "{s}");
+    }
+    // The password never comes back.
+    let (_, list) = api(&server, "GET", "/v1/sources", None);
+    assert_eq!(list["sources"].as_array().unwrap().len(), 4);
+    assert!(!list.to_string().contains("s3cret"), "{list}");
+
+    let (code, err) = create("web", "http://example.invalid/x".into(), json!({}));
+    assert_eq!(
+        (code, err["__type"].as_str()),
+        (400, Some("InvalidArgumentException")),
+        "{err}"
+    );
+    let (code, err) = create("good", cam.url("/cam"), json!({}));
+    assert_eq!(
+        (code, err["__type"].as_str()),
+        (400, Some("ResourceInUseException")),
+        "{err}"
+    );
+    let (code, err) = api(&server, "POST", "/v1/sources", Some("{\"name\": 7}"));
+    assert_eq!(code, 400, "{err}");
+    let (code, err) = api(&server, "DELETE", "/v1/sources/none", None);
+    assert_eq!(
+        (code, err["__type"].as_str()),
+        (404, Some("ResourceNotFoundException"))
+    );
+    assert!(
+        http_metrics(&server)
+            .contains(r#"kinema_source_state{source="badpass",state="retrying"} 1"#)
+    );
+}
+
+/// A file source from the configuration file loops the file as a camera;
+/// an API-created source survives a restart (kill -9).
+#[test]
+fn a_configured_file_source_loops_and_api_sources_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("clip.mp4");
+    make_mp4(&clip, 30, 15);
+    let config = format!(
+        "[[sources]]\nname = \"loop\"\nurl = \"file://{}\"\nstream = \"loop\"\nfragment_ms = 500\n",
+        clip.display()
+    );
+    let data = dir.path().join("data");
+    let mut server = Server::start_with_config(&data, &config);
+    let s = wait_status(&server, "loop", "more than two passes", |s| {
+        s["frames"].as_u64() >= Some(75)
+    });
+    assert_eq!(s["origin"], "config");
+    let body =
+        json!({"name": "extra", "url": format!("file://{}", clip.display()), "stream": "extra"});
+    assert_eq!(
+        api(&server, "POST", "/v1/sources", Some(&body.to_string())).0,
+        201
+    );
+    server.kill9();
+
+    let server = Server::start_with_config(&data, &config);
+    let (_, list) = api(&server, "GET", "/v1/sources", None);
+    let names: Vec<(&str, &str)> = list["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["origin"].as_str().unwrap()))
+        .collect();
+    assert_eq!(names, [("extra", "api"), ("loop", "config")]);
+    let (code, last) = api(&server, "DELETE", "/v1/sources/loop", None);
+    assert_eq!(code, 200);
+    // Stored frames of both runs decode, and loops left no timestamp going back.
+    let (frames, _) = get_media_frames(&server, "loop", dir.path());
+    assert!(
+        frames >= 75 + last["frames"].as_u64().unwrap(),
+        "{frames} {last}"
+    );
+}
+
+fn http_metrics(server: &Server) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", &format!("{}/metrics", server.url())])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
