@@ -31,6 +31,7 @@ lint:
 
 test: setup lint
 	@$(MAKE) --no-print-directory fuzz-corpus
+	cargo build -p gst-plugin-kinema
 	cargo test --workspace
 
 # Replays the checked-in fuzz corpus through the MKV reader (libFuzzer build).

@@ -5,6 +5,7 @@
 mod architecture;
 mod datastreams;
 mod groups;
+mod kinemasink;
 mod sources;
 mod support;
 mod video;

@@ -30,9 +30,22 @@ impl Server {
         Self::start_args(data_dir, &["--config", path.to_str().unwrap()])
     }
 
+    /// Starts the server on a given port (0: any), e.g. to restart it
+    /// where its producers expect it.
+    pub fn start_on(data_dir: &Path, port: u16) -> Server {
+        Self::start_args(data_dir, &["--listen", &format!("127.0.0.1:{port}")])
+    }
+
     fn start_args(data_dir: &Path, args: &[&str]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kinema"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        let listen = if args.contains(&"--listen") {
+            &[][..]
+        } else {
+            &["--listen", "127.0.0.1:0"][..]
+        };
+        cmd.arg("serve")
+            .args(listen)
+            .arg("--data-dir")
             .arg(data_dir)
             .args(args)
             .env("KINEMA_ACCESS_KEY_ID", KEY_ID)

@@ -173,6 +173,11 @@ def cmd_list(name, *rng):
                        "length_ms": f["FragmentLengthInMilliseconds"]} for f in frags]))
 
 
+def cmd_describe(name):
+    info = client("kinesisvideo").describe_stream(StreamName=name)["StreamInfo"]
+    print(json.dumps({k: v for k, v in info.items() if k != "CreationTime"}))
+
+
 def cmd_fragment_list(name, out, *numbers):
     am = data_client("kinesis-video-archived-media", name, "GET_MEDIA_FOR_FRAGMENT_LIST")
     resp = am.get_media_for_fragment_list(StreamName=name, Fragments=list(numbers))

@@ -91,12 +91,7 @@ impl Camera {
         let pipeline = gst::Pipeline::new();
         let parse = make("h264parse", "parse")?;
         let appsink = gst_app::AppSink::builder()
-            .caps(
-                &gst::Caps::builder("video/x-h264")
-                    .field("stream-format", "avc")
-                    .field("alignment", "au")
-                    .build(),
-            )
+            .caps(&avc_caps())
             .max_buffers(16)
             .drop(false)
             .build();
@@ -281,41 +276,73 @@ impl Clock {
     }
 }
 
+/// Turns appsink samples of `video/x-h264, stream-format=avc,
+/// alignment=au` into tracks and frames with Unix-time timestamps. Shared by
+/// the camera sources and the `kinemasink` element.
+#[derive(Default)]
+pub struct SampleConverter {
+    clock: Clock,
+    track: Option<VideoTrack>,
+}
+
+impl SampleConverter {
+    /// The track when it is new or changed, and the sample's frame.
+    pub fn convert(&mut self, sample: &gst::Sample) -> (Option<VideoTrack>, Option<Frame>) {
+        let mut new_track = None;
+        if let Some(track) = sample.caps().and_then(track_of)
+            && self.track.as_ref() != Some(&track)
+        {
+            self.track = Some(track.clone());
+            new_track = Some(track);
+        }
+        let Some(buffer) = sample.buffer() else {
+            return (new_track, None);
+        };
+        let Some(pts) = buffer.pts().or(buffer.dts()) else {
+            return (new_track, None);
+        };
+        // Running time, so a restarted segment keeps going forward.
+        let running = sample
+            .segment()
+            .and_then(|s| s.downcast_ref::<gst::ClockTime>())
+            .and_then(|s| s.to_running_time(pts))
+            .unwrap_or(pts);
+        let Ok(map) = buffer.map_readable() else {
+            return (new_track, None);
+        };
+        let frame = Frame {
+            pts_ns: self.clock.unix_ns(running.nseconds()),
+            keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
+            data: bytes::Bytes::copy_from_slice(map.as_slice()),
+        };
+        (new_track, Some(frame))
+    }
+}
+
+/// The caps every converted sample must have.
+pub fn avc_caps() -> gst::Caps {
+    gst::Caps::builder("video/x-h264")
+        .field("stream-format", "avc")
+        .field("alignment", "au")
+        .build()
+}
+
 fn install_appsink(appsink: &gst_app::AppSink, sink: EventSink) {
-    let state = Mutex::new((Clock::default(), None::<VideoTrack>));
+    let converter = Mutex::new(SampleConverter::default());
     appsink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |appsink| {
                 let sample = appsink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(track) = sample.caps().and_then(track_of)
-                    && st.1.as_ref() != Some(&track)
-                {
-                    st.1 = Some(track.clone());
-                    sink(SourceEvent::Track(track));
+                let (track, frame) = converter
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .convert(&sample);
+                if let Some(t) = track {
+                    sink(SourceEvent::Track(t));
                 }
-                let Some(buffer) = sample.buffer() else {
-                    return Ok(gst::FlowSuccess::Ok);
-                };
-                let Some(pts) = buffer.pts().or(buffer.dts()) else {
-                    return Ok(gst::FlowSuccess::Ok);
-                };
-                // Running time, so a looped or restarted segment keeps going forward.
-                let running = sample
-                    .segment()
-                    .and_then(|s| s.downcast_ref::<gst::ClockTime>())
-                    .and_then(|s| s.to_running_time(pts))
-                    .unwrap_or(pts);
-                let Ok(map) = buffer.map_readable() else {
-                    return Ok(gst::FlowSuccess::Ok);
-                };
-                let frame = Frame {
-                    pts_ns: st.0.unix_ns(running.nseconds()),
-                    keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
-                    data: bytes::Bytes::copy_from_slice(map.as_slice()),
-                };
-                drop(st);
-                sink(SourceEvent::Frame(frame));
+                if let Some(f) = frame {
+                    sink(SourceEvent::Frame(f));
+                }
                 Ok(gst::FlowSuccess::Ok)
             })
             .build(),
