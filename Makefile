@@ -13,6 +13,8 @@ KINEMA_ACCESS_KEY_ID ?= kinema-demo
 KINEMA_SECRET_ACCESS_KEY ?= kinema-demo-secret
 LISTEN ?= 127.0.0.1:4566
 DATA_DIR ?= $(CACHE)/demo-data
+# The demo camera: the 1906 Market Street clip (fetched by setup), looped.
+DEMO_SOURCE ?= market-street=file://$(CACHE)/assets/market_street_1906.mp4
 
 .PHONY: setup run test lint fuzz-corpus bench
 
@@ -20,10 +22,12 @@ setup:
 	@bash scripts/setup.sh
 
 run: setup
-	cargo build --release -p kinema-server
+	cargo build --release -p kinema-server -p gst-plugin-kinema
 	@echo "access key: $(KINEMA_ACCESS_KEY_ID)  secret: $(KINEMA_SECRET_ACCESS_KEY)"
+	@echo "demo camera: $(DEMO_SOURCE)  (GStreamer element: GST_PLUGIN_PATH=$(CARGO_TARGET_DIR)/release)"
 	KINEMA_ACCESS_KEY_ID=$(KINEMA_ACCESS_KEY_ID) KINEMA_SECRET_ACCESS_KEY=$(KINEMA_SECRET_ACCESS_KEY) \
-		$(CARGO_TARGET_DIR)/release/kinema serve --listen $(LISTEN) --data-dir $(DATA_DIR)
+		$(CARGO_TARGET_DIR)/release/kinema serve --listen $(LISTEN) --data-dir $(DATA_DIR) \
+		--source $(DEMO_SOURCE)
 
 lint:
 	cargo fmt --all --check

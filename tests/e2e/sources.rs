@@ -250,3 +250,35 @@ fn http_metrics(server: &Server) -> String {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `make run`'s demo camera: the 1906 Market Street clip that setup fetched,
+/// given with `--source`, streams, and its first fragment (one 8.3 s GOP of
+/// 640x360 High-profile H.264 with B-frames) decodes after GetMedia.
+#[test]
+fn the_demo_camera_streams_the_market_street_clip() {
+    let clip = std::env::var("KINEMA_DEMO_CLIP")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap())
+                .join(".cache/kinema/assets/market_street_1906.mp4")
+        });
+    assert!(
+        clip.exists(),
+        "{} is missing: scripts/setup.sh fetches it",
+        clip.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let source = format!("market-street=file://{}", clip.display());
+    let server = Server::start_args(&dir.path().join("data"), &["--source", &source]);
+    let s = wait_status(&server, "market-street", "a fragment", |s| {
+        s["fragments"].as_u64() >= Some(1)
+    });
+    assert_eq!(s["origin"], "config");
+    assert_eq!(s["state"], "streaming");
+    let (code, _) = api(&server, "DELETE", "/v1/sources/market-street", None);
+    assert_eq!(code, 200);
+    let (frames, fragments) = get_media_frames(&server, "market-street", dir.path());
+    assert!(fragments >= 2, "{fragments}");
+    // The first GOP alone holds 250 frames (8.34 s at 29.97 fps).
+    assert!(frames >= 250, "{frames}");
+}

@@ -36,7 +36,7 @@ impl Server {
         Self::start_args(data_dir, &["--listen", &format!("127.0.0.1:{port}")])
     }
 
-    fn start_args(data_dir: &Path, args: &[&str]) -> Server {
+    pub fn start_args(data_dir: &Path, args: &[&str]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kinema"));
         let listen = if args.contains(&"--listen") {
             &[][..]
