@@ -1,4 +1,6 @@
 //! Helpers shared by the benchmark programs.
+// Each benchmark program compiles this module and uses a different part of it.
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -39,11 +41,17 @@ impl Drop for ServerProc {
 }
 
 pub fn start_server(data_dir: &Path) -> anyhow::Result<ServerProc> {
+    start_server_with(data_dir, &[])
+}
+
+/// Starts the release `kinema` next to this program with extra arguments.
+pub fn start_server_with(data_dir: &Path, args: &[String]) -> anyhow::Result<ServerProc> {
     use std::io::BufRead;
     let exe = std::env::current_exe()?.with_file_name("kinema");
     let mut child = Command::new(&exe)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .args(args)
         .env("KINEMA_ACCESS_KEY_ID", KEY)
         .env("KINEMA_SECRET_ACCESS_KEY", SECRET)
         .env("RUST_LOG", "warn,kinema_server=info")
