@@ -329,23 +329,5 @@ pub fn api(
 
 /// A small H.264 MP4 clip made with GStreamer: 176x144 at 30 fps.
 pub fn make_mp4(path: &Path, frames: u32, gop: u32) {
-    let status = Command::new("gst-launch-1.0")
-        .arg("-q")
-        .args(["videotestsrc", &format!("num-buffers={frames}"), "!"])
-        .args([
-            "video/x-raw,format=I420,width=176,height=144,framerate=30/1",
-            "!",
-        ])
-        .args(["x264enc", &format!("key-int-max={gop}"), "!"])
-        .args([
-            "video/x-h264,profile=constrained-baseline",
-            "!",
-            "mp4mux",
-            "!",
-            "filesink",
-        ])
-        .arg(format!("location={}", path.display()))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    kinema_media::rtsp_server::write_test_clip(path, frames, gop).unwrap();
 }

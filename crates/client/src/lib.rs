@@ -94,6 +94,80 @@ pub fn sign_request<B>(
     Ok(())
 }
 
+/// How a PutMedia upload's Cluster timecodes relate to wall time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timecodes {
+    /// Unix time in milliseconds (`ABSOLUTE`).
+    Absolute,
+    /// Milliseconds since the producer start timestamp (`RELATIVE`).
+    Relative,
+}
+
+/// The identity and place of one PutMedia upload.
+pub struct PutMediaTarget<'a> {
+    pub endpoint: &'a str,
+    pub stream: &'a str,
+    pub region: &'a str,
+    pub key: &'a str,
+    pub secret: &'a str,
+}
+
+/// A PutMedia request streaming `body`, signed as `UNSIGNED-PAYLOAD`.
+/// `start_ms` is the producer start timestamp (Unix milliseconds).
+pub fn put_media_request<B>(
+    target: &PutMediaTarget<'_>,
+    timecodes: Timecodes,
+    start_ms: u64,
+    body: B,
+) -> Result<http::Request<B>, ClientError> {
+    let bad = |e: &dyn std::fmt::Display| ClientError::Transport(e.to_string());
+    let uri: http::Uri = format!("{}/putMedia", target.endpoint.trim_end_matches('/'))
+        .parse()
+        .map_err(|e| bad(&e))?;
+    let host = uri
+        .authority()
+        .map(|a| a.to_string())
+        .ok_or_else(|| ClientError::Transport(format!("{:?} has no host", target.endpoint)))?;
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(uri)
+        .header("host", host)
+        .header("x-amzn-stream-name", target.stream)
+        .header(
+            "x-amzn-fragment-timecode-type",
+            match timecodes {
+                Timecodes::Absolute => "ABSOLUTE",
+                Timecodes::Relative => "RELATIVE",
+            },
+        )
+        .header(
+            "x-amzn-producer-start-timestamp",
+            format!("{}.{:03}", start_ms / 1000, start_ms % 1000),
+        )
+        .header("x-amzn-fragment-acknowledgment-required", "1")
+        .body(body)
+        .map_err(|e| bad(&e))?;
+    sign_request(
+        &mut request,
+        target.key,
+        target.secret,
+        target.region,
+        "kinesisvideo",
+        None,
+    )?;
+    Ok(request)
+}
+
+/// The body of a refused request, for the error message.
+pub async fn refusal_text<B: http_body::Body>(status: http::StatusCode, body: B) -> String {
+    let text = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    format!("{status}: {}", String::from_utf8_lossy(&text))
+}
+
 /// A signed JSON client for one Kinema server.
 #[derive(Clone)]
 pub struct Client {

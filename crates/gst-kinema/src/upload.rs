@@ -299,50 +299,26 @@ async fn connect(
         Some((Ok::<_, Infallible>(BodyFrame::data(chunk)), rx))
     }))
     .boxed();
-    let uri: http::Uri = format!("{}/putMedia", s.endpoint.trim_end_matches('/'))
-        .parse()
-        .map_err(|e| format!("bad endpoint {:?}: {e}", s.endpoint))?;
-    let host = uri
-        .authority()
-        .map(|a| a.to_string())
-        .ok_or_else(|| format!("endpoint {:?} has no host", s.endpoint))?;
-    let mut request = http::Request::builder()
-        .method("POST")
-        .uri(uri)
-        .header("host", host)
-        .header("x-amzn-stream-name", &s.stream)
-        .header(
-            "x-amzn-fragment-timecode-type",
-            if s.absolute { "ABSOLUTE" } else { "RELATIVE" },
-        )
-        .header(
-            "x-amzn-producer-start-timestamp",
-            format!("{}.{:03}", start_ms / 1000, start_ms % 1000),
-        )
-        .header("x-amzn-fragment-acknowledgment-required", "1")
-        .body(body)
+    let target = kinema_client::PutMediaTarget {
+        endpoint: &s.endpoint,
+        stream: &s.stream,
+        region: &s.region,
+        key: &s.access_key,
+        secret: &s.secret_key,
+    };
+    let timecodes = if s.absolute {
+        kinema_client::Timecodes::Absolute
+    } else {
+        kinema_client::Timecodes::Relative
+    };
+    let request = kinema_client::put_media_request(&target, timecodes, start_ms, body)
         .map_err(|e| e.to_string())?;
-    kinema_client::sign_request(
-        &mut request,
-        &s.access_key,
-        &s.secret_key,
-        &s.region,
-        "kinesisvideo",
-        None,
-    )
-    .map_err(|e| e.to_string())?;
     let response = client.request(request).await.map_err(|e| e.to_string())?;
-    let status = response.status();
-    if !status.is_success() {
-        let text = response
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+    if !response.status().is_success() {
+        let (parts, body) = response.into_parts();
         return Err(format!(
-            "PutMedia refused: {status}: {}",
-            String::from_utf8_lossy(&text)
+            "PutMedia refused: {}",
+            kinema_client::refusal_text(parts.status, body).await
         ));
     }
     let (ev_tx, events) = mpsc::unbounded_channel();

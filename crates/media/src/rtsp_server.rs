@@ -106,3 +106,39 @@ impl Drop for RtspServer {
         }
     }
 }
+
+/// Writes a small H.264 MP4 (176x144, 30 fps, constrained baseline) of
+/// `frames` frames with a keyframe every `gop`: a file to loop as a camera.
+pub fn write_test_clip(path: &std::path::Path, frames: u32, gop: u32) -> Result<(), String> {
+    use gstreamer::prelude::*;
+    crate::init().map_err(|e| e.to_string())?;
+    let launch = format!(
+        "videotestsrc num-buffers={frames} ! video/x-raw,format=I420,width=176,height=144,framerate=30/1 \
+         ! x264enc key-int-max={gop} ! video/x-h264,profile=constrained-baseline ! mp4mux \
+         ! filesink name=out"
+    );
+    let pipeline = gstreamer::parse::launch(&launch).map_err(|e| e.to_string())?;
+    let bin = pipeline
+        .downcast_ref::<gstreamer::Bin>()
+        .ok_or("not a bin")?;
+    bin.by_name("out")
+        .ok_or("no filesink")?
+        .set_property("location", path.display().to_string());
+    pipeline
+        .set_state(gstreamer::State::Playing)
+        .map_err(|e| e.to_string())?;
+    let bus = pipeline.bus().ok_or("no bus")?;
+    let result = match bus.timed_pop_filtered(
+        gstreamer::ClockTime::from_seconds(60),
+        &[gstreamer::MessageType::Eos, gstreamer::MessageType::Error],
+    ) {
+        Some(msg) => match msg.view() {
+            gstreamer::MessageView::Eos(_) => Ok(()),
+            gstreamer::MessageView::Error(e) => Err(e.error().to_string()),
+            _ => Err("unexpected message".into()),
+        },
+        None => Err("encoding the test clip took over 60 s".into()),
+    };
+    let _ = pipeline.set_state(gstreamer::State::Null);
+    result
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use kinema_media::rtsp_server::{RtspServer, test_pattern_launch};
+use kinema_media::rtsp_server::{RtspServer, test_pattern_launch, write_test_clip};
 use kinema_media::{Camera, SourceError, SourceEvent, SourceSpec, Transport};
 
 fn spec(url: String, transport: Transport) -> SourceSpec {
@@ -167,25 +167,7 @@ fn an_unsupported_codec_and_a_wrong_path_are_reported() {
 fn a_file_plays_as_a_camera_at_its_own_pace_and_ends() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("clip.mp4");
-    let status = std::process::Command::new("gst-launch-1.0")
-        .args([
-            "-q",
-            "videotestsrc",
-            "num-buffers=30",
-            "!",
-            "video/x-raw,format=I420,width=176,height=144,framerate=30/1",
-            "!",
-            "x264enc",
-            "key-int-max=10",
-            "!",
-            "mp4mux",
-            "!",
-            "filesink",
-        ])
-        .arg(format!("location={}", path.display()))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    write_test_clip(&path, 30, 10).unwrap();
     let started = std::time::Instant::now();
     let (_cam, rx) = start(&spec(format!("file://{}", path.display()), Transport::Tcp));
     let (events, n) = frames(&rx, 1000);

@@ -78,39 +78,24 @@ pub async fn run(args: Args, env_key: Option<(String, String)>) -> anyhow::Resul
         Ok::<_, std::io::Error>(Frame::data(data))
     }));
 
-    let start = args
+    let start_ms = args
         .start_timestamp
-        .unwrap_or_else(|| kinema_engine::now_ms() as f64 / 1000.0);
-    let uri: http::Uri = format!("{}/putMedia", args.endpoint.trim_end_matches('/'))
-        .parse()
-        .context("invalid --endpoint")?;
-    let host = uri
-        .authority()
-        .context("--endpoint needs a host")?
-        .to_string();
-    let timecode_type = if args.absolute {
-        "ABSOLUTE"
-    } else {
-        "RELATIVE"
+        .map(|s| (s * 1000.0) as u64)
+        .unwrap_or_else(|| kinema_engine::now_ms() as u64);
+    let target = kinema_client::PutMediaTarget {
+        endpoint: &args.endpoint,
+        stream: &args.stream,
+        region: &args.region,
+        key: &key,
+        secret: &secret,
     };
-    let start_header = format!("{start:.3}");
-    let mut request = http::Request::builder()
-        .method("POST")
-        .uri(uri.clone())
-        .header("host", &host)
-        .header("x-amzn-stream-name", &args.stream)
-        .header("x-amzn-fragment-timecode-type", timecode_type)
-        .header("x-amzn-producer-start-timestamp", &start_header)
-        .body(body)?;
-
-    sign_request(
-        &mut request,
-        &key,
-        &secret,
-        &args.region,
-        "kinesisvideo",
-        None,
-    )?;
+    let timecodes = if args.absolute {
+        kinema_client::Timecodes::Absolute
+    } else {
+        kinema_client::Timecodes::Relative
+    };
+    let request = kinema_client::put_media_request(&target, timecodes, start_ms, body)
+        .context("invalid --endpoint")?;
 
     let client = Client::builder(TokioExecutor::new()).build_http();
     let response = client
@@ -118,16 +103,10 @@ pub async fn run(args: Args, env_key: Option<(String, String)>) -> anyhow::Resul
         .await
         .context("PutMedia request failed")?;
     if !response.status().is_success() {
-        let status = response.status();
-        let text = response
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        let (parts, body) = response.into_parts();
         bail!(
-            "PutMedia refused: {status}: {}",
-            String::from_utf8_lossy(&text)
+            "PutMedia refused: {}",
+            kinema_client::refusal_text(parts.status, body).await
         );
     }
     let mut body = response.into_body();
