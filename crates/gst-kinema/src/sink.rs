@@ -341,8 +341,10 @@ mod imp {
             }
             let ret = self.parent_change_state(transition)?;
             if transition == gst::StateChange::PausedToReady {
-                // Stops the upload; whatever was not persisted is lost.
-                lock(&self.uploader).take();
+                // Stops the upload; whatever was not persisted is lost. The
+                // thread is joined outside the lock.
+                let uploader = lock(&self.uploader).take();
+                drop(uploader);
             }
             Ok(ret)
         }
