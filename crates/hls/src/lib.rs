@@ -3,7 +3,11 @@
 //! (LIVE window, LIVE_REPLAY from a start, ON_DEMAND range) and this crate
 //! renders the master and media playlists.
 //!
-//! Groundwork for the HLS issue: golden tests fix the exact text.
+//! [`session`] picks a session's fragments for its mode and [`dash`] renders
+//! the MPEG-DASH manifest of the same sessions. Golden tests fix the text.
+
+pub mod dash;
+pub mod session;
 
 use std::fmt::Write;
 
