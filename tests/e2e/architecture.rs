@@ -11,6 +11,7 @@ const SANS_IO: &[&str] = &[
     "kinema-archive",
     "kinema-datastream",
     "kinema-hls",
+    "kinema-remux",
 ];
 const FORBIDDEN: &[&str] = &[
     "tokio",

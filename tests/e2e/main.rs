@@ -6,6 +6,7 @@ mod architecture;
 mod datastreams;
 mod groups;
 mod kinemasink;
+mod playback;
 mod sources;
 mod support;
 mod video;

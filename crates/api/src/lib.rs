@@ -6,6 +6,7 @@
 pub mod error;
 mod kinesis;
 pub mod metrics;
+pub mod playback;
 mod push;
 pub mod sigv4;
 mod sources;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub sources: kinema_engine::sources::Sources,
     pub keys: KeyStore,
     pub metrics: Arc<Metrics>,
+    /// HLS and DASH playback sessions.
+    pub playback: playback::Sessions,
     /// Base URL returned by GetDataEndpoint; derived from `Host` when unset.
     pub public_url: Option<String>,
     /// Flips to `true` when the server shuts down, ending long-lived streams.
@@ -67,11 +70,33 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/sources/{name}",
             get(sources::get).delete(sources::delete),
         )
+        .route(
+            "/getHLSStreamingSessionURL",
+            post(playback::get_hls_streaming_session_url),
+        )
+        .route(
+            "/getDASHStreamingSessionURL",
+            post(playback::get_dash_streaming_session_url),
+        )
+        .route("/getClip", post(playback::get_clip))
+        .route("/getImages", post(playback::get_images))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state.clone());
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(render_metrics))
+        // Players cannot sign requests: sessions are authorised by token.
+        .route(
+            "/hls/v1/getHLSMasterPlaylist.m3u8",
+            get(playback::hls_master),
+        )
+        .route("/hls/v1/getHLSMediaPlaylist.m3u8", get(playback::hls_media))
+        .route("/hls/v1/getMP4InitFragment.mp4", get(playback::hls_init))
+        .route("/hls/v1/getMP4MediaFragment.mp4", get(playback::hls_mp4))
+        .route("/hls/v1/getTSFragment.ts", get(playback::hls_ts))
+        .route("/dash/v1/getDASHManifest.mpd", get(playback::dash_manifest))
+        .route("/dash/v1/getMP4InitFragment.mp4", get(playback::dash_init))
+        .route("/dash/v1/getMP4MediaFragment.mp4", get(playback::dash_mp4))
         .merge(signed)
         .fallback(post(unknown_operation).get(unknown_operation))
         .with_state(state)

@@ -53,23 +53,23 @@ pub fn routes() -> Router<Arc<AppState>> {
         )
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     let body: &[u8] = if body.is_empty() { b"{}" } else { body };
     serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("malformed request: {e}")))
 }
 
-fn ok(v: Value) -> Response {
+pub(crate) fn ok(v: Value) -> Response {
     (StatusCode::OK, axum::Json(v)).into_response()
 }
 
 /// Unix milliseconds as the epoch-seconds number REST-JSON timestamps use.
-fn epoch_seconds(ms: i64) -> Value {
+pub(crate) fn epoch_seconds(ms: i64) -> Value {
     json!(ms as f64 / 1000.0)
 }
 
 /// A REST-JSON timestamp: epoch seconds (number or numeric string) or RFC 3339.
 #[derive(Debug, Clone, Copy)]
-struct Timestamp(i64);
+pub(crate) struct Timestamp(pub(crate) i64);
 
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -94,17 +94,17 @@ impl<'de> Deserialize<'de> for Timestamp {
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
-struct StreamRef {
+pub(crate) struct StreamRef {
     stream_name: Option<String>,
     #[serde(rename = "StreamARN")]
     stream_arn: Option<String>,
 }
 
 impl StreamRef {
-    fn name(&self) -> Option<&str> {
+    pub(crate) fn name(&self) -> Option<&str> {
         self.stream_name.as_deref()
     }
-    fn arn(&self) -> Option<&str> {
+    pub(crate) fn arn(&self) -> Option<&str> {
         self.stream_arn.as_deref()
     }
 }
@@ -397,7 +397,12 @@ async fn get_data_endpoint(
     }
     st.engine
         .describe_stream(input.stream.name(), input.stream.arn())?;
-    let endpoint = match &st.public_url {
+    Ok(ok(json!({ "DataEndpoint": endpoint(&st, &headers)? })))
+}
+
+/// Our own base URL: the configured public URL, or the one the client used.
+pub(crate) fn endpoint(st: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    Ok(match &st.public_url {
         Some(u) => u.trim_end_matches('/').to_string(),
         None => {
             let host = headers
@@ -406,8 +411,7 @@ async fn get_data_endpoint(
                 .ok_or_else(|| ApiError::invalid("the Host header is required"))?;
             format!("http://{host}")
         }
-    };
-    Ok(ok(json!({ "DataEndpoint": endpoint })))
+    })
 }
 
 // ---- PutMedia --------------------------------------------------------------

@@ -14,8 +14,8 @@ pub use kinema_archive::ingest::{
 };
 pub use kinema_archive::{FragmentMeta, TimeKind, fragment_number_string, parse_fragment_number};
 pub use streams::{
-    Engine, EngineConfig, FragmentReader, ListFragmentsPage, PutMediaSession, StartSelector,
-    StreamInfo, StreamUpdate,
+    Engine, EngineConfig, FragmentReader, ListFragmentsPage, PlaybackSpan, PutMediaSession,
+    StartSelector, StreamInfo, StreamUpdate,
 };
 
 /// Errors of the engine, each a condition the API maps to an AWS error shape.

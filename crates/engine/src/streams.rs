@@ -141,6 +141,13 @@ pub enum StartSelector {
     ContinuationToken(u64),
 }
 
+/// Which fragments [`Engine::playback_fragments`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaybackSpan {
+    Newest(usize),
+    Range { from_ms: i64, to_ms: i64 },
+}
+
 pub struct ListFragmentsPage {
     pub fragments: Vec<FragmentMeta>,
     pub next_token: Option<String>,
@@ -616,6 +623,52 @@ impl Engine {
             follow: false,
         };
         Ok((metas, reader))
+    }
+
+    /// Fragments for a playback session, sorted by `kind` time: the newest
+    /// `newest` by number, or those that may overlap `[from_ms, to_ms]`
+    /// (starting at most one maximum fragment length before `from_ms`).
+    pub fn playback_fragments(
+        &self,
+        name: Option<&str>,
+        arn: Option<&str>,
+        kind: TimeKind,
+        span: PlaybackSpan,
+    ) -> Result<(StreamInfo, Vec<FragmentMeta>), EngineError> {
+        let stream = self.resolve(name, arn)?;
+        let info = stream.info();
+        let c = read(&stream.catalog);
+        let mut out: Vec<FragmentMeta> = match span {
+            PlaybackSpan::Newest(n) => c.iter().rev().take(n).copied().collect(),
+            PlaybackSpan::Range { from_ms, to_ms } => {
+                let lead = self.inner.config.ingest.max_fragment_duration_ms as i64;
+                c.range(kind, from_ms.saturating_sub(lead), to_ms, None)
+                    .copied()
+                    .collect()
+            }
+        };
+        drop(c);
+        out.sort_by_key(|f| (f.time(kind), f.number));
+        Ok((info, out))
+    }
+
+    /// One stored fragment and its object, by number.
+    pub async fn fragment(
+        &self,
+        name: &str,
+        number: u64,
+    ) -> Result<(FragmentMeta, Bytes), EngineError> {
+        let stream = self.resolve(Some(name), None)?;
+        let missing = || EngineError::ResourceNotFound(format!("fragment {number} is not stored"));
+        let meta = read(&stream.catalog)
+            .get(number)
+            .copied()
+            .ok_or_else(missing)?;
+        match self.inner.store.get_fragment(&stream.id(), number).await {
+            Ok(obj) => Ok((meta, obj)),
+            Err(StoreError::NotFound(_)) => Err(missing()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub fn list_fragments(

@@ -7,7 +7,9 @@
 //! each access unit in AVC form with a Unix-time presentation timestamp, the
 //! end of the stream, or an error. Nothing is re-encoded: the depayloaded
 //! (or demuxed) H.264 is parsed into access units and passed on as it came.
+//! [`images`] decodes stored frames into JPEG or PNG stills (GetImages).
 
+pub mod images;
 #[cfg(feature = "rtsp-server")]
 pub mod rtsp_server;
 

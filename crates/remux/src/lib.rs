@@ -44,6 +44,16 @@ pub enum Codec {
     H265,
 }
 
+impl Codec {
+    /// The Matroska codec id.
+    pub fn matroska_id(self) -> &'static str {
+        match self {
+            Codec::H264 => kinema_mkv::mux::CODEC_H264,
+            Codec::H265 => kinema_mkv::mux::CODEC_H265,
+        }
+    }
+}
+
 /// The video track of a fragment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Track {
@@ -460,7 +470,7 @@ mod tests {
             parse_fragment(&vp8),
             Err(RemuxError::UnsupportedCodec(_))
         ));
-        assert!(matches!(parse_fragment(b"not matroska"), Err(_)));
+        assert!(parse_fragment(b"not matroska").is_err());
         assert!(parse_fragment(&[]).is_err());
     }
 }

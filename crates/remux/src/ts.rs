@@ -207,17 +207,21 @@ pub fn segment(frag: &Fragment, times: &[Timing]) -> Vec<u8> {
         ],
     );
     let sets = frag.track.parameter_sets().unwrap_or_default();
-    let (aud, is_aud, is_set): (&[u8], fn(u8) -> bool, fn(u8) -> bool) = match frag.track.codec {
-        Codec::H264 => (
-            &[0x09, 0xf0],
-            |h| h & 0x1f == 9,
-            |h| matches!(h & 0x1f, 7 | 8),
-        ),
-        Codec::H265 => (
-            &[0x46, 0x01, 0x50],
-            |h| (h >> 1) & 0x3f == 35,
-            |h| matches!((h >> 1) & 0x3f, 32..=34),
-        ),
+    let h265 = frag.track.codec == Codec::H265;
+    let aud: &[u8] = if h265 {
+        &[0x46, 0x01, 0x50]
+    } else {
+        &[0x09, 0xf0]
+    };
+    // NAL unit type from the first header byte.
+    let nal_type = |h: u8| if h265 { (h >> 1) & 0x3f } else { h & 0x1f };
+    let is_aud = |h: u8| nal_type(h) == if h265 { 35 } else { 9 };
+    let is_set = |h: u8| {
+        if h265 {
+            matches!(nal_type(h), 32..=34)
+        } else {
+            matches!(nal_type(h), 7 | 8)
+        }
     };
     let shifted = Timing::shifted(times);
     let mut annexb = Vec::new();

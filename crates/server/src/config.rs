@@ -13,6 +13,7 @@ pub const DEFAULT_ACCOUNT_ID: &str = "000000000000";
 pub const DEFAULT_LIVE_BUFFER_SECONDS: u64 = 120;
 pub const DEFAULT_RETENTION_CHECK_SECONDS: u64 = 60;
 pub const DEFAULT_MAX_FRAGMENT_MB: u64 = 50;
+pub const DEFAULT_PLAYBACK_SESSIONS_PER_STREAM: usize = 100;
 pub const DEFAULT_MAX_FRAGMENT_SECONDS: u64 = 10;
 pub const DEFAULT_GET_MEDIA_IDLE_SECONDS: u64 = 3;
 pub const DEFAULT_GET_MEDIA_LIVE_IDLE_SECONDS: u64 = 30;
@@ -68,6 +69,8 @@ pub struct VideoConfig {
     pub max_fragment_seconds: Option<u64>,
     pub get_media_idle_seconds: Option<u64>,
     pub get_media_live_idle_seconds: Option<u64>,
+    /// Open HLS/DASH sessions allowed per stream.
+    pub playback_sessions_per_stream: Option<usize>,
 }
 
 impl Config {
@@ -93,6 +96,7 @@ pub struct Resolved {
     pub data_streams: kinema_engine::datastreams::DataStreamsConfig,
     pub retention_check_seconds: u64,
     pub sources: Vec<kinema_engine::sources::SourceConfig>,
+    pub playback_sessions_per_stream: usize,
 }
 
 impl Config {
@@ -168,6 +172,9 @@ impl Config {
                 .unwrap_or(DEFAULT_RETENTION_CHECK_SECONDS)
                 .max(1),
             sources: self.sources.clone(),
+            playback_sessions_per_stream: v
+                .playback_sessions_per_stream
+                .unwrap_or(DEFAULT_PLAYBACK_SESSIONS_PER_STREAM),
         }
     }
 }

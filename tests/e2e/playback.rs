@@ -1,0 +1,215 @@
+//! Playback of stored video through boto3 (`kinesis-video-archived-media`)
+//! and players nobody here wrote: HLS in fMP4 and MPEG-TS for every mode
+//! (ffmpeg, GStreamer's hlsdemux), DASH (ffmpeg), GetClip (ffprobe,
+//! qtdemux), GetImages (ffprobe reads the images), and every refusal.
+//! The scripted checks live in tests/python/playback.py.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+
+/// Where cargo put `libgstkinema.so` (the Makefile builds it before tests).
+fn plugin_dir() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// Known video into `stream` with kinemasink: 320x240 at 30 fps with the
+/// running time drawn in, a keyframe every 30 frames, B-frames, 1 s
+/// fragments.
+fn ingest(server: &Server, stream: &str, frames: u32, live: bool) -> Child {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec gst-launch-1.0 -q videotestsrc is-live={live} num-buffers={frames} \
+             ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 ! timeoverlay \
+             ! x264enc speed-preset=ultrafast key-int-max=30 bframes=2 ! video/x-h264,profile=main \
+             ! kinemasink endpoint={} stream-name={stream} fragment-duration=1000 retention-period=5",
+            server.url()
+        ))
+        .env("GST_PLUGIN_PATH", plugin_dir())
+        .env("KINEMA_ACCESS_KEY_ID", KEY_ID)
+        .env("KINEMA_SECRET_ACCESS_KEY", SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(child: Child, server: &Server) {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "ingest failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+}
+
+/// Buffers that reach a fakesink behind `pipeline`, counted by gst-launch.
+fn gst_count(pipeline: &str) -> usize {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "timeout 120 gst-launch-1.0 -v {pipeline} ! fakesink silent=false"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{pipeline}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("chain") && l.contains("fakesink"))
+        .count()
+}
+
+#[test]
+fn stored_video_plays_as_hls_dash_clips_and_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    finish(ingest(&server, "cam", 300, false), &server);
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let report = run_python(
+        &server,
+        "playback.py",
+        &["archive", "cam", "30", out.to_str().unwrap()],
+    );
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["frames"], 300, "{report}");
+    assert_eq!(report["clip"][0], 300, "{report}");
+
+    // GStreamer's own demuxers: qtdemux over the clip, hlsdemux + tsdemux
+    // over an ON_DEMAND MPEG-TS session.
+    let clip = out.join("clip.mp4");
+    assert_eq!(
+        gst_count(&format!(
+            "filesrc location={} ! qtdemux ! h264parse",
+            clip.display()
+        )),
+        300
+    );
+    let ts_url = run_python(&server, "playback.py", &["ondemand-url", "cam", "MPEG_TS"]);
+    assert_eq!(
+        gst_count(&format!(
+            "souphttpsrc location=\"{}\" ! hlsdemux ! tsdemux ! h264parse",
+            ts_url.trim()
+        )),
+        300
+    );
+}
+
+/// Waits until `path` exists and has not grown for three seconds (at most
+/// a minute).
+fn wait_until_settled(path: &Path) {
+    let mut last = (0u64, std::time::Instant::now());
+    wait_for(Duration::from_secs(60), || {
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if size != last.0 {
+            last = (size, std::time::Instant::now());
+        }
+        (size > 0 && last.1.elapsed() > Duration::from_secs(3)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{} never settled", path.display()));
+}
+
+/// LIVE sessions opened while a camera streams: ffmpeg follows the growing
+/// playlist (fMP4 and TS) and ends up with every frame the camera sent; the
+/// DASH manifest of a LIVE session is dynamic.
+#[test]
+fn live_sessions_follow_the_camera_frame_for_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let camera = ingest(&server, "live", 300, true);
+    wait_for(Duration::from_secs(30), || {
+        let (code, body) = api(
+            &server,
+            "POST",
+            "/listFragments",
+            Some(r#"{"StreamName":"live"}"#),
+        );
+        (code == 200 && !body["Fragments"].as_array()?.is_empty()).then_some(())
+    })
+    .expect("a first fragment within 30 s");
+    let mut readers = Vec::new();
+    for fmt in ["FRAGMENTED_MP4", "MPEG_TS"] {
+        let url = run_python(&server, "playback.py", &["live-url", "live", fmt]);
+        let file = dir.path().join(format!("{fmt}.mkv"));
+        let ffmpeg = Command::new("ffmpeg")
+            .args(["-v", "error", "-live_start_index", "0", "-i", url.trim()])
+            .args(["-c", "copy", "-y"])
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        readers.push((fmt, ffmpeg, file));
+    }
+    finish(camera, &server);
+    run_python(&server, "playback.py", &["dash-live", "live"]);
+    for (fmt, ffmpeg, file) in readers {
+        wait_until_settled(&file);
+        // A live playlist never ends: stop ffmpeg as a user would (SIGINT
+        // makes it finish the file).
+        Command::new("kill")
+            .args(["-INT", &ffmpeg.id().to_string()])
+            .status()
+            .unwrap();
+        let out = ffmpeg.wait_with_output().unwrap();
+        let errors = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            errors.lines().all(|l| l.contains("Exiting normally")),
+            "{fmt}: {errors}"
+        );
+        assert_eq!(ffprobe_frames(&file), 300, "{fmt}");
+    }
+}
+
+/// Ranges too long or inverted, LIVE with a range, nothing in range,
+/// retention 0, VP8, forged tokens, and the per-stream session limit, each
+/// refused in its documented shape.
+#[test]
+fn playback_refusals_have_the_documented_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_config(
+        &dir.path().join("data"),
+        "[video]\nplayback_sessions_per_stream = 3\n",
+    );
+    finish(ingest(&server, "cam", 60, false), &server);
+    create_stream(&server, "empty", 0);
+    create_stream(&server, "vp8", 1);
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "gst-launch-1.0 -q videotestsrc num-buffers=60 \
+             ! video/x-raw,width=160,height=120,framerate=30/1 ! vp8enc keyframe-max-dist=30 \
+             ! matroskamux streamable=true ! fdsink fd=1 \
+             | curl -sS -N --aws-sigv4 'aws:amz:us-east-1:kinesisvideo' --user {KEY_ID}:{SECRET} \
+             -X POST -T - -H 'x-amzn-stream-name: vp8' -H 'x-amzn-fragment-timecode-type: RELATIVE' \
+             -H \"x-amzn-producer-start-timestamp: $(date +%s)\" {}/putMedia | grep -c PERSISTED",
+            server.url()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&status.stdout).trim() != "0",
+        "VP8 upload: {}",
+        server.log()
+    );
+    let out = run_python(
+        &server,
+        "playback.py",
+        &["errors", "cam", "empty", "vp8", "3"],
+    );
+    assert_eq!(out.trim(), "ok");
+    assert!(
+        api(&server, "GET", "/health", None).0 == 200,
+        "the server stays healthy"
+    );
+}
