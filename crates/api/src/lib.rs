@@ -85,7 +85,17 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(render_metrics))
-        // Players cannot sign requests: sessions are authorised by token.
+        .merge(playback_routes())
+        .merge(signed)
+        .fallback(post(unknown_operation).get(unknown_operation))
+        .with_state(state)
+}
+
+/// Session reads: players cannot sign requests, so these are authorised by
+/// the session token, and any web page may read them (CORS), as with the
+/// original service.
+fn playback_routes() -> Router<Arc<AppState>> {
+    Router::new()
         .route(
             "/hls/v1/getHLSMasterPlaylist.m3u8",
             get(playback::hls_master),
@@ -97,9 +107,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/dash/v1/getDASHManifest.mpd", get(playback::dash_manifest))
         .route("/dash/v1/getMP4InitFragment.mp4", get(playback::dash_init))
         .route("/dash/v1/getMP4MediaFragment.mp4", get(playback::dash_mp4))
-        .merge(signed)
-        .fallback(post(unknown_operation).get(unknown_operation))
-        .with_state(state)
+        .layer(middleware::map_response(|mut resp: Response| async move {
+            resp.headers_mut().insert(
+                http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                http::HeaderValue::from_static("*"),
+            );
+            resp
+        }))
 }
 
 async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
