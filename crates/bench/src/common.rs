@@ -5,7 +5,12 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use kinema_client::sign_request;
+use kinema_mkv::{Event, Reader};
+use tokio::sync::mpsc;
 
 pub const KEY: &str = "AKIDBENCH";
 pub const SECRET: &str = "bench-secret";
@@ -77,4 +82,98 @@ pub fn start_server_with(data_dir: &Path, args: &[String]) -> anyhow::Result<Ser
     };
     std::thread::spawn(move || for _ in lines {});
     Ok(ServerProc { child, url })
+}
+
+/// Renders a benchmark clip: 640x360, 30 fps at `kbps`, a keyframe every `gop` frames.
+pub fn make_clip(path: &Path, gop: u32, kbps: u32, seconds: u32) -> anyhow::Result<()> {
+    let frames = seconds * 30;
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "gst-launch-1.0 -q videotestsrc pattern=smpte num-buffers={frames} \
+             ! video/x-raw,width=640,height=360,framerate=30/1,format=I420 \
+             ! x264enc bitrate={kbps} key-int-max={gop} speed-preset=ultrafast tune=zerolatency \
+             ! video/x-h264,profile=constrained-baseline ! h264parse ! matroskamux streamable=true \
+             ! filesink location={}",
+            path.display()
+        ))
+        .status()?;
+    if !status.success() {
+        bail!("gst-launch failed to render the clip");
+    }
+    Ok(())
+}
+
+/// The clip split at Cluster starts: header bytes, then one chunk per cluster.
+pub fn split_clusters(data: &[u8]) -> (Bytes, Vec<Bytes>) {
+    let mut reader = Reader::default();
+    reader.push(data);
+    reader.finish();
+    let mut starts = Vec::new();
+    while let Ok(Some(ev)) = reader.poll_event() {
+        if let Event::ClusterStart { offset } = ev {
+            starts.push(offset as usize);
+        }
+    }
+    starts.push(data.len());
+    let header = Bytes::copy_from_slice(&data[..starts[0]]);
+    let clusters = starts
+        .windows(2)
+        .map(|w| Bytes::copy_from_slice(&data[w[0]..w[1]]))
+        .collect();
+    (header, clusters)
+}
+
+pub type HttpClient =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, BoxBody>;
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+pub fn full(b: Bytes) -> BoxBody {
+    http_body_util::Full::new(b)
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A JSON POST to Kinema signed over its body.
+pub fn signed_post(
+    url: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<http::Request<BoxBody>> {
+    let bytes = Bytes::from(body.to_string());
+    let uri: http::Uri = format!("{url}{path}").parse()?;
+    let mut req = http::Request::post(uri.clone())
+        .header("host", uri.authority().context("authority")?.as_str())
+        .header("content-type", "application/json")
+        .body(full(bytes.clone()))?;
+    sign_request(
+        &mut req,
+        KEY,
+        SECRET,
+        "us-east-1",
+        "kinesisvideo",
+        Some(&bytes),
+    )?;
+    Ok(req)
+}
+
+pub async fn call(
+    client: &HttpClient,
+    url: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let resp = client.request(signed_post(url, path, &body)?).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!("{path}: {status} {}", String::from_utf8_lossy(&body));
+    }
+    Ok(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+}
+
+pub fn tokio_stream<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

@@ -27,99 +27,14 @@ use hyper::body::Frame;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use kinema_archive::{Catalog, FragmentMeta, TimeKind};
-use kinema_mkv::{Event, Reader};
 use kinema_server::put_media::sign_request;
 use tokio::sync::{Mutex, mpsc};
 
 mod common;
-use common::{KEY, SECRET, ServerProc, cpu_seconds, percentile, start_server};
-
-/// Renders the benchmark clip: 640x360, 30 fps, ~2 Mbit/s, a keyframe a second.
-fn make_clip(path: &Path, seconds: u32) -> anyhow::Result<()> {
-    let frames = seconds * 30;
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "gst-launch-1.0 -q videotestsrc pattern=smpte num-buffers={frames} \
-             ! video/x-raw,width=640,height=360,framerate=30/1,format=I420 \
-             ! x264enc bitrate=2000 key-int-max=30 speed-preset=ultrafast tune=zerolatency \
-             ! video/x-h264,profile=constrained-baseline ! h264parse ! matroskamux streamable=true \
-             ! filesink location={}",
-            path.display()
-        ))
-        .status()?;
-    if !status.success() {
-        bail!("gst-launch failed to render the clip");
-    }
-    Ok(())
-}
-
-/// The clip split at Cluster starts: header bytes, then one chunk per cluster.
-fn split_clusters(data: &[u8]) -> (Bytes, Vec<Bytes>) {
-    let mut reader = Reader::default();
-    reader.push(data);
-    reader.finish();
-    let mut starts = Vec::new();
-    while let Ok(Some(ev)) = reader.poll_event() {
-        if let Event::ClusterStart { offset } = ev {
-            starts.push(offset as usize);
-        }
-    }
-    starts.push(data.len());
-    let header = Bytes::copy_from_slice(&data[..starts[0]]);
-    let clusters = starts
-        .windows(2)
-        .map(|w| Bytes::copy_from_slice(&data[w[0]..w[1]]))
-        .collect();
-    (header, clusters)
-}
-
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, BoxBody>;
-type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
-
-fn full(b: Bytes) -> BoxBody {
-    http_body_util::Full::new(b)
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-/// A JSON POST to Kinema signed over its body.
-fn signed_post(
-    url: &str,
-    path: &str,
-    body: &serde_json::Value,
-) -> anyhow::Result<http::Request<BoxBody>> {
-    let bytes = Bytes::from(body.to_string());
-    let uri: http::Uri = format!("{url}{path}").parse()?;
-    let mut req = http::Request::post(uri.clone())
-        .header("host", uri.authority().context("authority")?.as_str())
-        .header("content-type", "application/json")
-        .body(full(bytes.clone()))?;
-    sign_request(
-        &mut req,
-        KEY,
-        SECRET,
-        "us-east-1",
-        "kinesisvideo",
-        Some(&bytes),
-    )?;
-    Ok(req)
-}
-
-async fn call(
-    client: &HttpClient,
-    url: &str,
-    path: &str,
-    body: serde_json::Value,
-) -> anyhow::Result<serde_json::Value> {
-    let resp = client.request(signed_post(url, path, &body)?).await?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await?.to_bytes();
-    if !status.is_success() {
-        bail!("{path}: {status} {}", String::from_utf8_lossy(&body));
-    }
-    Ok(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
-}
+use common::{
+    BoxBody, HttpClient, KEY, SECRET, ServerProc, call, cpu_seconds, make_clip, percentile,
+    signed_post, split_clusters, start_server, tokio_stream,
+};
 
 /// One real-time uploader. Returns PERSISTED latencies in milliseconds.
 async fn upload(
@@ -191,12 +106,6 @@ async fn upload(
     }
     let _ = sender.await;
     Ok(latencies)
-}
-
-fn tokio_stream<T: Send + 'static>(
-    mut rx: mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 async fn ingest_run(
@@ -378,7 +287,7 @@ async fn main() -> anyhow::Result<()> {
     let (stream_counts, seconds, aligned) = parse_args();
     let work = tempfile_dir()?;
     let clip = work.join("clip.mkv");
-    make_clip(&clip, seconds as u32 + 2)?;
+    make_clip(&clip, 30, 2000, seconds as u32 + 2)?;
     let clip_bytes = std::fs::metadata(&clip)?.len();
     let mbps = clip_bytes as f64 * 8.0 / (seconds as f64 + 2.0) / 1e6;
     println!("clip: 640x360 30 fps H.264, {mbps:.2} Mbit/s, {seconds} s per upload");
