@@ -48,6 +48,16 @@ fn finish(child: Child, server: &Server) {
     );
 }
 
+/// Waits (at most 30 s) until `stream` has `n` stored fragments.
+fn wait_for_fragments(server: &Server, stream: &str, n: usize) {
+    let body = format!(r#"{{"StreamName":"{stream}"}}"#);
+    wait_for(Duration::from_secs(30), || {
+        let (code, list) = api(server, "POST", "/listFragments", Some(&body));
+        (code == 200 && list["Fragments"].as_array()?.len() >= n).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{stream}: {n} fragments within 30 s"));
+}
+
 /// Buffers that reach a fakesink behind `pipeline`, counted by gst-launch.
 fn gst_count(pipeline: &str) -> usize {
     let out = Command::new("sh")
@@ -126,16 +136,7 @@ fn live_sessions_follow_the_camera_frame_for_frame() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
     let camera = ingest(&server, "live", 300, true);
-    wait_for(Duration::from_secs(30), || {
-        let (code, body) = api(
-            &server,
-            "POST",
-            "/listFragments",
-            Some(r#"{"StreamName":"live"}"#),
-        );
-        (code == 200 && !body["Fragments"].as_array()?.is_empty()).then_some(())
-    })
-    .expect("a first fragment within 30 s");
+    wait_for_fragments(&server, "live", 1);
     let mut readers = Vec::new();
     for fmt in ["FRAGMENTED_MP4", "MPEG_TS"] {
         let url = run_python(&server, "playback.py", &["live-url", "live", fmt]);
@@ -253,16 +254,7 @@ fn chromium_plays_sessions_with_hls_js_from_the_requested_time() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
     let camera = ingest(&server, "street", 300, true);
-    wait_for(Duration::from_secs(30), || {
-        let (code, body) = api(
-            &server,
-            "POST",
-            "/listFragments",
-            Some(r#"{"StreamName":"street"}"#),
-        );
-        (code == 200 && body["Fragments"].as_array()?.len() >= 4).then_some(())
-    })
-    .expect("four fragments within 30 s");
+    wait_for_fragments(&server, "street", 4);
     let replay = run_python(&server, "playback.py", &["replay-url", "street"]);
     let replay: serde_json::Value = serde_json::from_str(&replay).unwrap();
     let result = play_in_chromium(replay["url"].as_str().unwrap(), "0");

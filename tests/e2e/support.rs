@@ -98,10 +98,11 @@ impl Drop for Server {
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
+    // Read at run time: a binary built from another checkout sharing the
+    // target directory would otherwise point at that checkout.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    Path::new(&manifest).join("../..").canonicalize().unwrap()
 }
 
 /// The Python with boto3 installed by `scripts/setup.sh` (KINEMA_PYTHON).

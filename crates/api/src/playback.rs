@@ -179,24 +179,32 @@ struct DashInput {
     max_manifest_fragment_results: Option<i64>,
 }
 
+/// An enum member of the request: absent gives the first option.
+fn choice<T: Copy>(v: Option<&str>, what: &str, options: &[(&str, T)]) -> Result<T, ApiError> {
+    let v = v.unwrap_or(options[0].0);
+    options
+        .iter()
+        .find(|(name, _)| *name == v)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| {
+            let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+            ApiError::invalid(format!("{what} {v:?} must be one of {}", names.join(", ")))
+        })
+}
+
 fn selector_kind(t: Option<&str>) -> Result<TimeKind, ApiError> {
-    match t {
-        None | Some("SERVER_TIMESTAMP") => Ok(TimeKind::Server),
-        Some("PRODUCER_TIMESTAMP") => Ok(TimeKind::Producer),
-        Some(other) => Err(ApiError::invalid(format!(
-            "FragmentSelectorType {other:?} must be PRODUCER_TIMESTAMP or SERVER_TIMESTAMP"
-        ))),
-    }
+    choice(
+        t,
+        "FragmentSelectorType",
+        &[
+            ("SERVER_TIMESTAMP", TimeKind::Server),
+            ("PRODUCER_TIMESTAMP", TimeKind::Producer),
+        ],
+    )
 }
 
 fn always_never(v: Option<&str>, what: &str) -> Result<bool, ApiError> {
-    match v {
-        None | Some("NEVER") => Ok(false),
-        Some("ALWAYS") => Ok(true),
-        Some(other) => Err(ApiError::invalid(format!(
-            "{what} {other:?} must be ALWAYS or NEVER"
-        ))),
-    }
+    choice(v, what, &[("NEVER", false), ("ALWAYS", true)])
 }
 
 struct Request<'a> {
@@ -214,16 +222,15 @@ async fn new_session(
     req: Request<'_>,
     protocol: Protocol,
 ) -> Result<Session, ApiError> {
-    let mode = match req.mode {
-        None | Some("LIVE") => Mode::Live,
-        Some("LIVE_REPLAY") => Mode::LiveReplay,
-        Some("ON_DEMAND") => Mode::OnDemand,
-        Some(other) => {
-            return Err(ApiError::invalid(format!(
-                "PlaybackMode {other:?} must be LIVE, LIVE_REPLAY or ON_DEMAND"
-            )));
-        }
-    };
+    let mode = choice(
+        req.mode,
+        "PlaybackMode",
+        &[
+            ("LIVE", Mode::Live),
+            ("LIVE_REPLAY", Mode::LiveReplay),
+            ("ON_DEMAND", Mode::OnDemand),
+        ],
+    )?;
     let kind = selector_kind(
         req.selector
             .and_then(|s| s.fragment_selector_type.as_deref()),
@@ -364,25 +371,23 @@ pub(crate) async fn get_hls_streaming_session_url(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let input: HlsInput = parse(&body)?;
-    let container = match input.container_format.as_deref() {
-        None | Some("FRAGMENTED_MP4") => Container::FragmentedMp4,
-        Some("MPEG_TS") => Container::MpegTs,
-        Some(other) => {
-            return Err(ApiError::invalid(format!(
-                "ContainerFormat {other:?} must be FRAGMENTED_MP4 or MPEG_TS"
-            )));
-        }
-    };
-    let discontinuity = match input.discontinuity_mode.as_deref() {
-        None | Some("ALWAYS") => Discontinuity::Always,
-        Some("NEVER") => Discontinuity::Never,
-        Some("ON_DISCONTINUITY") => Discontinuity::OnDiscontinuity,
-        Some(other) => {
-            return Err(ApiError::invalid(format!(
-                "DiscontinuityMode {other:?} must be ALWAYS, NEVER or ON_DISCONTINUITY"
-            )));
-        }
-    };
+    let container = choice(
+        input.container_format.as_deref(),
+        "ContainerFormat",
+        &[
+            ("FRAGMENTED_MP4", Container::FragmentedMp4),
+            ("MPEG_TS", Container::MpegTs),
+        ],
+    )?;
+    let discontinuity = choice(
+        input.discontinuity_mode.as_deref(),
+        "DiscontinuityMode",
+        &[
+            ("ALWAYS", Discontinuity::Always),
+            ("NEVER", Discontinuity::Never),
+            ("ON_DISCONTINUITY", Discontinuity::OnDiscontinuity),
+        ],
+    )?;
     let program_date_time = always_never(
         input.display_fragment_timestamp.as_deref(),
         "DisplayFragmentTimestamp",

@@ -177,3 +177,15 @@ pub fn tokio_stream<T: Send + 'static>(
 ) -> impl futures::Stream<Item = T> + Send {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+/// Complete PutMedia ACK lines from a response body chunk: `buf` keeps a
+/// partial line until its end arrives.
+pub fn ack_lines(buf: &mut Vec<u8>, data: &[u8]) -> Vec<serde_json::Value> {
+    buf.extend_from_slice(data);
+    let mut out = Vec::new();
+    while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+        let line: Vec<u8> = buf.drain(..=pos).collect();
+        out.push(serde_json::from_slice(&line).unwrap_or_default());
+    }
+    out
+}

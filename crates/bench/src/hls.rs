@@ -31,8 +31,8 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 mod common;
 use common::{
-    BoxBody, HttpClient, KEY, SECRET, call, make_clip, percentile, split_clusters, start_server,
-    tokio_stream,
+    BoxBody, HttpClient, KEY, SECRET, ack_lines, call, make_clip, percentile, split_clusters,
+    start_server, tokio_stream,
 };
 
 /// A clip frame: presentation time (ms from the clip start), keyframe, data.
@@ -154,10 +154,7 @@ async fn put_media(
         let Ok(data) = frame?.into_data() else {
             continue;
         };
-        buf.extend_from_slice(&data);
-        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
-            let v: serde_json::Value = serde_json::from_slice(&line).unwrap_or_default();
+        for v in ack_lines(&mut buf, &data) {
             match v["EventType"].as_str() {
                 Some("PERSISTED") => {
                     let n = v["FragmentNumber"].as_str().unwrap_or("0").parse()?;

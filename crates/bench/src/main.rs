@@ -32,8 +32,8 @@ use tokio::sync::{Mutex, mpsc};
 
 mod common;
 use common::{
-    BoxBody, HttpClient, KEY, SECRET, ServerProc, call, cpu_seconds, make_clip, percentile,
-    signed_post, split_clusters, start_server, tokio_stream,
+    BoxBody, HttpClient, KEY, SECRET, ServerProc, ack_lines, call, cpu_seconds, make_clip,
+    percentile, signed_post, split_clusters, start_server, tokio_stream,
 };
 
 /// One real-time uploader. Returns PERSISTED latencies in milliseconds.
@@ -88,10 +88,7 @@ async fn upload(
         let Ok(data) = frame?.into_data() else {
             continue;
         };
-        buf.extend_from_slice(&data);
-        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
-            let v: serde_json::Value = serde_json::from_slice(&line).unwrap_or_default();
+        for v in ack_lines(&mut buf, &data) {
             match v["EventType"].as_str() {
                 Some("PERSISTED") => {
                     if let Some(t) = sent.lock().await.get(&fragment) {

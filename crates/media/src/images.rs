@@ -76,15 +76,14 @@ pub fn render_stills(req: &StillRequest<'_>) -> Result<Vec<Still>, SourceError> 
         .format(gst::Format::Time)
         .is_live(false)
         .build();
-    let dec = gst::ElementFactory::make(decoder)
-        .build()
-        .map_err(|e| fail(&e))?;
-    let convert = gst::ElementFactory::make("videoconvert")
-        .build()
-        .map_err(|e| fail(&e))?;
-    let scale = gst::ElementFactory::make("videoscale")
-        .build()
-        .map_err(|e| fail(&e))?;
+    let make = |name: &str| {
+        gst::ElementFactory::make(name)
+            .build()
+            .map_err(|e| fail(&e))
+    };
+    let dec = make(decoder)?;
+    let convert = make("videoconvert")?;
+    let scale = make("videoscale")?;
     let mut raw = gst::Caps::builder("video/x-raw");
     if let Some(w) = req.width {
         raw = raw.field("width", w as i32);
