@@ -153,6 +153,13 @@ impl Writer {
             stamp(0x2, pts, &mut pes);
         }
         pes.extend(payload);
+        // A bounded PES (length set) can be handed on by a demuxer as soon
+        // as its last byte arrives, without waiting for the next PES: the
+        // last frame of a live segment plays before the next segment exists.
+        // Frames over 64 KiB keep the unbounded form video PES allow.
+        if let Ok(len) = u16::try_from(pes.len() - 6) {
+            pes[4..6].copy_from_slice(&len.to_be_bytes());
+        }
         let mut pos = 0;
         let mut first = true;
         while pos < pes.len() {
@@ -286,6 +293,12 @@ mod tests {
         assert!(first[5] & 0x40 != 0 && first[5] & 0x10 != 0);
         let body = &first[4 + 1 + first[4] as usize..];
         assert_eq!(&body[..4], &[0, 0, 1, 0xe0]);
+        // The PES length counts everything after the length field.
+        let pes_len = u16::from_be_bytes([body[4], body[5]]) as usize;
+        // Start code + NAL each: AUD (2), SPS (12), PPS (6), IDR (301).
+        let es_len = (4 + 2) + (4 + 12) + (4 + 6) + (4 + 301);
+        // Flags, header length, PTS and DTS, then the access unit.
+        assert_eq!(pes_len, 3 + 10 + es_len);
         let es = &body[9 + body[8] as usize..];
         assert_eq!(&es[..6], &[0, 0, 0, 1, 0x09, 0xf0]);
         assert_eq!(&es[6..11], &[0, 0, 0, 1, 0x67]);
