@@ -106,18 +106,7 @@ pub fn render_stills(req: &StillRequest<'_>) -> Result<Vec<Still>, SourceError> 
     .map_err(|e| fail(&e))?;
     let appsink = gst_app::AppSink::builder().sync(false).build();
     let pipeline = gst::Pipeline::new();
-    pipeline
-        .add_many([
-            appsrc.upcast_ref(),
-            &dec,
-            &convert,
-            &scale,
-            &filter,
-            &encoder,
-            appsink.upcast_ref(),
-        ])
-        .map_err(|e| fail(&e))?;
-    gst::Element::link_many([
+    let chain: [&gst::Element; 7] = [
         appsrc.upcast_ref(),
         &dec,
         &convert,
@@ -125,8 +114,9 @@ pub fn render_stills(req: &StillRequest<'_>) -> Result<Vec<Still>, SourceError> 
         &filter,
         &encoder,
         appsink.upcast_ref(),
-    ])
-    .map_err(|e| fail(&e))?;
+    ];
+    pipeline.add_many(chain).map_err(|e| fail(&e))?;
+    gst::Element::link_many(chain).map_err(|e| fail(&e))?;
 
     // Only the wanted frames go past the decoder.
     let wanted: BTreeSet<u64> = req
