@@ -280,16 +280,7 @@ async fn new_session(
             "the maximum fragment count must be between 1 and 5000",
         ));
     }
-    let info = st
-        .engine
-        .describe_stream(req.stream.name(), req.stream.arn())?;
-    if info.retention_hours == 0 {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "NoDataRetentionException",
-            format!("stream {} keeps no data (retention 0)", info.name),
-        ));
-    }
+    let info = archived(st, req.stream)?;
     let selection = Selection {
         mode,
         start_ms: start,
@@ -303,8 +294,7 @@ async fn new_session(
             "no fragments were found in the stream for the requested range",
         ));
     };
-    let (meta, object) = st.engine.fragment(&info.name, first.number).await?;
-    let frag = kinema_remux::parse_fragment(&object).map_err(media_error)?;
+    let (meta, frag) = load(st, &info.name, first.number).await?;
     Ok(Session {
         protocol,
         stream: info.name.clone(),
@@ -344,9 +334,7 @@ fn window(
             to_ms: selection.end_ms.unwrap_or(i64::MAX),
         },
     };
-    let (_, metas) = st
-        .engine
-        .playback_fragments(Some(stream), None, kind, span)?;
+    let metas = st.engine.playback_fragments(stream, kind, span)?;
     let candidates: Vec<Candidate> = metas
         .iter()
         .map(|m| Candidate {
@@ -445,11 +433,12 @@ pub(crate) async fn get_dash_streaming_session_url(
 
 type Params = Query<HashMap<String, String>>;
 
-fn session_of(
+/// The session named by the request's token, and the token.
+fn session_of<'q>(
     st: &AppState,
-    q: &HashMap<String, String>,
+    q: &'q HashMap<String, String>,
     protocol: Protocol,
-) -> Result<Session, ApiError> {
+) -> Result<(&'q str, Session), ApiError> {
     let token = q
         .get("SessionToken")
         .ok_or_else(|| forbidden("SessionToken is required"))?;
@@ -461,16 +450,12 @@ fn session_of(
     }
     // A stream deleted (or deleted and re-created) ends its sessions.
     match st.engine.describe_stream(Some(&s.stream), None) {
-        Ok(info) if info.id == s.stream_id => Ok(s),
+        Ok(info) if info.id == s.stream_id => Ok((token, s)),
         _ => Err(ApiError::not_found(format!(
             "stream {} no longer exists",
             s.stream
         ))),
     }
-}
-
-fn token(q: &HashMap<String, String>) -> &str {
-    q.get("SessionToken").map(String::as_str).unwrap_or("")
 }
 
 fn reply(
@@ -492,9 +477,9 @@ const NO_CACHE: &str = "no-cache";
 const IMMUTABLE: &str = "max-age=3600";
 
 pub(crate) async fn hls_master(State(st): St, Query(q): Params) -> Result<Response, ApiError> {
-    let s = session_of(&st, &q, Protocol::Hls)?;
+    let (t, s) = session_of(&st, &q, Protocol::Hls)?;
     let text = kinema_hls::master_playlist(
-        &format!("getHLSMediaPlaylist.m3u8?SessionToken={}", token(&q)),
+        &format!("getHLSMediaPlaylist.m3u8?SessionToken={t}"),
         s.bandwidth.max(1),
         &s.codecs,
         (s.width > 0 && s.height > 0).then_some((s.width, s.height)),
@@ -503,9 +488,8 @@ pub(crate) async fn hls_master(State(st): St, Query(q): Params) -> Result<Respon
 }
 
 pub(crate) async fn hls_media(State(st): St, Query(q): Params) -> Result<Response, ApiError> {
-    let s = session_of(&st, &q, Protocol::Hls)?;
+    let (t, s) = session_of(&st, &q, Protocol::Hls)?;
     let (ended, frags) = window(&st, &s.stream, s.kind, &s.selection, now_ms())?;
-    let t = token(&q);
     let segment_path = match s.container {
         Container::FragmentedMp4 => "getMP4MediaFragment.mp4",
         Container::MpegTs => "getTSFragment.ts",
@@ -536,13 +520,13 @@ pub(crate) async fn hls_media(State(st): St, Query(q): Params) -> Result<Respons
     ))
 }
 
-/// Loads and parses one fragment of the session's stream.
+/// Loads and parses one stored fragment of `stream`.
 async fn load(
     st: &AppState,
-    s: &Session,
+    stream: &str,
     number: u64,
 ) -> Result<(FragmentMeta, Fragment), ApiError> {
-    let (meta, object) = st.engine.fragment(&s.stream, number).await?;
+    let (meta, object) = st.engine.fragment(stream, number).await?;
     let frag = kinema_remux::parse_fragment(&object).map_err(media_error)?;
     Ok((meta, frag))
 }
@@ -558,8 +542,8 @@ async fn init_segment(
     q: &HashMap<String, String>,
     protocol: Protocol,
 ) -> Result<Response, ApiError> {
-    let s = session_of(st, q, protocol)?;
-    let frag = match load(st, &s, s.init_fragment).await {
+    let (_, s) = session_of(st, q, protocol)?;
+    let frag = match load(st, &s.stream, s.init_fragment).await {
         Ok((_, f)) => f,
         // Trimmed by retention: any fragment of the current window will do.
         Err(_) => {
@@ -567,7 +551,7 @@ async fn init_segment(
             let first = frags
                 .first()
                 .ok_or_else(|| ApiError::not_found("the session has no fragments left"))?;
-            load(st, &s, first.number).await?.1
+            load(st, &s.stream, first.number).await?.1
         }
     };
     Ok(reply(
@@ -583,14 +567,14 @@ async fn media_segment(
     protocol: Protocol,
     ts: bool,
 ) -> Result<Response, ApiError> {
-    let s = session_of(st, q, protocol)?;
+    let (_, s) = session_of(st, q, protocol)?;
     if ts != (s.container == Container::MpegTs) {
         return Err(ApiError::invalid(
             "the session uses the other container format",
         ));
     }
     let number = fragment_param(q)?;
-    let (meta, frag) = load(st, &s, number).await?;
+    let (meta, frag) = load(st, &s.stream, number).await?;
     let start = meta.time(s.kind) - s.origin_ms;
     let times = kinema_remux::timing(&frag, start, meta.duration_ms);
     if ts {
@@ -630,10 +614,9 @@ pub(crate) async fn dash_mp4(State(st): St, Query(q): Params) -> Result<Response
 }
 
 pub(crate) async fn dash_manifest(State(st): St, Query(q): Params) -> Result<Response, ApiError> {
-    let s = session_of(&st, &q, Protocol::Dash)?;
+    let (t, s) = session_of(&st, &q, Protocol::Dash)?;
     let now = now_ms();
     let (ended, frags) = window(&st, &s.stream, s.kind, &s.selection, now)?;
-    let t = token(&q);
     let manifest = kinema_hls::dash::Manifest {
         dynamic: !ended,
         origin_ms: s.origin_ms,
@@ -732,8 +715,7 @@ pub(crate) async fn get_clip(State(st): St, body: Bytes) -> Result<Response, Api
     let origin = frags[0].time(kind);
     let mut parts: Vec<(Fragment, i64, u32)> = Vec::with_capacity(frags.len());
     for meta in &frags {
-        let (_, object) = st.engine.fragment(&info.name, meta.number).await?;
-        let frag = kinema_remux::parse_fragment(&object).map_err(media_error)?;
+        let (_, frag) = load(&st, &info.name, meta.number).await?;
         if let Some((first, _, _)) = parts.first()
             && frag.track.config != first.track.config
         {
@@ -841,9 +823,8 @@ pub(crate) async fn get_images(State(st): St, body: Bytes) -> Result<Response, A
     let Some((&t_first, &t_last)) = times.first().zip(times.last()) else {
         return Ok(ok(json!({ "Images": [] })));
     };
-    let (_, metas) = st.engine.playback_fragments(
-        Some(&info.name),
-        None,
+    let metas = st.engine.playback_fragments(
+        &info.name,
         kind,
         PlaybackSpan::Range {
             from_ms: t_first,
@@ -871,8 +852,7 @@ pub(crate) async fn get_images(State(st): St, body: Bytes) -> Result<Response, A
     }
     for (meta, sample_times) in plan {
         let rendered = async {
-            let (_, object) = st.engine.fragment(&info.name, meta.number).await.ok()?;
-            let frag = kinema_remux::parse_fragment(&object).ok()?;
+            let (_, frag) = load(&st, &info.name, meta.number).await.ok()?;
             let base = meta.time(kind);
             let frames: Vec<EncodedFrame> = frag
                 .samples

@@ -209,20 +209,17 @@ async fn fetch_all(client: &HttpClient, master: &str) -> anyhow::Result<(f64, us
     let media = media_playlist(client, master).await?;
     let base = media.rsplit_once('/').context("url")?.0.to_string();
     let text = String::from_utf8_lossy(&get(client, &media).await?).into_owned();
-    let mut uris: Vec<String> = text
+    let mut uris: Vec<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\""))
-        .map(|l| l.trim_end_matches('"').to_string())
+        .map(|l| l.trim_end_matches('"'))
         .collect();
-    let segments = text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .count();
+    let inits = uris.len();
     uris.extend(
         text.lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .map(str::to_string),
+            .filter(|l| !l.starts_with('#') && !l.is_empty()),
     );
+    let segments = uris.len() - inits;
     let mut bytes = 0;
     for u in uris {
         bytes += get(client, &format!("{base}/{u}")).await?.len() as u64;
@@ -267,9 +264,8 @@ async fn remux_in_process(
     let store = kinema_store::Store::open_local(data_dir)?;
     let engine = kinema_engine::Engine::open(store, kinema_engine::EngineConfig::default()).await?;
     let t0 = Instant::now();
-    let (_, metas) = engine.playback_fragments(
-        Some(stream),
-        None,
+    let metas = engine.playback_fragments(
+        stream,
         kinema_engine::TimeKind::Producer,
         kinema_engine::PlaybackSpan::Range {
             from_ms: i64::MIN / 2,

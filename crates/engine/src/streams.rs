@@ -630,13 +630,11 @@ impl Engine {
     /// (starting at most one maximum fragment length before `from_ms`).
     pub fn playback_fragments(
         &self,
-        name: Option<&str>,
-        arn: Option<&str>,
+        name: &str,
         kind: TimeKind,
         span: PlaybackSpan,
-    ) -> Result<(StreamInfo, Vec<FragmentMeta>), EngineError> {
-        let stream = self.resolve(name, arn)?;
-        let info = stream.info();
+    ) -> Result<Vec<FragmentMeta>, EngineError> {
+        let stream = self.resolve(Some(name), None)?;
         let c = read(&stream.catalog);
         let mut out: Vec<FragmentMeta> = match span {
             PlaybackSpan::Newest(n) => c.iter().rev().take(n).copied().collect(),
@@ -649,7 +647,7 @@ impl Engine {
         };
         drop(c);
         out.sort_by_key(|f| (f.time(kind), f.number));
-        Ok((info, out))
+        Ok(out)
     }
 
     /// One stored fragment and its object, by number.

@@ -247,17 +247,10 @@ pub fn parse_fragment(object: &[u8]) -> Result<Fragment, RemuxError> {
 
 /// Whether `data` is exactly a sequence of length-prefixed NAL units.
 fn nal_units_fit(data: &[u8], size: usize) -> bool {
-    let mut pos = 0;
-    while pos < data.len() {
-        let Some(prefix) = data.get(pos..pos + size) else {
-            return false;
-        };
-        let len = prefix
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
-        pos += size + len;
-    }
-    pos == data.len()
+    nal_units(data, size)
+        .map(|nal| size + nal.len())
+        .sum::<usize>()
+        == data.len()
 }
 
 /// The NAL units of a length-prefixed frame.
