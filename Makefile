@@ -25,9 +25,10 @@ run: setup
 	cargo build --release -p kinema-server -p gst-plugin-kinema
 	@echo "access key: $(KINEMA_ACCESS_KEY_ID)  secret: $(KINEMA_SECRET_ACCESS_KEY)"
 	@echo "demo camera: $(DEMO_SOURCE)  (GStreamer element: GST_PLUGIN_PATH=$(CARGO_TARGET_DIR)/release)"
+	@echo "bicycle events: KINEMA_ACCESS_KEY_ID=$(KINEMA_ACCESS_KEY_ID) KINEMA_SECRET_ACCESS_KEY=$(KINEMA_SECRET_ACCESS_KEY) $(CARGO_TARGET_DIR)/release/kinema events tail"
 	KINEMA_ACCESS_KEY_ID=$(KINEMA_ACCESS_KEY_ID) KINEMA_SECRET_ACCESS_KEY=$(KINEMA_SECRET_ACCESS_KEY) \
 		$(CARGO_TARGET_DIR)/release/kinema serve --listen $(LISTEN) --data-dir $(DATA_DIR) \
-		--source $(DEMO_SOURCE)
+		--config samples/demo.toml --source $(DEMO_SOURCE)
 
 lint:
 	cargo fmt --all --check

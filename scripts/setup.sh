@@ -67,4 +67,6 @@ if [ "$(cat "$BROWSER/node_modules/.kinema-lock" 2>/dev/null)" != "$lock_sum" ];
   (cd "$BROWSER" && npm ci --no-audit --no-fund --loglevel=error)
   echo "$lock_sum" > "$BROWSER/node_modules/.kinema-lock"
 fi
+# The detector model, ONNX Runtime and the sample photos (models/README.md).
+bash "$(cd "$(dirname "$0")/.." && pwd)/models/fetch.sh"
 echo "setup: ok"

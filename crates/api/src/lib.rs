@@ -3,6 +3,7 @@
 //! SigV4 before it reaches a handler; handlers translate JSON into engine
 //! calls and engine errors into AWS error shapes.
 
+mod detectors;
 pub mod error;
 mod kinesis;
 pub mod metrics;
@@ -42,6 +43,7 @@ pub struct AppState {
     pub engine: Engine,
     pub datastreams: kinema_engine::datastreams::DataStreams,
     pub sources: kinema_engine::sources::Sources,
+    pub detectors: kinema_engine::detection::Detectors,
     pub keys: KeyStore,
     pub metrics: Arc<Metrics>,
     /// HLS and DASH playback sessions.
@@ -70,6 +72,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/sources/{name}",
             get(sources::get).delete(sources::delete),
         )
+        .route("/v1/detectors", get(detectors::list))
+        .route(
+            "/v1/detectors/{stream}",
+            get(detectors::get)
+                .put(detectors::put)
+                .delete(detectors::delete),
+        )
+        .route("/v1/replay/{stream}", get(detectors::replay))
         .route(
             "/getHLSStreamingSessionURL",
             post(playback::get_hls_streaming_session_url),

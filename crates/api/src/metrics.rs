@@ -107,10 +107,105 @@ impl Collector for SourceCollector {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DetectorLabel {
+    stream: String,
+    model: String,
+}
+
+/// Detector figures, read from the detectors at each scrape.
+struct DetectorCollector(kinema_engine::detection::Detectors);
+
+impl std::fmt::Debug for DetectorCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DetectorCollector")
+    }
+}
+
+impl Collector for DetectorCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use kinema_engine::detection::DetectorStatus;
+        let statuses = self.0.list();
+        let label = |s: &DetectorStatus| DetectorLabel {
+            stream: s.stream.clone(),
+            model: s.model.clone(),
+        };
+        type Get = fn(&DetectorStatus) -> u64;
+        let counters: [(&str, &str, Get); 6] = [
+            (
+                "detector_fragments",
+                "Persisted fragments handed to the detector",
+                |s| s.fragments,
+            ),
+            (
+                "detector_fragments_dropped",
+                "Fragments skipped because the decoder was behind",
+                |s| s.fragments_dropped,
+            ),
+            (
+                "detector_frames_sampled",
+                "Decoded frames kept under the detection budget",
+                |s| s.frames_sampled,
+            ),
+            (
+                "detector_frames_inferred",
+                "Frames run through the model",
+                |s| s.frames_inferred,
+            ),
+            (
+                "detector_frames_dropped",
+                "Sampled frames dropped because inference fell behind",
+                |s| s.frames_dropped,
+            ),
+            ("detector_events", "Detection events published", |s| {
+                s.events
+            }),
+        ];
+        for (name, help, get) in counters {
+            let mut e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for s in &statuses {
+                ConstCounter::new(get(s)).encode(e.encode_family(&label(s))?)?;
+            }
+        }
+        type GetF = fn(&DetectorStatus) -> f64;
+        let gauges: [(&str, &str, GetF); 4] = [
+            ("detector_fps", "Frames analysed per second (recent)", |s| {
+                s.achieved_fps
+            }),
+            (
+                "detector_inference_ms",
+                "Mean ONNX Runtime time per analysed frame, ms",
+                |s| s.mean_inference_ms,
+            ),
+            (
+                "detector_pipeline_ms",
+                "Mean time from decoded frame to analysis done, ms",
+                |s| s.mean_pipeline_ms,
+            ),
+            (
+                "detector_in_view",
+                "Tracked objects of the counted classes in view",
+                |s| s.in_view as f64,
+            ),
+        ];
+        for (name, help, get) in gauges {
+            let mut e = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for s in &statuses {
+                ConstGauge::new(get(s)).encode(e.encode_family(&label(s))?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Metrics {
-    pub fn new(sources: kinema_engine::sources::Sources) -> Arc<Metrics> {
+    pub fn new(
+        sources: kinema_engine::sources::Sources,
+        detectors: kinema_engine::detection::Detectors,
+    ) -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("kinema");
         registry.register_collector(Box::new(SourceCollector(sources)));
+        registry.register_collector(Box::new(DetectorCollector(detectors)));
         let incoming_bytes = Family::<StreamLabel, Counter>::default();
         let incoming_fragments = Family::<StreamLabel, Counter>::default();
         let put_media_errors = Family::<ErrorLabel, Counter>::default();

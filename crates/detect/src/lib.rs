@@ -3,12 +3,16 @@
 //! keeps ids across frames, and counting (objects in view, crossings of a
 //! line with direction).
 //!
-//! Groundwork for the detection issue: the ONNX Runtime adapter and the
-//! event publisher will feed frames' outputs through here.
+//! The ONNX Runtime adapter (`kinema-infer`) decodes model outputs with the
+//! functions here; the engine's detection workers feed each analysed frame
+//! through an [`Analyzer`] and publish its [`Observation`]s as events.
 
+mod analyze;
+pub mod coco;
 mod count;
 mod track;
 
+pub use analyze::{Analyzer, AnalyzerConfig, Observation};
 pub use count::{Crossing, Direction, Line, LineCounter};
 pub use track::{Track, Tracker, TrackerConfig};
 

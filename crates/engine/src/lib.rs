@@ -5,6 +5,7 @@
 
 mod clock;
 pub mod datastreams;
+pub mod detection;
 pub mod sources;
 mod streams;
 
@@ -14,8 +15,8 @@ pub use kinema_archive::ingest::{
 };
 pub use kinema_archive::{FragmentMeta, TimeKind, fragment_number_string, parse_fragment_number};
 pub use streams::{
-    Engine, EngineConfig, FragmentReader, ListFragmentsPage, PlaybackSpan, PutMediaSession,
-    StartSelector, StreamInfo, StreamUpdate,
+    Engine, EngineConfig, FragmentReader, ListFragmentsPage, LiveFragment, PlaybackSpan,
+    PutMediaSession, StartSelector, StreamInfo, StreamUpdate,
 };
 
 /// Errors of the engine, each a condition the API maps to an AWS error shape.

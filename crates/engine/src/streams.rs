@@ -14,7 +14,7 @@ use kinema_archive::ingest::{
 use kinema_archive::{FragmentMeta, TimeKind};
 use kinema_store::{IndexLog, Store, StoreError};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, broadcast, watch};
 
 use crate::{EngineError, now_ms};
 
@@ -115,7 +115,23 @@ struct Inner {
     streams: RwLock<BTreeMap<String, Arc<Stream>>>,
     meta_lock: Mutex<()>,
     versions: AtomicU64,
+    /// Every persisted fragment, as it is persisted, for live consumers
+    /// inside the process (detection). A lagging receiver loses fragments;
+    /// ingest never waits for it.
+    live_fragments: broadcast::Sender<LiveFragment>,
 }
+
+/// A fragment just persisted, with its bytes (still in memory from ingest).
+#[derive(Debug, Clone)]
+pub struct LiveFragment {
+    pub stream: String,
+    pub meta: FragmentMeta,
+    /// The stored object: a self-contained Matroska file.
+    pub object: Bytes,
+}
+
+/// How many persisted fragments a live consumer may fall behind.
+const LIVE_FRAGMENTS_QUEUE: usize = 256;
 
 /// The engine handle: cheap to clone.
 #[derive(Clone)]
@@ -216,8 +232,14 @@ impl Engine {
                 streams: RwLock::new(streams),
                 meta_lock: Mutex::new(()),
                 versions: AtomicU64::new(0),
+                live_fragments: broadcast::channel(LIVE_FRAGMENTS_QUEUE).0,
             }),
         })
+    }
+
+    /// Fragments of every stream as they are persisted (see [`LiveFragment`]).
+    pub fn live_fragments(&self) -> broadcast::Receiver<LiveFragment> {
+        self.inner.live_fragments.subscribe()
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -538,15 +560,23 @@ impl Engine {
             return Ok(*stored);
         }
         let id = stream.id();
+        let object = frag.object;
         self.inner
             .store
-            .put_fragment(&id, number, frag.object)
+            .put_fragment(&id, number, object.clone())
             .await?;
         log.append(Record::Fragment(meta)).await?;
         write(&stream.catalog)
             .append(meta)
             .expect("numbers are assigned under the persist lock, so they always increase");
         stream.live.send_replace(number);
+        if self.inner.live_fragments.receiver_count() > 0 {
+            let _ = self.inner.live_fragments.send(LiveFragment {
+                stream: lock(&stream.info).name.clone(),
+                meta,
+                object,
+            });
+        }
         Ok(meta)
     }
 

@@ -7,8 +7,10 @@
 //! each access unit in AVC form with a Unix-time presentation timestamp, the
 //! end of the stream, or an error. Nothing is re-encoded: the depayloaded
 //! (or demuxed) H.264 is parsed into access units and passed on as it came.
-//! [`images`] decodes stored frames into JPEG or PNG stills (GetImages).
+//! [`images`] decodes stored frames into JPEG or PNG stills (GetImages);
+//! [`decode`] decodes live frames (and image files) to RGB for detection.
 
+pub mod decode;
 pub mod images;
 #[cfg(feature = "rtsp-server")]
 pub mod rtsp_server;

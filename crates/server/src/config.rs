@@ -18,6 +18,15 @@ pub const DEFAULT_MAX_FRAGMENT_SECONDS: u64 = 10;
 pub const DEFAULT_GET_MEDIA_IDLE_SECONDS: u64 = 3;
 pub const DEFAULT_GET_MEDIA_LIVE_IDLE_SECONDS: u64 = 30;
 pub const DEFAULT_MAX_RECORD_KIB: u64 = 1024;
+pub const DEFAULT_EVENTS_STREAM: &str = "kinema-events";
+pub const DEFAULT_EVENTS_SHARDS: u32 = 1;
+pub const DEFAULT_INTRA_THREADS: usize = 2;
+pub const DEFAULT_INFERENCE_WORKERS: usize = 1;
+pub const DEFAULT_QUEUE_FRAMES: usize = 2;
+/// Where `models/fetch.sh` caches the model and the ONNX Runtime library.
+pub const DEFAULT_MODELS_DIR: &str = ".cache/kinema/models";
+pub const DEFAULT_MODEL_FILE: &str = "ssdlite_mobilenet_v2_coco.onnx";
+pub const DEFAULT_RUNTIME_FILE: &str = "libonnxruntime.so";
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +42,23 @@ pub struct Config {
     /// Cameras the server pulls (RTSP) or files it loops as cameras.
     #[serde(default)]
     pub sources: Vec<kinema_engine::sources::SourceConfig>,
+    #[serde(default)]
+    pub detection: DetectionConfig,
+    /// Detectors by video stream name: `[detectors.<stream>]`.
+    #[serde(default)]
+    pub detectors: std::collections::BTreeMap<String, kinema_engine::detection::DetectorSettings>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DetectionConfig {
+    pub runtime_library: Option<PathBuf>,
+    pub default_model: Option<PathBuf>,
+    pub intra_threads: Option<usize>,
+    pub workers: Option<usize>,
+    pub queue_frames: Option<usize>,
+    pub events_stream: Option<String>,
+    pub events_shards: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -97,6 +123,18 @@ pub struct Resolved {
     pub retention_check_seconds: u64,
     pub sources: Vec<kinema_engine::sources::SourceConfig>,
     pub playback_sessions_per_stream: usize,
+    /// Detection settings; `public_url` is filled in once the server is bound.
+    pub detection: kinema_engine::detection::DetectionConfig,
+    pub detectors: Vec<(String, kinema_engine::detection::DetectorSettings)>,
+}
+
+/// `~/.cache/kinema/models/<file>`, unless `env` names another path.
+fn model_path(env: &str, file: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env).filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_default();
+    Path::new(&home).join(DEFAULT_MODELS_DIR).join(file)
 }
 
 impl Config {
@@ -172,6 +210,33 @@ impl Config {
                 .unwrap_or(DEFAULT_RETENTION_CHECK_SECONDS)
                 .max(1),
             sources: self.sources.clone(),
+            detection: {
+                let d = &self.detection;
+                kinema_engine::detection::DetectionConfig {
+                    runtime_library: d
+                        .runtime_library
+                        .clone()
+                        .unwrap_or_else(|| model_path("ORT_DYLIB_PATH", DEFAULT_RUNTIME_FILE)),
+                    default_model: d
+                        .default_model
+                        .clone()
+                        .unwrap_or_else(|| model_path("KINEMA_MODEL", DEFAULT_MODEL_FILE)),
+                    intra_threads: d.intra_threads.unwrap_or(DEFAULT_INTRA_THREADS).max(1),
+                    workers: d.workers.unwrap_or(DEFAULT_INFERENCE_WORKERS).max(1),
+                    queue_frames: d.queue_frames.unwrap_or(DEFAULT_QUEUE_FRAMES).max(1),
+                    events_stream: d
+                        .events_stream
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_EVENTS_STREAM.into()),
+                    events_shards: d.events_shards.unwrap_or(DEFAULT_EVENTS_SHARDS).max(1),
+                    public_url: String::new(),
+                }
+            },
+            detectors: self
+                .detectors
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             playback_sessions_per_stream: v
                 .playback_sessions_per_stream
                 .unwrap_or(DEFAULT_PLAYBACK_SESSIONS_PER_STREAM),
@@ -201,6 +266,18 @@ mod tests {
             r.sources[0].transport,
             kinema_engine::sources::SourceTransport::Tcp
         );
+        assert_eq!(r.detection.events_stream, "kinema-events");
+        assert_eq!(r.detection.intra_threads, 2);
+        assert_eq!(r.detectors.len(), 1);
+        let (stream, d) = &r.detectors[0];
+        assert_eq!(stream, "front-door");
+        assert_eq!(d.classes, ["bicycle"]);
+        assert_eq!(d.lines.len(), 1);
+        assert_eq!(d.lines[0].from, [0.5, 0.2]);
+        assert!((d.threshold - 0.4).abs() < 1e-6);
+        let demo = Config::parse(include_str!("../../../samples/demo.toml"))
+            .expect("samples/demo.toml parses");
+        assert!(demo.detectors.contains_key("market-street"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! wires the store, the engine and the HTTP API into a running server.
 
 pub mod config;
+pub mod events;
 pub mod put_media;
 
 use std::sync::Arc;
@@ -40,13 +41,27 @@ pub async fn run(
     }
     let sources =
         kinema_engine::sources::Sources::start(engine.clone(), cfg.sources.clone()).await?;
+    let addr = listener.local_addr()?;
+    let mut detection = cfg.detection.clone();
+    detection.public_url = cfg
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let detectors = kinema_engine::detection::Detectors::start(
+        engine.clone(),
+        datastreams.clone(),
+        detection,
+        cfg.detectors.clone(),
+    )
+    .await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = Arc::new(AppState {
         engine: engine.clone(),
         datastreams,
         sources: sources.clone(),
+        detectors: detectors.clone(),
         keys: KeyStore::new(cfg.keys.clone()),
-        metrics: Metrics::new(sources.clone()),
+        metrics: Metrics::new(sources.clone(), detectors.clone()),
         public_url: cfg.public_url.clone(),
         playback: kinema_api::playback::Sessions::new(cfg.playback_sessions_per_stream),
         shutdown: stop_rx.clone(),
@@ -81,7 +96,6 @@ pub async fn run(
             }
         }
     });
-    let addr = listener.local_addr()?;
     tracing::info!(data_dir = %cfg.data_dir.display(), "listening on http://{addr}");
     let result = kinema_api::serve(listener, state, async move {
         shutdown.await;
@@ -90,6 +104,7 @@ pub async fn run(
     })
     .await;
     sources.shutdown().await;
+    detectors.shutdown().await;
     let _ = retention.await;
     let _ = ds_retention.await;
     Ok(result?)

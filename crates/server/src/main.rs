@@ -39,6 +39,15 @@ enum Command {
     },
     /// Upload a Matroska file (or standard input) to a stream with PutMedia.
     PutMedia(put_media::Args),
+    /// Detection events on the data stream.
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Print events as JSON lines as they arrive.
+    Tail(kinema_server::events::TailArgs),
 }
 
 fn env_key() -> Option<(String, String)> {
@@ -96,6 +105,9 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Command::PutMedia(args) => rt.block_on(put_media::run(args, env_key())),
+        Command::Events(EventsCommand::Tail(args)) => {
+            rt.block_on(kinema_server::events::tail(args, env_key()))
+        }
     }
 }
 

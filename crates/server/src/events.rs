@@ -1,0 +1,121 @@
+//! `kinema events tail`: prints detection events (or any data stream's
+//! records) as JSON lines while they arrive, reading every open shard with
+//! the Kinesis consumer API (ListShards, GetShardIterator, GetRecords).
+
+use std::time::Duration;
+
+use anyhow::bail;
+use base64::Engine as _;
+use kinema_client::Client;
+use serde_json::{Value, json};
+
+#[derive(clap::Args, Debug)]
+pub struct TailArgs {
+    /// Data stream to read (the server's `[detection] events_stream`).
+    #[arg(long, default_value = crate::config::DEFAULT_EVENTS_STREAM)]
+    pub stream: String,
+    /// Only events of this camera (video stream); all cameras by default.
+    #[arg(long)]
+    pub camera: Option<String>,
+    /// Start at the oldest stored event instead of new ones only.
+    #[arg(long)]
+    pub from_start: bool,
+    /// Stop after this many events (default: run until interrupted).
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Kinema's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:4566")]
+    pub endpoint: String,
+    /// Access key id (default: KINEMA_ACCESS_KEY_ID).
+    #[arg(long)]
+    pub access_key: Option<String>,
+    /// Secret access key (default: KINEMA_SECRET_ACCESS_KEY).
+    #[arg(long)]
+    pub secret_key: Option<String>,
+}
+
+/// How long to wait between polls of a shard that returned nothing.
+const IDLE_POLL: Duration = Duration::from_millis(200);
+
+pub async fn tail(args: TailArgs, env_key: Option<(String, String)>) -> anyhow::Result<()> {
+    let (key, secret) = match (args.access_key.clone(), args.secret_key.clone(), env_key) {
+        (Some(k), Some(s), _) => (k, s),
+        (_, _, Some(pair)) => pair,
+        _ => bail!(
+            "no credentials: pass --access-key/--secret-key or set KINEMA_ACCESS_KEY_ID/KINEMA_SECRET_ACCESS_KEY"
+        ),
+    };
+    let client = Client::new(&args.endpoint, &key, &secret);
+    // Wait for the stream: the server creates it with the first event.
+    let shards = loop {
+        match client
+            .kinesis("ListShards", json!({ "StreamName": args.stream }))
+            .await
+        {
+            Ok(v) => break v["Shards"].as_array().cloned().unwrap_or_default(),
+            Err(kinema_client::ClientError::Service { kind, .. })
+                if kind == "ResourceNotFoundException" =>
+            {
+                eprintln!("waiting for data stream {} to exist...", args.stream);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let start = if args.from_start {
+        "TRIM_HORIZON"
+    } else {
+        "LATEST"
+    };
+    let mut iterators = Vec::new();
+    for s in &shards {
+        if s["SequenceNumberRange"]["EndingSequenceNumber"].is_string() {
+            continue; // closed shard
+        }
+        let it = client
+            .kinesis(
+                "GetShardIterator",
+                json!({ "StreamName": args.stream, "ShardId": s["ShardId"], "ShardIteratorType": start }),
+            )
+            .await?;
+        iterators.push(it["ShardIterator"].as_str().map(str::to_string));
+    }
+    let mut printed = 0u64;
+    loop {
+        let mut any = false;
+        for it in iterators.iter_mut() {
+            let Some(current) = it.clone() else { continue };
+            let page = client
+                .kinesis(
+                    "GetRecords",
+                    json!({ "ShardIterator": current, "Limit": 1000 }),
+                )
+                .await?;
+            *it = page["NextShardIterator"].as_str().map(str::to_string);
+            for r in page["Records"].as_array().into_iter().flatten() {
+                any = true;
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(r["Data"].as_str().unwrap_or_default())
+                    .unwrap_or_default();
+                let event: Value = serde_json::from_slice(&data)
+                    .unwrap_or_else(|_| json!(String::from_utf8_lossy(&data)));
+                if let Some(cam) = &args.camera
+                    && event["stream"].as_str() != Some(cam)
+                {
+                    continue;
+                }
+                println!("{event}");
+                printed += 1;
+                if args.count.is_some_and(|c| printed >= c) {
+                    return Ok(());
+                }
+            }
+        }
+        if iterators.iter().all(Option::is_none) {
+            return Ok(());
+        }
+        if !any {
+            tokio::time::sleep(IDLE_POLL).await;
+        }
+    }
+}
