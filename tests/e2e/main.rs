@@ -4,6 +4,7 @@
 
 mod architecture;
 mod datastreams;
+mod detection;
 mod groups;
 mod kinemasink;
 mod playback;

@@ -122,12 +122,15 @@ impl LiveDecoder {
             .field("codec_data", gst::Buffer::from_slice(config.to_vec()))
             .build();
         // A small input queue that blocks the pushing thread when full: the
-        // caller's own thread, never ingest, waits for the decoder.
+        // caller's own thread, never ingest, waits for the decoder (which
+        // waits for whoever consumes its frames), so back-pressure reaches
+        // the caller's own backlog instead of piling frames up in here.
         let appsrc = gst_app::AppSrc::builder()
             .caps(&caps)
             .format(gst::Format::Time)
             .is_live(false)
             .block(true)
+            .max_buffers(4)
             .max_bytes(8 << 20)
             .build();
         let dec = gst::ElementFactory::make(decoder)
