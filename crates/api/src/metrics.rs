@@ -154,7 +154,7 @@ impl Collector for DetectorCollector {
             ),
             (
                 "detector_frames_dropped",
-                "Sampled frames dropped because inference fell behind",
+                "Frames of waiting fragments dropped because inference fell behind",
                 |s| s.frames_dropped,
             ),
             ("detector_events", "Detection events published", |s| {

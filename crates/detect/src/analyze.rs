@@ -117,8 +117,11 @@ impl Analyzer {
         }
         let in_view = self.in_view();
         let changed = self.last_count != Some(in_view);
+        // Media time going backwards (a new producer session) restarts the
+        // period instead of holding it back.
         let due = self.cfg.count_interval_ms > 0
-            && ts_ms.saturating_sub(self.last_count_ms) >= self.cfg.count_interval_ms;
+            && (ts_ms < self.last_count_ms
+                || ts_ms.saturating_sub(self.last_count_ms) >= self.cfg.count_interval_ms);
         if changed || due {
             out.push(Observation::Count {
                 in_view,

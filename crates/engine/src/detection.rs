@@ -37,6 +37,8 @@ const META_DOC: &str = "detectors";
 const DECODE_BACKLOG: usize = 4;
 /// Events waiting for the publisher before workers wait.
 const EVENT_BACKLOG: usize = 4096;
+/// How long shutdown waits for queued events to be written.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 /// Records per PutRecords-style batch (the Kinesis limit).
 const EVENT_BATCH: usize = 500;
 
@@ -287,8 +289,9 @@ impl Backlog {
     }
 }
 
-/// Decoded frames waiting for inference, per stream, oldest dropped first;
-/// a stream is handed to one worker at a time so its frames stay in order.
+/// Decoded frames waiting for inference, per stream (a small queue its
+/// decoder waits on when full); a stream is handed to one worker at a time
+/// so its frames stay in order.
 struct WorkQueue {
     state: Mutex<QueueState>,
     ready: Condvar,
@@ -395,6 +398,8 @@ struct Inner {
     cfg: DetectionConfig,
     runtime: Mutex<Option<Result<Arc<Runtime>, String>>>,
     running: Mutex<BTreeMap<String, Arc<Running>>>,
+    /// Serialises run-time changes (replace, delete, save).
+    changes: tokio::sync::Mutex<()>,
     queue: Arc<WorkQueue>,
     sink: Arc<EventSink>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -442,6 +447,7 @@ impl Detectors {
             cfg,
             runtime: Mutex::new(None),
             running: Mutex::default(),
+            changes: tokio::sync::Mutex::new(()),
             queue: queue.clone(),
             sink: Arc::new(EventSink {
                 events: events_tx,
@@ -625,17 +631,24 @@ impl Detectors {
         settings: DetectorSettings,
     ) -> Result<DetectorStatus, EngineError> {
         settings.validate().map_err(EngineError::InvalidArgument)?;
-        if !valid_stream_name(stream) {
+        if !crate::streams::valid_name(stream) {
             return Err(EngineError::InvalidArgument(format!(
                 "invalid stream name {stream:?}"
             )));
         }
-        let run = self.launch(stream, settings, "api");
+        let _changes = self.inner.changes.lock().await;
+        // Loading a model takes a while: not on the async runtime's threads.
+        let this = self.clone();
+        let name = stream.to_string();
+        let run = tokio::task::spawn_blocking(move || this.launch(&name, settings, "api"))
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
         self.save().await?;
         Ok(status(&run))
     }
 
     pub async fn delete(&self, stream: &str) -> Result<DetectorStatus, EngineError> {
+        let _changes = self.inner.changes.lock().await;
         let old = self.stop_one(stream).ok_or_else(|| {
             EngineError::ResourceNotFound(format!("no detector for stream {stream}"))
         })?;
@@ -683,6 +696,9 @@ impl Detectors {
             r.stop.store(true, Ordering::SeqCst);
         }
         self.inner.queue.stop();
+        // The publisher drains what is queued (for a bounded time) and
+        // ends, which also frees any worker waiting to hand it an event.
+        let _ = self.inner.stop.send(true);
         let threads = std::mem::take(&mut *lock(&self.inner.threads));
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
@@ -690,19 +706,11 @@ impl Detectors {
             }
         })
         .await;
-        let _ = self.inner.stop.send(true);
         let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
     }
-}
-
-fn valid_stream_name(name: &str) -> bool {
-    (1..=256).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
 }
 
 fn status(r: &Running) -> DetectorStatus {
@@ -791,6 +799,38 @@ async fn route(mut rx: broadcast::Receiver<LiveFragment>, inner: std::sync::Weak
     }
 }
 
+/// The budget: keeps frames so that on average one is kept every
+/// `interval` of media time (a frame up to half an interval early counts,
+/// so 30 a second of 29.97 fps video keeps every frame); a jump in time
+/// (a new producer session, a gap) starts the schedule again.
+#[derive(Default)]
+struct Sampler {
+    next_due: Option<i64>,
+    last: Option<i64>,
+}
+
+impl Sampler {
+    fn keep(&mut self, pts: i64, interval: i64) -> bool {
+        let restart = match (self.next_due, self.last) {
+            (Some(next), Some(last)) => pts < last || pts > next.saturating_add(interval),
+            _ => true,
+        };
+        let due = restart
+            || self
+                .next_due
+                .is_some_and(|n| pts.saturating_add(interval / 2) > n);
+        if due {
+            self.next_due = Some(if restart {
+                pts.saturating_add(interval)
+            } else {
+                self.next_due.unwrap_or(pts).saturating_add(interval)
+            });
+        }
+        self.last = Some(pts);
+        due
+    }
+}
+
 /// One stream's decoder thread: fragments in, sampled RGB frames out to the
 /// work queue. A new codec configuration starts a new decoder.
 fn decode_loop(det: Arc<Running>, queue: Arc<WorkQueue>) {
@@ -800,7 +840,7 @@ fn decode_loop(det: Arc<Running>, queue: Arc<WorkQueue>) {
     let (w, h) = detector.input_size();
     let interval_ns = (1e9 / f64::from(det.settings.detections_per_second)) as i64;
     let mut decoder: Option<LiveDecoder> = None;
-    let last_kept: Arc<Mutex<Option<i64>>> = Arc::default();
+    let sampler: Arc<Mutex<Sampler>> = Arc::default();
     while !det.stop.load(Ordering::SeqCst) {
         let Some(frag) = det.backlog.pop(Duration::from_millis(200)) else {
             continue;
@@ -823,13 +863,11 @@ fn decode_loop(det: Arc<Running>, queue: Arc<WorkQueue>) {
         let config = &parsed.track.config;
         if !decoder.as_ref().is_some_and(|d| d.accepts(codec, config)) {
             decoder = None;
-            let keep_last = last_kept.clone();
+            let keep_state = sampler.clone();
             let keep_det = det.clone();
             let keep = Arc::new(move |pts: i64| {
-                let mut last = lock(&keep_last);
-                let due = last.is_none_or(|l| pts >= l + interval_ns || pts < l);
+                let due = lock(&keep_state).keep(pts, interval_ns);
                 if due {
-                    *last = Some(pts);
                     keep_det.stats.sampled.fetch_add(1, Ordering::Relaxed);
                 }
                 due
@@ -853,15 +891,15 @@ fn decode_loop(det: Arc<Running>, queue: Arc<WorkQueue>) {
                 }
             }
         }
-        let base_ns = frag.meta.producer_ms * 1_000_000;
+        let base_ns = frag.meta.producer_ms.saturating_mul(1_000_000);
         for s in &parsed.samples {
             let frame = EncodedFrame {
-                pts_ns: base_ns + s.offset_ns,
+                pts_ns: base_ns.saturating_add(s.offset_ns),
                 keyframe: s.keyframe,
                 data: s.data.clone(),
             };
             if let Some(d) = &decoder
-                && let Err(e) = d.push(&frame)
+                && let Err(e) = d.push(&frame, &|| det.stop.load(Ordering::SeqCst))
             {
                 tracing::warn!(stream = %det.stream, error = %e, "decoder failed; restarting at the next fragment");
                 decoder = None;
@@ -896,6 +934,8 @@ fn analyse(job: Job) {
             return;
         }
     };
+    // A failure of an earlier frame (a decoder restart, say) is over.
+    lock(&det.error).take();
     let ts_ms = job.frame.pts_ns.div_euclid(1_000_000);
     let observations = lock(&det.analyzer).observe(ts_ms, &inference.detections);
     let in_view = lock(&det.analyzer).in_view();
@@ -1071,23 +1111,16 @@ async fn publish(
 ) {
     let mut batch: Vec<Event> = Vec::new();
     loop {
+        if *stop.borrow() {
+            break;
+        }
         if batch.is_empty() {
             tokio::select! {
                 e = rx.recv() => match e {
                     Some(e) => batch.push(e),
                     None => return,
                 },
-                _ = stop.changed() => {
-                    while let Ok(e) = rx.try_recv() {
-                        batch.push(e);
-                    }
-                    while !batch.is_empty() {
-                        if !put_batch(&ds, &name, shards, &mut batch).await {
-                            return;
-                        }
-                    }
-                    return;
-                }
+                _ = stop.changed() => break,
             }
         }
         while batch.len() < EVENT_BATCH {
@@ -1097,8 +1130,28 @@ async fn publish(
             }
         }
         if !put_batch(&ds, &name, shards, &mut batch).await {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+    // Shutting down: write what is queued, for a bounded time.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
+    rx.close();
+    while let Ok(e) = rx.try_recv() {
+        batch.push(e);
+    }
+    while !batch.is_empty() && tokio::time::Instant::now() < deadline {
+        if !put_batch(&ds, &name, shards, &mut batch).await {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+    if !batch.is_empty() {
+        tracing::error!(
+            events = batch.len(),
+            "detection events not published at shutdown"
+        );
     }
 }
 
@@ -1146,5 +1199,51 @@ async fn put_batch(ds: &DataStreams, name: &str, shards: u32, batch: &mut Vec<Ev
             tracing::error!(stream = name, error = %e, "publishing detection events failed");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sampler;
+
+    /// Kept frames of `n` frames at 29.97 fps (millisecond times).
+    fn kept(per_second: f64, n: i64) -> usize {
+        let interval = (1e9 / per_second) as i64;
+        let mut s = Sampler::default();
+        (0..n)
+            .filter(|i| {
+                s.keep(
+                    i * 1_000_000_000 * 1001 / 30_000 / 1_000_000 * 1_000_000,
+                    interval,
+                )
+            })
+            .count()
+    }
+
+    #[test]
+    fn the_budget_keeps_the_asked_rate_on_average() {
+        assert_eq!(
+            kept(30.0, 300),
+            300,
+            "30 a second of 29.97 fps: every frame"
+        );
+        let ten = kept(10.0, 300);
+        assert!((99..=101).contains(&ten), "{ten}");
+        let five = kept(5.0, 300);
+        assert!((49..=51).contains(&five), "{five}");
+    }
+
+    #[test]
+    fn a_jump_in_time_restarts_the_schedule() {
+        let mut s = Sampler::default();
+        let iv = 200_000_000;
+        assert!(s.keep(10_000_000_000, iv));
+        assert!(!s.keep(10_033_000_000, iv));
+        // Back in time (a new session): kept at once.
+        assert!(s.keep(1_000_000_000, iv));
+        // Far ahead (a gap): kept at once, then the schedule follows it.
+        assert!(s.keep(50_000_000_000, iv));
+        assert!(!s.keep(50_100_000_000, iv));
+        assert!(s.keep(50_200_000_000, iv));
     }
 }

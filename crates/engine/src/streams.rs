@@ -139,7 +139,8 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
-fn valid_name(name: &str) -> bool {
+/// A valid video stream name (the service's pattern `[a-zA-Z0-9_.-]+`, 1-256).
+pub(crate) fn valid_name(name: &str) -> bool {
     (1..=256).contains(&name.len())
         && name
             .bytes()

@@ -27,6 +27,9 @@ pub struct DecodedFrame {
     pub rgb: Vec<u8>,
 }
 
+/// Frames waiting in a live decoder's input before `push` waits.
+const INPUT_QUEUE: u64 = 4;
+
 /// Decides, by presentation time (ns), which decoded frames are converted.
 pub type KeepFn = Arc<dyn Fn(i64) -> bool + Send + Sync>;
 /// Receives each kept frame on GStreamer's streaming thread.
@@ -95,6 +98,8 @@ fn frame_of(sample: &gst::Sample, width: u32, height: u32) -> Option<DecodedFram
 pub struct LiveDecoder {
     pipeline: gst::Pipeline,
     appsrc: gst_app::AppSrc,
+    /// Set by the bus when the pipeline fails: nothing drains the input then.
+    failed: Arc<std::sync::atomic::AtomicBool>,
     codec_id: String,
     config: Vec<u8>,
 }
@@ -121,17 +126,14 @@ impl LiveDecoder {
             .field("alignment", "au")
             .field("codec_data", gst::Buffer::from_slice(config.to_vec()))
             .build();
-        // A small input queue that blocks the pushing thread when full: the
-        // caller's own thread, never ingest, waits for the decoder (which
-        // waits for whoever consumes its frames), so back-pressure reaches
-        // the caller's own backlog instead of piling frames up in here.
+        // A small input queue; `push` waits while it is full: the caller's
+        // own thread, never ingest, waits for the decoder (which waits for
+        // whoever consumes its frames), so back-pressure reaches the
+        // caller's own backlog instead of piling frames up in here.
         let appsrc = gst_app::AppSrc::builder()
             .caps(&caps)
             .format(gst::Format::Time)
             .is_live(false)
-            .block(true)
-            .max_buffers(4)
-            .max_bytes(8 << 20)
             .build();
         let dec = gst::ElementFactory::make(decoder)
             .build()
@@ -167,12 +169,24 @@ impl LiveDecoder {
                 })
                 .build(),
         );
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if let Some(bus) = pipeline.bus() {
+            let failed = failed.clone();
+            bus.set_sync_handler(move |_, msg| {
+                if let gst::MessageView::Error(e) = msg.view() {
+                    tracing::warn!(error = %e.error(), "detection decoder failed");
+                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                gst::BusSyncReply::Pass
+            });
+        }
         pipeline
             .set_state(gst::State::Playing)
             .map_err(|e| fail(&e))?;
         Ok(LiveDecoder {
             pipeline,
             appsrc,
+            failed,
             codec_id: codec_id.to_string(),
             config: config.to_vec(),
         })
@@ -183,14 +197,26 @@ impl LiveDecoder {
         self.codec_id == codec_id && self.config == config
     }
 
-    /// Feeds one frame (decode order). Fails once the pipeline has failed,
-    /// with the decoder's error: start a new decoder then.
-    pub fn push(&self, frame: &EncodedFrame) -> Result<(), SourceError> {
-        if let Some(bus) = self.pipeline.bus()
-            && let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error])
-            && let gst::MessageView::Error(e) = msg.view()
-        {
-            return Err(SourceError::Pipeline(format!("decoder: {}", e.error())));
+    /// Feeds one frame (decode order), waiting while the input queue is
+    /// full. Fails once the pipeline has failed (start a new decoder then)
+    /// or when `cancelled` says so while waiting.
+    pub fn push(
+        &self,
+        frame: &EncodedFrame,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<(), SourceError> {
+        use std::sync::atomic::Ordering;
+        while self.appsrc.current_level_buffers() >= INPUT_QUEUE {
+            if self.failed.load(Ordering::SeqCst) {
+                break;
+            }
+            if cancelled() {
+                return Err(SourceError::Pipeline("cancelled".into()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(SourceError::Pipeline("the decoder failed".into()));
         }
         let mut buffer = gst::Buffer::from_slice(frame.data.clone());
         {

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use anyhow::bail;
 use base64::Engine as _;
 use kinema_client::Client;
 use serde_json::{Value, json};
@@ -38,13 +37,8 @@ pub struct TailArgs {
 const IDLE_POLL: Duration = Duration::from_millis(200);
 
 pub async fn tail(args: TailArgs, env_key: Option<(String, String)>) -> anyhow::Result<()> {
-    let (key, secret) = match (args.access_key.clone(), args.secret_key.clone(), env_key) {
-        (Some(k), Some(s), _) => (k, s),
-        (_, _, Some(pair)) => pair,
-        _ => bail!(
-            "no credentials: pass --access-key/--secret-key or set KINEMA_ACCESS_KEY_ID/KINEMA_SECRET_ACCESS_KEY"
-        ),
-    };
+    let (key, secret) =
+        crate::credentials(args.access_key.clone(), args.secret_key.clone(), env_key)?;
     let client = Client::new(&args.endpoint, &key, &secret);
     // Wait for the stream: the server creates it with the first event.
     let shards = loop {

@@ -14,6 +14,21 @@ use kinema_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// The access key pair of a client command: the flags, else the environment.
+pub fn credentials(
+    access_key: Option<String>,
+    secret_key: Option<String>,
+    env_key: Option<(String, String)>,
+) -> anyhow::Result<(String, String)> {
+    match (access_key, secret_key, env_key) {
+        (Some(k), Some(s), _) => Ok((k, s)),
+        (_, _, Some(pair)) => Ok(pair),
+        _ => anyhow::bail!(
+            "no credentials: pass --access-key/--secret-key or set KINEMA_ACCESS_KEY_ID/KINEMA_SECRET_ACCESS_KEY"
+        ),
+    }
+}
+
 /// A fresh secret for signing shard iterators (they do not outlive the process).
 fn iterator_key() -> anyhow::Result<[u8; 32]> {
     use std::io::Read;

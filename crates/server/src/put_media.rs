@@ -45,13 +45,8 @@ pub struct Args {
 pub use kinema_client::sign_request;
 
 pub async fn run(args: Args, env_key: Option<(String, String)>) -> anyhow::Result<()> {
-    let (key, secret) = match (args.access_key.clone(), args.secret_key.clone(), env_key) {
-        (Some(k), Some(s), _) => (k, s),
-        (_, _, Some(pair)) => pair,
-        _ => bail!(
-            "no credentials: pass --access-key/--secret-key or set KINEMA_ACCESS_KEY_ID/KINEMA_SECRET_ACCESS_KEY"
-        ),
-    };
+    let (key, secret) =
+        crate::credentials(args.access_key.clone(), args.secret_key.clone(), env_key)?;
     let (reader, total): (Box<dyn AsyncRead + Send + Unpin>, Option<u64>) =
         if args.input.as_os_str() == "-" {
             (Box::new(tokio::io::stdin()), None)
