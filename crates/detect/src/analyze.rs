@@ -19,6 +19,10 @@ pub struct AnalyzerConfig {
     pub count_interval_ms: i64,
     /// Emit one observation per confirmed, visible track per frame.
     pub detections: bool,
+    /// A confirmed track still counts as in view this many analysed frames
+    /// after it was last matched, so one missed detection does not make
+    /// the count flicker (1, 0, 1) and flood subscribers with changes.
+    pub in_view_grace: u32,
 }
 
 impl Default for AnalyzerConfig {
@@ -28,6 +32,7 @@ impl Default for AnalyzerConfig {
             lines: Vec::new(),
             count_interval_ms: 10_000,
             detections: false,
+            in_view_grace: 1,
         }
     }
 }
@@ -79,9 +84,15 @@ impl Analyzer {
         &self.cfg
     }
 
-    /// Confirmed objects in view after the latest frame.
+    /// Confirmed objects in view after the latest frame (matched within
+    /// the last `in_view_grace` frames).
     pub fn in_view(&self) -> usize {
-        self.tracker.visible().count()
+        let tcfg = self.tracker.config();
+        self.tracker
+            .tracks()
+            .iter()
+            .filter(|t| t.confirmed(tcfg) && t.misses <= self.cfg.in_view_grace)
+            .count()
     }
 
     /// Feeds one analysed frame (its detections after threshold and NMS).
@@ -243,9 +254,18 @@ mod tests {
         }));
         let quiet = a.observe(1300, &[det(0.66)]);
         assert!(!quiet.iter().any(|o| matches!(o, Observation::Count { .. })));
-        // The object leaves: the count drops once the tracker ends it or
-        // misses it (it is no longer visible at once).
-        let gone = a.observe(1400, &[]);
+        // One missed frame: still in view (grace of one frame), no change.
+        let missed = a.observe(1400, &[]);
+        assert!(
+            !missed
+                .iter()
+                .any(|o| matches!(o, Observation::Count { .. })),
+            "{missed:?}"
+        );
+        // Seen again, then gone for two frames: the count drops.
+        a.observe(1500, &[det(0.70)]);
+        a.observe(1600, &[]);
+        let gone = a.observe(1700, &[]);
         assert!(gone.contains(&Observation::Count {
             in_view: 0,
             previous: Some(1)

@@ -106,6 +106,9 @@ pub struct DetectorSettings {
     /// The count in view is repeated after this long unchanged (0: never).
     #[serde(default = "default_count_interval")]
     pub count_interval_ms: i64,
+    /// Analysed frames a missed object still counts as in view.
+    #[serde(default = "default_grace")]
+    pub in_view_grace_frames: u32,
     #[serde(default)]
     pub lines: Vec<LineSettings>,
     /// Also publish one event per tracked detection per analysed frame.
@@ -144,6 +147,9 @@ fn default_min_hits() -> u32 {
 }
 fn default_count_interval() -> i64 {
     10_000
+}
+fn default_grace() -> u32 {
+    1
 }
 
 impl Default for DetectorSettings {
@@ -584,6 +590,7 @@ impl Detectors {
                 .collect(),
             count_interval_ms: settings.count_interval_ms,
             detections: settings.detection_events,
+            in_view_grace: settings.in_view_grace_frames,
         });
         let run = Arc::new(Running {
             stream: stream.to_string(),

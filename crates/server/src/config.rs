@@ -22,7 +22,7 @@ pub const DEFAULT_EVENTS_STREAM: &str = "kinema-events";
 pub const DEFAULT_EVENTS_SHARDS: u32 = 1;
 pub const DEFAULT_INTRA_THREADS: usize = 2;
 pub const DEFAULT_INFERENCE_WORKERS: usize = 1;
-pub const DEFAULT_QUEUE_FRAMES: usize = 2;
+pub const DEFAULT_QUEUE_FRAMES: usize = 1;
 /// Where `models/fetch.sh` caches the model and the ONNX Runtime library.
 pub const DEFAULT_MODELS_DIR: &str = ".cache/kinema/models";
 pub const DEFAULT_MODEL_FILE: &str = "ssdlite_mobilenet_v2_coco.onnx";
