@@ -12,6 +12,7 @@ const SANS_IO: &[&str] = &[
     "kinema-datastream",
     "kinema-hls",
     "kinema-remux",
+    "kinema-signaling",
 ];
 const FORBIDDEN: &[&str] = &[
     "tokio",
