@@ -853,3 +853,26 @@ fn kill9_during_ingest_loses_no_persisted_fragment() {
         .to_string();
     assert!(listed.iter().all(|n| *n < next), "{next} after {listed:?}");
 }
+
+/// The signaling-channel control plane through boto3 (create, describe,
+/// list with paging, versioned update and delete, endpoints, the error
+/// shapes), and the channels surviving a restart.
+#[test]
+fn signaling_channels_through_boto3_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data);
+    assert_eq!(run_python(&server, "channels.py", &[]).trim(), "ok");
+    drop(server);
+    let server = Server::start(&data);
+    let (ok, out, err) = run_aws(&server, &["kinesisvideo", "list-signaling-channels"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = v["ChannelInfoList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["ChannelName"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cam-0", "cam-1", "cam-2", "cam-3", "cam-4"]);
+}

@@ -3,6 +3,7 @@
 //! SigV4 before it reaches a handler; handlers translate JSON into engine
 //! calls and engine errors into AWS error shapes.
 
+mod channels;
 mod detectors;
 pub mod error;
 mod kinesis;
@@ -44,6 +45,7 @@ pub struct AppState {
     pub datastreams: kinema_engine::datastreams::DataStreams,
     pub sources: kinema_engine::sources::Sources,
     pub detectors: kinema_engine::detection::Detectors,
+    pub channels: kinema_engine::channels::Channels,
     pub keys: KeyStore,
     pub metrics: Arc<Metrics>,
     /// HLS and DASH playback sessions.

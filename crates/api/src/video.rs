@@ -44,6 +44,15 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/untagStream", post(untag_stream))
         .route("/listTagsForStream", post(list_tags_for_stream))
         .route("/getDataEndpoint", post(get_data_endpoint))
+        .route("/createSignalingChannel", post(crate::channels::create))
+        .route("/describeSignalingChannel", post(crate::channels::describe))
+        .route("/listSignalingChannels", post(crate::channels::list))
+        .route("/updateSignalingChannel", post(crate::channels::update))
+        .route("/deleteSignalingChannel", post(crate::channels::delete))
+        .route(
+            "/getSignalingChannelEndpoint",
+            post(crate::channels::get_endpoint),
+        )
         .route("/putMedia", post(put_media))
         .route("/getMedia", post(get_media))
         .route("/listFragments", post(list_fragments))
@@ -220,11 +229,11 @@ async fn list_streams(State(st): St, body: Bytes) -> Result<Response, ApiError> 
 }
 
 /// Paging tokens are the hex of the last returned key.
-fn encode_token(key: &str) -> String {
+pub(crate) fn encode_token(key: &str) -> String {
     hex::encode(key)
 }
 
-fn decode_token(token: &str) -> Result<String, ApiError> {
+pub(crate) fn decode_token(token: &str) -> Result<String, ApiError> {
     hex::decode(token)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())

@@ -3,6 +3,7 @@
 //! selector, and retention. It knows nothing of HTTP: the API crate turns
 //! requests into calls here and [`EngineError`]s into responses.
 
+pub mod channels;
 mod clock;
 pub mod datastreams;
 pub mod detection;

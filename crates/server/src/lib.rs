@@ -14,6 +14,9 @@ use kinema_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// Signaling channels one server keeps (the service's default account limit).
+const MAX_SIGNALING_CHANNELS: usize = 10_000;
+
 /// The access key pair of a client command: the flags, else the environment.
 pub fn credentials(
     access_key: Option<String>,
@@ -46,7 +49,7 @@ pub async fn run(
     let store = Store::open_local(&cfg.data_dir)?;
     let engine = Engine::open(store.clone(), cfg.engine.clone()).await?;
     let datastreams = kinema_engine::datastreams::DataStreams::open(
-        store,
+        store.clone(),
         cfg.data_streams.clone(),
         iterator_key()?,
     )
@@ -75,6 +78,12 @@ pub async fn run(
         datastreams,
         sources: sources.clone(),
         detectors: detectors.clone(),
+        channels: kinema_engine::channels::Channels::open(
+            store.clone(),
+            &cfg.engine.region,
+            &cfg.engine.account_id,
+            MAX_SIGNALING_CHANNELS,
+        )?,
         keys: KeyStore::new(cfg.keys.clone()),
         metrics: Metrics::new(sources.clone(), detectors.clone()),
         public_url: cfg.public_url.clone(),

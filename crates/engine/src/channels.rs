@@ -1,0 +1,278 @@
+//! Signaling channels: the control plane (`kinesisvideo` CreateSignalingChannel,
+//! Describe, List, Update, Delete), kept in the `signaling-channels`
+//! metadata document. The live signaling state of a channel (connections,
+//! waiting messages) will be a `kinema_signaling::Channel` held by the
+//! WebSocket shell (the WebRTC issue); this registry knows names, ARNs,
+//! versions and settings.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use kinema_store::Store;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::{EngineError, now_ms};
+
+const META_DOC: &str = "signaling-channels";
+pub const DEFAULT_MESSAGE_TTL_SECONDS: u32 = 60;
+const MAX_TAGS: usize = 50;
+
+/// A channel as the control plane describes it; persisted as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelInfo {
+    pub name: String,
+    pub arn: String,
+    /// Always `SINGLE_MASTER` (the only type the service has).
+    pub channel_type: String,
+    pub status: String,
+    pub creation_ms: i64,
+    pub message_ttl_seconds: u32,
+    pub version: String,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// The signaling channels of one server. Cheap to clone.
+#[derive(Clone)]
+pub struct Channels {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    region: String,
+    account_id: String,
+    max_channels: usize,
+    channels: std::sync::RwLock<BTreeMap<String, ChannelInfo>>,
+    /// Serialises changes and their saves.
+    changes: Mutex<()>,
+    versions: AtomicU64,
+}
+
+fn valid_name(name: &str) -> bool {
+    crate::streams::valid_name(name)
+}
+
+fn ttl_ok(ttl: u32) -> Result<(), EngineError> {
+    if (5..=120).contains(&ttl) {
+        Ok(())
+    } else {
+        Err(EngineError::InvalidArgument(
+            "MessageTtlSeconds must be between 5 and 120".into(),
+        ))
+    }
+}
+
+impl Channels {
+    pub fn open(
+        store: Store,
+        region: &str,
+        account_id: &str,
+        max_channels: usize,
+    ) -> Result<Channels, EngineError> {
+        let saved: Vec<ChannelInfo> = store.load_meta(META_DOC)?.unwrap_or_default();
+        Ok(Channels {
+            inner: Arc::new(Inner {
+                store,
+                region: region.to_string(),
+                account_id: account_id.to_string(),
+                max_channels,
+                channels: std::sync::RwLock::new(
+                    saved.into_iter().map(|c| (c.name.clone(), c)).collect(),
+                ),
+                changes: Mutex::new(()),
+                versions: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ChannelInfo>> {
+        self.inner
+            .channels
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, ChannelInfo>> {
+        self.inner
+            .channels
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn new_version(&self) -> String {
+        // Unique across restarts: the clock, then a counter within a process.
+        format!(
+            "{}{:04}",
+            now_ms(),
+            self.inner.versions.fetch_add(1, Ordering::Relaxed) % 10_000
+        )
+    }
+
+    async fn save(&self) -> Result<(), EngineError> {
+        let all: Vec<ChannelInfo> = self.read().values().cloned().collect();
+        self.inner.store.save_meta(META_DOC, &all).await?;
+        Ok(())
+    }
+
+    pub async fn create(
+        &self,
+        name: &str,
+        channel_type: Option<&str>,
+        message_ttl_seconds: Option<u32>,
+        tags: BTreeMap<String, String>,
+    ) -> Result<ChannelInfo, EngineError> {
+        if !valid_name(name) {
+            return Err(EngineError::InvalidArgument(format!(
+                "ChannelName {name:?} must be 1-256 characters of [a-zA-Z0-9_.-]"
+            )));
+        }
+        if channel_type.is_some_and(|t| t != "SINGLE_MASTER") {
+            return Err(EngineError::InvalidArgument(
+                "ChannelType must be SINGLE_MASTER".into(),
+            ));
+        }
+        if tags.len() > MAX_TAGS {
+            return Err(EngineError::InvalidArgument(format!(
+                "at most {MAX_TAGS} tags"
+            )));
+        }
+        let ttl = message_ttl_seconds.unwrap_or(DEFAULT_MESSAGE_TTL_SECONDS);
+        ttl_ok(ttl)?;
+        let _changes = self.inner.changes.lock().await;
+        let creation_ms = now_ms();
+        let info = ChannelInfo {
+            name: name.to_string(),
+            arn: format!(
+                "arn:aws:kinesisvideo:{}:{}:channel/{name}/{creation_ms}",
+                self.inner.region, self.inner.account_id
+            ),
+            channel_type: "SINGLE_MASTER".into(),
+            status: "ACTIVE".into(),
+            creation_ms,
+            message_ttl_seconds: ttl,
+            version: self.new_version(),
+            tags,
+        };
+        {
+            let mut all = self.write();
+            if all.contains_key(name) {
+                return Err(EngineError::ResourceInUse(format!(
+                    "the signaling channel {name} already exists"
+                )));
+            }
+            if all.len() >= self.inner.max_channels {
+                return Err(EngineError::ClientLimitExceeded(
+                    "too many signaling channels".into(),
+                ));
+            }
+            all.insert(name.to_string(), info.clone());
+        }
+        self.save().await?;
+        Ok(info)
+    }
+
+    /// By name or ARN (both given: they must agree).
+    pub fn describe(
+        &self,
+        name: Option<&str>,
+        arn: Option<&str>,
+    ) -> Result<ChannelInfo, EngineError> {
+        let all = self.read();
+        let found = match (name, arn) {
+            (Some(n), _) => all.get(n).filter(|c| arn.is_none_or(|a| c.arn == a)),
+            (None, Some(a)) => all.values().find(|c| c.arn == a),
+            (None, None) => {
+                return Err(EngineError::InvalidArgument(
+                    "either ChannelName or ChannelARN is required".into(),
+                ));
+            }
+        };
+        found.cloned().ok_or_else(|| {
+            EngineError::ResourceNotFound(format!(
+                "the signaling channel {} does not exist",
+                name.or(arn).unwrap_or_default()
+            ))
+        })
+    }
+
+    /// Channels in name order after `after`, at most `max`; whether more follow.
+    pub fn list(
+        &self,
+        prefix: Option<&str>,
+        after: Option<&str>,
+        max: usize,
+    ) -> (Vec<ChannelInfo>, bool) {
+        let all = self.read();
+        let mut matching = all
+            .iter()
+            .filter(|(n, _)| after.is_none_or(|a| n.as_str() > a))
+            .filter(|(n, _)| prefix.is_none_or(|p| n.starts_with(p)))
+            .map(|(_, c)| c.clone());
+        let page: Vec<ChannelInfo> = matching.by_ref().take(max).collect();
+        let more = matching.next().is_some();
+        (page, more)
+    }
+
+    pub async fn update(
+        &self,
+        arn: &str,
+        current_version: &str,
+        message_ttl_seconds: Option<u32>,
+    ) -> Result<ChannelInfo, EngineError> {
+        if let Some(t) = message_ttl_seconds {
+            ttl_ok(t)?;
+        }
+        let _changes = self.inner.changes.lock().await;
+        let info = {
+            let mut all = self.write();
+            let c = all.values_mut().find(|c| c.arn == arn).ok_or_else(|| {
+                EngineError::ResourceNotFound(format!("no signaling channel {arn}"))
+            })?;
+            if c.version != current_version {
+                return Err(EngineError::VersionMismatch(format!(
+                    "CurrentVersion {current_version} does not match the channel's version {}",
+                    c.version
+                )));
+            }
+            if let Some(t) = message_ttl_seconds {
+                c.message_ttl_seconds = t;
+            }
+            c.version = self.new_version();
+            c.clone()
+        };
+        self.save().await?;
+        Ok(info)
+    }
+
+    pub async fn delete(
+        &self,
+        arn: &str,
+        current_version: Option<&str>,
+    ) -> Result<ChannelInfo, EngineError> {
+        let _changes = self.inner.changes.lock().await;
+        let info = {
+            let mut all = self.write();
+            let name = all
+                .values()
+                .find(|c| c.arn == arn)
+                .map(|c| c.name.clone())
+                .ok_or_else(|| {
+                    EngineError::ResourceNotFound(format!("no signaling channel {arn}"))
+                })?;
+            if let Some(v) = current_version
+                && all.get(&name).is_some_and(|c| c.version != v)
+            {
+                return Err(EngineError::VersionMismatch(format!(
+                    "CurrentVersion {v} does not match the channel's version"
+                )));
+            }
+            all.remove(&name).ok_or_else(|| {
+                EngineError::ResourceNotFound(format!("no signaling channel {arn}"))
+            })?
+        };
+        self.save().await?;
+        Ok(info)
+    }
+}
