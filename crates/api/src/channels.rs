@@ -100,40 +100,20 @@ pub(crate) async fn describe(State(st): St, body: Bytes) -> Result<Response, Api
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct NameCondition {
-    comparison_operator: Option<String>,
-    comparison_value: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
 struct ListInput {
     max_results: Option<i64>,
     next_token: Option<String>,
-    channel_name_condition: Option<NameCondition>,
+    channel_name_condition: Option<crate::video::NameCondition>,
 }
 
 pub(crate) async fn list(State(st): St, body: Bytes) -> Result<Response, ApiError> {
     let input: ListInput = parse(&body)?;
-    let max = input.max_results.unwrap_or(10_000);
-    if !(1..=10_000).contains(&max) {
-        return Err(ApiError::invalid("MaxResults must be between 1 and 10000"));
-    }
-    let prefix = match &input.channel_name_condition {
-        Some(c) => {
-            if c.comparison_operator.as_deref().unwrap_or("BEGINS_WITH") != "BEGINS_WITH" {
-                return Err(ApiError::invalid("ComparisonOperator must be BEGINS_WITH"));
-            }
-            c.comparison_value.as_deref()
-        }
-        None => None,
-    };
-    let after = input
-        .next_token
-        .as_deref()
-        .map(crate::video::decode_token)
-        .transpose()?;
-    let (page, more) = st.channels.list(prefix, after.as_deref(), max as usize);
+    let (prefix, after, max) = crate::video::page_request(
+        input.max_results,
+        input.next_token.as_deref(),
+        input.channel_name_condition.as_ref(),
+    )?;
+    let (page, more) = st.channels.list(prefix, after.as_deref(), max);
     let mut out = json!({ "ChannelInfoList": page.iter().map(info_json).collect::<Vec<_>>() });
     if more && let Some(last) = page.last() {
         out["NextToken"] = json!(crate::video::encode_token(&last.name));

@@ -188,7 +188,7 @@ async fn describe_stream(State(st): St, body: Bytes) -> Result<Response, ApiErro
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct NameCondition {
+pub(crate) struct NameCondition {
     comparison_operator: Option<String>,
     comparison_value: Option<String>,
 }
@@ -203,11 +203,32 @@ struct ListStreamsInput {
 
 async fn list_streams(State(st): St, body: Bytes) -> Result<Response, ApiError> {
     let input: ListStreamsInput = parse(&body)?;
-    let max = input.max_results.unwrap_or(10_000);
+    let (prefix, after, max) = page_request(
+        input.max_results,
+        input.next_token.as_deref(),
+        input.stream_name_condition.as_ref(),
+    )?;
+    let (page, more) = st.engine.list_streams(prefix, after.as_deref(), max);
+    let mut out =
+        json!({ "StreamInfoList": page.iter().map(stream_info_json).collect::<Vec<_>>() });
+    if more && let Some(last) = page.last() {
+        out["NextToken"] = json!(encode_token(&last.name));
+    }
+    Ok(ok(out))
+}
+
+/// A list request's paging, shared by ListStreams and
+/// ListSignalingChannels: (name prefix, start after this name, page size).
+pub(crate) fn page_request<'a>(
+    max_results: Option<i64>,
+    next_token: Option<&str>,
+    condition: Option<&'a NameCondition>,
+) -> Result<(Option<&'a str>, Option<String>, usize), ApiError> {
+    let max = max_results.unwrap_or(10_000);
     if !(1..=10_000).contains(&max) {
         return Err(ApiError::invalid("MaxResults must be between 1 and 10000"));
     }
-    let prefix = match &input.stream_name_condition {
+    let prefix = match condition {
         Some(c) => {
             if c.comparison_operator.as_deref().unwrap_or("BEGINS_WITH") != "BEGINS_WITH" {
                 return Err(ApiError::invalid("ComparisonOperator must be BEGINS_WITH"));
@@ -216,16 +237,8 @@ async fn list_streams(State(st): St, body: Bytes) -> Result<Response, ApiError> 
         }
         None => None,
     };
-    let after = input.next_token.as_deref().map(decode_token).transpose()?;
-    let (page, more) = st
-        .engine
-        .list_streams(prefix, after.as_deref(), max as usize);
-    let mut out =
-        json!({ "StreamInfoList": page.iter().map(stream_info_json).collect::<Vec<_>>() });
-    if more && let Some(last) = page.last() {
-        out["NextToken"] = json!(encode_token(&last.name));
-    }
-    Ok(ok(out))
+    let after = next_token.map(decode_token).transpose()?;
+    Ok((prefix, after, max as usize))
 }
 
 /// Paging tokens are the hex of the last returned key.

@@ -116,16 +116,7 @@ impl LiveDecoder {
         on_frame: FrameFn,
     ) -> Result<LiveDecoder, SourceError> {
         crate::init()?;
-        let (caps_name, format, decoder) = match codec_id {
-            kinema_mkv::mux::CODEC_H264 => ("video/x-h264", "avc", "avdec_h264"),
-            kinema_mkv::mux::CODEC_H265 => ("video/x-h265", "hvc1", "avdec_h265"),
-            other => return Err(SourceError::UnsupportedCodec(other.to_string())),
-        };
-        let caps = gst::Caps::builder(caps_name)
-            .field("stream-format", format)
-            .field("alignment", "au")
-            .field("codec_data", gst::Buffer::from_slice(config.to_vec()))
-            .build();
+        let (caps, decoder) = crate::images::stored_video_caps(codec_id, config)?;
         // A small input queue; `push` waits while it is full: the caller's
         // own thread, never ingest, waits for the decoder (which waits for
         // whoever consumes its frames), so back-pressure reaches the

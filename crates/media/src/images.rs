@@ -56,21 +56,31 @@ pub type Still = (i64, Vec<u8>);
 /// Input timestamps are moved by this much so none is negative.
 const BASE_NS: i64 = 3_600_000_000_000;
 
-/// Renders the wanted frames; returns `(pts_ns, image bytes)` for each one
-/// the decoder produced, in presentation order.
-pub fn render_stills(req: &StillRequest<'_>) -> Result<Vec<Still>, SourceError> {
-    crate::init()?;
-    let (caps_name, format, decoder) = match req.codec_id {
+/// Caps of stored frames (AVC/HVC access units with their configuration
+/// record) for `codec_id` (a Matroska codec id), and the decoder for them.
+pub(crate) fn stored_video_caps(
+    codec_id: &str,
+    config: &[u8],
+) -> Result<(gst::Caps, &'static str), SourceError> {
+    let (caps_name, format, decoder) = match codec_id {
         kinema_mkv::mux::CODEC_H264 => ("video/x-h264", "avc", "avdec_h264"),
         kinema_mkv::mux::CODEC_H265 => ("video/x-h265", "hvc1", "avdec_h265"),
         other => return Err(SourceError::UnsupportedCodec(other.to_string())),
     };
-    let fail = |e: &dyn std::fmt::Display| SourceError::Pipeline(e.to_string());
     let caps = gst::Caps::builder(caps_name)
         .field("stream-format", format)
         .field("alignment", "au")
-        .field("codec_data", gst::Buffer::from_slice(req.config.to_vec()))
+        .field("codec_data", gst::Buffer::from_slice(config.to_vec()))
         .build();
+    Ok((caps, decoder))
+}
+
+/// Renders the wanted frames; returns `(pts_ns, image bytes)` for each one
+/// the decoder produced, in presentation order.
+pub fn render_stills(req: &StillRequest<'_>) -> Result<Vec<Still>, SourceError> {
+    crate::init()?;
+    let (caps, decoder) = stored_video_caps(req.codec_id, req.config)?;
+    let fail = |e: &dyn std::fmt::Display| SourceError::Pipeline(e.to_string());
     let appsrc = gst_app::AppSrc::builder()
         .caps(&caps)
         .format(gst::Format::Time)
