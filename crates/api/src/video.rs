@@ -246,7 +246,7 @@ pub(crate) fn encode_token(key: &str) -> String {
     hex::encode(key)
 }
 
-pub(crate) fn decode_token(token: &str) -> Result<String, ApiError> {
+fn decode_token(token: &str) -> Result<String, ApiError> {
     hex::decode(token)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())

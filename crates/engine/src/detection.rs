@@ -152,12 +152,6 @@ fn default_grace() -> u32 {
     1
 }
 
-impl Default for DetectorSettings {
-    fn default() -> Self {
-        serde_json::from_str("{}").expect("every field has a default")
-    }
-}
-
 impl DetectorSettings {
     fn validate(&self) -> Result<(), String> {
         let unit = |v: f32| (0.0..=1.0).contains(&v);
