@@ -11,7 +11,7 @@ APT_PACKAGES=(
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-x
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
-  ffmpeg strace nats-server chromium
+  ffmpeg strace nats-server chromium coturn iproute2 util-linux
 )
 # Node.js and npm for the browser tests, unless the machine has them already.
 command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(nodejs npm)
@@ -66,6 +66,20 @@ if [ "$(cat "$BROWSER/node_modules/.kinema-lock" 2>/dev/null)" != "$lock_sum" ];
   echo "setup: installing browser test packages (npm ci)"
   (cd "$BROWSER" && npm ci --no-audit --no-fund --loglevel=error)
   echo "$lock_sum" > "$BROWSER/node_modules/.kinema-lock"
+fi
+# The Kinesis Video WebRTC SDK for JavaScript (the official client the
+# WebRTC browser tests drive): only its self-contained browser bundle is
+# used, so the tarball is fetched alone (its npm dependencies are for Node).
+KVS_SDK="$CACHE/npm/amazon-kinesis-video-streams-webrtc-2.9.0"
+KVS_SDK_SHA256=0be2455b9c39d815956207da5a70775f78ca5a4d9896e5b4146a352c9018899d
+if [ ! -f "$KVS_SDK/dist/kvs-webrtc.min.js" ]; then
+  echo "setup: fetching amazon-kinesis-video-streams-webrtc@2.9.0 from npm"
+  mkdir -p "$CACHE/npm"
+  tgz="$(cd "$CACHE/npm" && npm pack --silent amazon-kinesis-video-streams-webrtc@2.9.0)"
+  echo "$KVS_SDK_SHA256  $CACHE/npm/$tgz" | sha256sum -c --status || { echo "setup: KVS WebRTC SDK checksum mismatch" >&2; exit 1; }
+  rm -rf "$KVS_SDK.tmp" && mkdir -p "$KVS_SDK.tmp"
+  tar -xzf "$CACHE/npm/$tgz" -C "$KVS_SDK.tmp" --strip-components=1
+  rm -rf "$KVS_SDK" && mv "$KVS_SDK.tmp" "$KVS_SDK"
 fi
 # The detector model, ONNX Runtime and the sample photos (models/README.md).
 bash "$(cd "$(dirname "$0")/.." && pwd)/models/fetch.sh"

@@ -10,8 +10,10 @@ mod kinesis;
 pub mod metrics;
 pub mod playback;
 mod push;
+pub mod signaling;
 pub mod sigv4;
 mod sources;
+pub mod tls;
 mod video;
 
 use std::sync::Arc;
@@ -46,6 +48,16 @@ pub struct AppState {
     pub sources: kinema_engine::sources::Sources,
     pub detectors: kinema_engine::detection::Detectors,
     pub channels: kinema_engine::channels::Channels,
+    /// Live signaling channels (WebSocket connections and their messages).
+    pub hub: kinema_engine::signaling::Hub,
+    /// The server's own WebRTC peers (as master, and WHEP).
+    pub live: kinema_engine::live::Live,
+    /// TURN servers and their shared secret for GetIceServerConfig (none:
+    /// an empty list).
+    pub ice: Option<signaling::IceSettings>,
+    /// Whether the listener speaks TLS (endpoints are then `https://` and
+    /// `wss://`).
+    pub tls: bool,
     pub keys: KeyStore,
     pub metrics: Arc<Metrics>,
     /// HLS and DASH playback sessions.
@@ -59,7 +71,15 @@ pub struct AppState {
 /// The full router.
 pub fn router(state: Arc<AppState>) -> Router {
     let signed = video::routes()
-        .route("/", post(kinesis::dispatch))
+        .route("/", post(kinesis::dispatch).get(signaling::connect))
+        .route(
+            "/v1/get-ice-server-config",
+            post(signaling::get_ice_server_config),
+        )
+        .route(
+            "/v1/send-alexa-offer-to-master",
+            post(signaling::send_alexa_offer_to_master),
+        )
         .route("/v1/datastreams/{stream}/subscribe", get(push::subscribe))
         .route(
             "/v1/datastreams/{stream}/groups/{group}",
@@ -68,6 +88,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/datastreams/{stream}/groups/{group}/{action}",
             post(push::group_action),
+        )
+        .route("/v1/whep/{stream}", post(signaling::whep_offer))
+        .route(
+            "/v1/whep/{stream}/{id}",
+            axum::routing::delete(signaling::whep_delete).patch(signaling::whep_patch),
         )
         .route("/v1/sources", get(sources::list).post(sources::create))
         .route(
@@ -144,15 +169,28 @@ async fn unknown_operation() -> ApiError {
     )
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves until `shutdown` resolves; with a TLS identity, HTTPS only.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<tls::TlsIdentity>,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = router(state);
+    match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(identity) => {
+            let listener =
+                tls::TlsListener::new(listener, identity).map_err(std::io::Error::other)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
 /// Routes whose request body is a long-lived stream: their payload is

@@ -116,6 +116,93 @@ struct DetectorLabel {
 /// Detector figures, read from the detectors at each scrape.
 struct DetectorCollector(kinema_engine::detection::Detectors);
 
+/// Live WebRTC: viewers per stream, frames sent and skipped, and the delay
+/// from a frame's arrival to its hand-over to a viewer's peer.
+struct LiveCollector(kinema_engine::live::Live);
+
+impl std::fmt::Debug for LiveCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveCollector")
+    }
+}
+
+/// A histogram read from counters kept elsewhere.
+struct ConstHistogram {
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+impl prometheus_client::encoding::EncodeMetric for ConstHistogram {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.sum,
+            self.count,
+            &self.buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+impl Collector for LiveCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut e = encoder.encode_descriptor(
+            "webrtc_viewers",
+            "Live WebRTC viewers served by the server, per stream",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (stream, n) in self.0.viewers() {
+            ConstGauge::new(n as i64).encode(e.encode_family(&StreamLabel { stream })?)?;
+        }
+        let stats = self.0.stats();
+        for (name, help, v) in [
+            (
+                "webrtc_frames_sent",
+                "Frames handed to viewers' peers",
+                stats.frames_sent.load(Relaxed),
+            ),
+            (
+                "webrtc_frames_skipped",
+                "Frames a slow viewer skipped to catch up at a keyframe",
+                stats.frames_skipped.load(Relaxed),
+            ),
+        ] {
+            ConstCounter::new(v).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
+        let bounds = kinema_engine::live::DELAY_BUCKETS_US
+            .iter()
+            .map(|us| *us as f64 / 1e6)
+            .chain([f64::MAX]);
+        let histogram = ConstHistogram {
+            sum: stats.delay_sum_us.load(Relaxed) as f64 / 1e6,
+            count: stats.delay_count.load(Relaxed),
+            buckets: bounds
+                .zip(stats.delay_buckets.iter().map(|b| b.load(Relaxed)))
+                .collect(),
+        };
+        histogram.encode(encoder.encode_descriptor(
+            "webrtc_send_delay_seconds",
+            "From a frame's arrival at the server to its hand-over to a viewer's peer",
+            None,
+            MetricType::Histogram,
+        )?)
+    }
+}
+
 impl std::fmt::Debug for DetectorCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("DetectorCollector")
@@ -202,8 +289,10 @@ impl Metrics {
     pub fn new(
         sources: kinema_engine::sources::Sources,
         detectors: kinema_engine::detection::Detectors,
+        live: kinema_engine::live::Live,
     ) -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("kinema");
+        registry.register_collector(Box::new(LiveCollector(live)));
         registry.register_collector(Box::new(SourceCollector(sources)));
         registry.register_collector(Box::new(DetectorCollector(detectors)));
         let incoming_bytes = Family::<StreamLabel, Counter>::default();

@@ -431,7 +431,8 @@ pub(crate) fn endpoint(st: &AppState, headers: &HeaderMap) -> Result<String, Api
                 .get("host")
                 .and_then(|h| h.to_str().ok())
                 .ok_or_else(|| ApiError::invalid("the Host header is required"))?;
-            format!("http://{host}")
+            let scheme = if st.tls { "https" } else { "http" };
+            format!("{scheme}://{host}")
         }
     })
 }

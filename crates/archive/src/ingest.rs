@@ -12,6 +12,9 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use kinema_mkv::{Block, Event, Reader, ReaderError, ReaderLimits, TrackInfo};
 
+/// Matroska TrackType of video tracks.
+const VIDEO_TRACK_TYPE: u64 = 1;
+
 /// PutMedia `ErrorId` codes (Kinesis Video Streams developer guide, PutMedia).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AckError {
@@ -134,7 +137,24 @@ pub struct IngestSession {
     last_timecode: Option<u64>,
     out: VecDeque<IngestEvent>,
     failed: bool,
+    /// Frames of the video track handed out as they arrive (see
+    /// [`IngestSession::set_frame_tap`]); `None` while the tap is off.
+    frames: Option<VecDeque<LiveBlock>>,
 }
+
+/// One frame of the upload's video track as soon as its block arrived, long
+/// before its fragment is complete: what live viewers are sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveBlock {
+    /// Producer timestamp of the frame (presentation time), Unix ms.
+    pub producer_ms: i64,
+    pub keyframe: bool,
+    /// The frame as stored (for H.264: length-prefixed NAL units).
+    pub payload: Bytes,
+}
+
+/// Frames kept for [`IngestSession::poll_frame`] before the oldest is dropped.
+const MAX_TAPPED_FRAMES: usize = 256;
 
 impl IngestSession {
     /// `start_ns`: the producer start timestamp (RELATIVE), Unix nanoseconds.
@@ -155,7 +175,34 @@ impl IngestSession {
             last_timecode: None,
             out: VecDeque::new(),
             failed: false,
+            frames: None,
         }
+    }
+
+    /// Turns the per-frame tap on or off. While on, every block of the
+    /// video track is also queued for [`IngestSession::poll_frame`] as it
+    /// arrives; the queue keeps the newest frames if nobody drains it.
+    pub fn set_frame_tap(&mut self, on: bool) {
+        match (on, self.frames.is_some()) {
+            (true, false) => self.frames = Some(VecDeque::new()),
+            (false, true) => self.frames = None,
+            _ => {}
+        }
+    }
+
+    /// The next tapped frame, if any.
+    pub fn poll_frame(&mut self) -> Option<LiveBlock> {
+        self.frames.as_mut()?.pop_front()
+    }
+
+    /// The upload's video track (the first track of type video), once its
+    /// Tracks element has arrived.
+    pub fn video_track(&self) -> Option<&TrackInfo> {
+        self.tracks
+            .as_ref()?
+            .0
+            .iter()
+            .find(|t| t.track_type == VIDEO_TRACK_TYPE)
     }
 
     pub fn is_failed(&self) -> bool {
@@ -318,6 +365,8 @@ impl IngestSession {
             .tracks
             .as_ref()
             .is_some_and(|(t, _)| t.iter().any(|t| t.number == block.track));
+        let tap =
+            self.frames.is_some() && self.video_track().is_some_and(|t| t.number == block.track);
         let max_bytes = self.limits.max_fragment_bytes;
         let max_ms = self.limits.max_fragment_duration_ms as i128;
         let scale = self.timecode_scale as i128;
@@ -352,7 +401,18 @@ impl IngestSession {
                 format!("fragment longer than {max_ms} ms"),
             );
         }
+        let tapped = tap.then(|| LiveBlock {
+            producer_ms: p.producer_ms + (block.timecode as i128 * scale / 1_000_000) as i64,
+            keyframe: block.keyframe,
+            payload: block.payload.clone(),
+        });
         p.blocks.push(block);
+        if let (Some(frame), Some(frames)) = (tapped, self.frames.as_mut()) {
+            if frames.len() >= MAX_TAPPED_FRAMES {
+                frames.pop_front();
+            }
+            frames.push_back(frame);
+        }
     }
 
     fn complete_cluster(&mut self) {
@@ -637,5 +697,44 @@ mod tests {
         let events = run(&doc[..cut], false);
         assert_eq!(fragments(&events).len(), 1);
         assert_eq!(error(&events), None);
+    }
+
+    /// Live viewers get each frame when its block arrives, with its
+    /// producer time, before the fragment holding it is complete.
+    #[test]
+    fn the_frame_tap_hands_out_frames_before_their_fragment_completes() {
+        let mut s = IngestSession::new(
+            TimecodeType::Relative,
+            1_700_000_000_000_000_000,
+            IngestLimits::default(),
+        );
+        s.push(&header(1), 1);
+        assert_eq!(s.poll_frame(), None, "the tap is off by default");
+        s.set_frame_tap(true);
+        let c = cluster(0, 1, 3);
+        // All but the last byte: two frames are whole, the fragment is open.
+        s.push(&c[..c.len() - 1], 2);
+        let mut frames: Vec<LiveBlock> = std::iter::from_fn(|| s.poll_frame()).collect();
+        assert_eq!(frames.len(), 2);
+        assert!(
+            !std::iter::from_fn(|| s.poll()).any(|e| matches!(e, IngestEvent::Fragment(_))),
+            "the fragment is not complete yet"
+        );
+        s.push(&c[c.len() - 1..], 3);
+        frames.extend(std::iter::from_fn(|| s.poll_frame()));
+        assert_eq!(
+            frames.iter().map(|f| f.producer_ms).collect::<Vec<_>>(),
+            [1_700_000_000_000, 1_700_000_000_033, 1_700_000_000_066]
+        );
+        assert_eq!(
+            frames.iter().map(|f| f.keyframe).collect::<Vec<_>>(),
+            [true, false, false]
+        );
+        assert_eq!(frames[0].payload.len(), 100);
+        assert_eq!(s.video_track().map(|t| t.number), Some(1));
+        // Off again: nothing is queued.
+        s.set_frame_tap(false);
+        s.push(&cluster(100, 1, 2), 3);
+        assert_eq!(s.poll_frame(), None);
     }
 }

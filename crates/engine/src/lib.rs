@@ -7,6 +7,8 @@ pub mod channels;
 mod clock;
 pub mod datastreams;
 pub mod detection;
+pub mod live;
+pub mod signaling;
 pub mod sources;
 mod streams;
 
@@ -16,7 +18,7 @@ pub use kinema_archive::ingest::{
 };
 pub use kinema_archive::{FragmentMeta, TimeKind, fragment_number_string, parse_fragment_number};
 pub use streams::{
-    Engine, EngineConfig, FragmentReader, ListFragmentsPage, LiveFragment, PlaybackSpan,
+    Engine, EngineConfig, FragmentReader, ListFragmentsPage, LiveFragment, LiveFrame, PlaybackSpan,
     PutMediaSession, StartSelector, StreamInfo, StreamUpdate,
 };
 

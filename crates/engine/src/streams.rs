@@ -81,6 +81,9 @@ struct Stream {
     /// Serialises persisting (numbering, index appends) and holds the index log.
     persist: Mutex<IndexLog>,
     live: watch::Sender<u64>,
+    /// Every frame of the video track as it arrives, for live viewers
+    /// (WebRTC). Ingest never waits: a lagging receiver loses frames.
+    frames: broadcast::Sender<LiveFrame>,
     producers: AtomicUsize,
     deleted: AtomicBool,
     trims: AtomicUsize,
@@ -129,6 +132,24 @@ pub struct LiveFragment {
     /// The stored object: a self-contained Matroska file.
     pub object: Bytes,
 }
+
+/// One frame of a stream's video as it arrives from its producer, before
+/// its fragment is complete or stored.
+#[derive(Debug, Clone)]
+pub struct LiveFrame {
+    /// Presentation time, Unix ms (producer clock).
+    pub producer_ms: i64,
+    /// When its last byte arrived (monotonic clock).
+    pub arrived: std::time::Instant,
+    pub keyframe: bool,
+    /// As stored: for H.264, length-prefixed NAL units.
+    pub payload: Bytes,
+    /// The video track it belongs to (codec id and private data).
+    pub track: Arc<kinema_mkv::TrackInfo>,
+}
+
+/// How many frames a live viewer may fall behind (about 8 s at 30 fps).
+const LIVE_FRAMES_QUEUE: usize = 256;
 
 /// How many persisted fragments a live consumer may fall behind.
 const LIVE_FRAGMENTS_QUEUE: usize = 256;
@@ -215,6 +236,7 @@ impl Engine {
                     catalog: RwLock::new(catalog),
                     persist: Mutex::new(log),
                     live: watch::channel(last).0,
+                    frames: broadcast::channel(LIVE_FRAMES_QUEUE).0,
                     producers: AtomicUsize::new(0),
                     deleted: AtomicBool::new(false),
                     trims: AtomicUsize::new(
@@ -245,6 +267,12 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
+    }
+
+    /// The frames of one stream's video as they arrive (see [`LiveFrame`]),
+    /// from every producer of the stream.
+    pub fn live_frames(&self, name: &str) -> Result<broadcast::Receiver<LiveFrame>, EngineError> {
+        Ok(self.resolve(Some(name), None)?.frames.subscribe())
     }
 
     pub(crate) fn store(&self) -> &Store {
@@ -354,6 +382,7 @@ impl Engine {
                     catalog: RwLock::new(Catalog::new()),
                     persist: Mutex::new(log),
                     live: watch::channel(0).0,
+                    frames: broadcast::channel(LIVE_FRAMES_QUEUE).0,
                     producers: AtomicUsize::new(0),
                     deleted: AtomicBool::new(false),
                     trims: AtomicUsize::new(0),
@@ -524,6 +553,7 @@ impl Engine {
             engine: self.clone(),
             session: IngestSession::new(timecode_type, start_ns, self.inner.config.ingest),
             stream,
+            track: None,
         })
     }
 
@@ -866,6 +896,8 @@ pub struct PutMediaSession {
     engine: Engine,
     stream: Arc<Stream>,
     session: IngestSession,
+    /// The upload's video track, shared by the frames sent to live viewers.
+    track: Option<Arc<kinema_mkv::TrackInfo>>,
 }
 
 impl PutMediaSession {
@@ -880,11 +912,41 @@ impl PutMediaSession {
     }
 
     pub fn push(&mut self, data: &[u8]) {
+        // Frames are tapped only while someone watches the stream live.
+        let watched = self.stream.frames.receiver_count() > 0;
+        self.session.set_frame_tap(watched);
         self.session.push(data, now_ms());
+        if watched {
+            self.send_frames();
+        }
     }
 
     pub fn finish(&mut self) {
         self.session.finish(now_ms());
+        self.send_frames();
+    }
+
+    fn send_frames(&mut self) {
+        let now = std::time::Instant::now();
+        while let Some(f) = self.session.poll_frame() {
+            let track = match &self.track {
+                Some(t) => t.clone(),
+                None => {
+                    let Some(info) = self.session.video_track() else {
+                        return;
+                    };
+                    self.track.insert(Arc::new(info.clone())).clone()
+                }
+            };
+            // No receiver left is not an error: the next push stops the tap.
+            let _ = self.stream.frames.send(LiveFrame {
+                producer_ms: f.producer_ms,
+                arrived: now,
+                keyframe: f.keyframe,
+                payload: f.payload,
+                track,
+            });
+        }
     }
 
     pub fn poll(&mut self) -> Option<IngestEvent> {

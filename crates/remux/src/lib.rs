@@ -245,6 +245,48 @@ pub fn parse_fragment(object: &[u8]) -> Result<Fragment, RemuxError> {
     Ok(Fragment { track, samples })
 }
 
+/// Live frames of one track as Annex B access units (start codes, the
+/// parameter sets again before every keyframe), the form RTP payloaders
+/// and decoders joining mid-stream need.
+#[derive(Debug, Clone)]
+pub struct AnnexB {
+    track: Track,
+    sets: Vec<Bytes>,
+}
+
+impl AnnexB {
+    pub fn new(info: &kinema_mkv::TrackInfo) -> Result<AnnexB, RemuxError> {
+        let track = Track::from_info(info)?;
+        let sets = track.parameter_sets()?;
+        Ok(AnnexB { track, sets })
+    }
+
+    pub fn codec(&self) -> Codec {
+        self.track.codec
+    }
+
+    /// One frame (length-prefixed NAL units) as an Annex B access unit.
+    /// A frame whose lengths do not add up is refused, not sent broken.
+    pub fn convert(&self, data: &[u8], keyframe: bool) -> Result<Bytes, RemuxError> {
+        let size = self.track.nal_length_size;
+        if !nal_units_fit(data, size) {
+            return Err(RemuxError::InvalidFrame(0));
+        }
+        let mut out = Vec::with_capacity(data.len() + 64);
+        if keyframe {
+            for set in &self.sets {
+                out.extend([0, 0, 0, 1]);
+                out.extend(&set[..]);
+            }
+        }
+        for nal in nal_units(data, size) {
+            out.extend([0, 0, 0, 1]);
+            out.extend(nal);
+        }
+        Ok(Bytes::from(out))
+    }
+}
+
 /// Whether `data` is exactly a sequence of length-prefixed NAL units.
 fn nal_units_fit(data: &[u8], size: usize) -> bool {
     nal_units(data, size)
@@ -405,6 +447,43 @@ pub(crate) mod testdata {
 mod tests {
     use super::testdata::*;
     use super::*;
+
+    #[test]
+    fn live_frames_become_annex_b_with_parameter_sets_before_keyframes() {
+        let info = kinema_mkv::TrackInfo {
+            number: 1,
+            uid: 1,
+            track_type: 1,
+            codec_id: "V_MPEG4/ISO/AVC".into(),
+            codec_private: Some(avcc()),
+            default_duration_ns: None,
+            width: None,
+            height: None,
+        };
+        let a = AnnexB::new(&info).unwrap();
+        let frame = [0, 0, 0, 2, 0x65, 0xAA, 0, 0, 0, 1, 0x06];
+        let key = a.convert(&frame, true).unwrap();
+        let sets = Track::from_info(&info).unwrap().parameter_sets().unwrap();
+        let mut want = Vec::new();
+        for nal in sets
+            .iter()
+            .map(|s| &s[..])
+            .chain([&[0x65, 0xAA][..], &[0x06][..]])
+        {
+            want.extend([0, 0, 0, 1]);
+            want.extend(nal);
+        }
+        assert_eq!(&key[..], &want[..]);
+        let delta = a.convert(&frame, false).unwrap();
+        assert_eq!(&delta[..], &[0, 0, 0, 1, 0x65, 0xAA, 0, 0, 0, 1, 0x06][..]);
+        // A length running past the end is refused, not sent truncated.
+        assert!(a.convert(&[0, 0, 0, 9, 0x65], false).is_err());
+        let vp8 = kinema_mkv::TrackInfo {
+            codec_id: "V_VP8".into(),
+            ..info
+        };
+        assert!(AnnexB::new(&vp8).is_err());
+    }
 
     #[test]
     fn parses_the_video_track_and_frames_in_decode_order() {

@@ -27,6 +27,11 @@ pub const DEFAULT_QUEUE_FRAMES: usize = 1;
 pub const DEFAULT_MODELS_DIR: &str = ".cache/kinema/models";
 pub const DEFAULT_MODEL_FILE: &str = "ssdlite_mobilenet_v2_coco.onnx";
 pub const DEFAULT_RUNTIME_FILE: &str = "libonnxruntime.so";
+pub const DEFAULT_TURN_PORT: u16 = 3478;
+pub const DEFAULT_TURN_REALM: &str = "kinema";
+pub const DEFAULT_CREDENTIAL_TTL_SECONDS: u64 = 300;
+pub const DEFAULT_MAX_VIEWERS_PER_CHANNEL: usize = 1_000;
+pub const DEFAULT_MAX_VIEWERS_PER_STREAM: usize = 200;
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -47,6 +52,31 @@ pub struct Config {
     /// Detectors by video stream name: `[detectors.<stream>]`.
     #[serde(default)]
     pub detectors: std::collections::BTreeMap<String, kinema_engine::detection::DetectorSettings>,
+    #[serde(default)]
+    pub webrtc: WebRtcConfig,
+}
+
+/// Live WebRTC: signaling limits, TURN, and the server as master.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebRtcConfig {
+    /// UDP address of the embedded STUN/TURN server ("off" disables it).
+    pub turn_listen: Option<String>,
+    /// The address relayed candidates carry (default: the listen address).
+    pub turn_relay_ip: Option<std::net::IpAddr>,
+    /// Host name or address put in the `turn:` URIs handed to clients.
+    pub turn_host: Option<String>,
+    /// Shared secret of the TURN REST credentials (default: random at start).
+    pub turn_secret: Option<String>,
+    /// URIs handed out instead of the embedded server's (an external
+    /// coturn with `use-auth-secret` and the same `turn_secret`).
+    pub turn_uris: Option<Vec<String>>,
+    pub credential_ttl_seconds: Option<u64>,
+    pub max_viewers_per_channel: Option<usize>,
+    pub max_viewers_per_stream: Option<usize>,
+    /// The one local address the server's own peers offer as ICE host
+    /// candidate (default: every interface).
+    pub ice_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -75,6 +105,13 @@ pub struct ServerConfig {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub public_url: Option<String>,
+    /// HTTPS: a PEM certificate chain and key (the WebRTC SDK for
+    /// JavaScript only connects to `wss://` signaling endpoints).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// HTTPS with a certificate made at start for these names (try-out and
+    /// tests; clients must be told to trust it).
+    pub tls_self_signed: Option<Vec<String>>,
     pub region: Option<String>,
     pub account_id: Option<String>,
 }
@@ -126,6 +163,29 @@ pub struct Resolved {
     /// Detection settings; `public_url` is filled in once the server is bound.
     pub detection: kinema_engine::detection::DetectionConfig,
     pub detectors: Vec<(String, kinema_engine::detection::DetectorSettings)>,
+    pub tls: Tls,
+    pub webrtc: WebRtc,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Tls {
+    Off,
+    Pem { cert: PathBuf, key: PathBuf },
+    SelfSigned(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct WebRtc {
+    /// Embedded TURN server address (None: off).
+    pub turn_listen: Option<SocketAddr>,
+    pub turn_relay_ip: Option<std::net::IpAddr>,
+    pub turn_host: Option<String>,
+    pub turn_secret: Option<String>,
+    pub turn_uris: Option<Vec<String>>,
+    pub credential_ttl_seconds: u64,
+    pub max_viewers_per_channel: usize,
+    pub max_viewers_per_stream: usize,
+    pub ice_ip: Option<std::net::IpAddr>,
 }
 
 /// `~/.cache/kinema/models/<file>`, unless `env` names another path.
@@ -144,7 +204,7 @@ impl Config {
         listen: Option<SocketAddr>,
         data_dir: Option<PathBuf>,
         env_key: Option<(String, String)>,
-    ) -> Resolved {
+    ) -> anyhow::Result<Resolved> {
         let mut keys: Vec<(String, String)> = self
             .access_keys
             .iter()
@@ -194,7 +254,7 @@ impl Config {
             shard_write_records_per_s: d.shard_write_records_per_second.unwrap_or(0),
             ..Default::default()
         };
-        Resolved {
+        Ok(Resolved {
             data_streams,
             listen: listen
                 .or(self.server.listen)
@@ -240,7 +300,56 @@ impl Config {
             playback_sessions_per_stream: v
                 .playback_sessions_per_stream
                 .unwrap_or(DEFAULT_PLAYBACK_SESSIONS_PER_STREAM),
-        }
+            tls: match (
+                &self.server.tls_cert,
+                &self.server.tls_key,
+                &self.server.tls_self_signed,
+            ) {
+                (Some(cert), Some(key), _) => Tls::Pem {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+                (_, _, Some(names)) => Tls::SelfSigned(names.clone()),
+                _ => Tls::Off,
+            },
+            webrtc: self.webrtc.resolve(listen.or(self.server.listen))?,
+        })
+    }
+}
+
+impl WebRtcConfig {
+    fn resolve(&self, http: Option<SocketAddr>) -> anyhow::Result<WebRtc> {
+        let http_ip = http
+            .map(|a| a.ip())
+            .unwrap_or_else(|| std::net::Ipv4Addr::LOCALHOST.into());
+        let turn_listen = match self.turn_listen.as_deref() {
+            Some("off") => None,
+            Some(a) => Some(
+                a.parse()
+                    .map_err(|e| anyhow::anyhow!("webrtc.turn_listen {a:?}: {e}"))?,
+            ),
+            None => Some(SocketAddr::new(http_ip, DEFAULT_TURN_PORT)),
+        };
+        Ok(WebRtc {
+            turn_listen,
+            turn_relay_ip: self.turn_relay_ip,
+            turn_host: self.turn_host.clone(),
+            turn_secret: self.turn_secret.clone().filter(|s| !s.is_empty()),
+            turn_uris: self.turn_uris.clone(),
+            credential_ttl_seconds: self
+                .credential_ttl_seconds
+                .unwrap_or(DEFAULT_CREDENTIAL_TTL_SECONDS)
+                .clamp(30, 86_400),
+            max_viewers_per_channel: self
+                .max_viewers_per_channel
+                .unwrap_or(DEFAULT_MAX_VIEWERS_PER_CHANNEL)
+                .max(1),
+            max_viewers_per_stream: self
+                .max_viewers_per_stream
+                .unwrap_or(DEFAULT_MAX_VIEWERS_PER_STREAM)
+                .max(1),
+            ice_ip: self.ice_ip,
+        })
     }
 }
 
@@ -255,7 +364,9 @@ mod tests {
         assert_eq!(cfg.server.listen, Some("127.0.0.1:4566".parse().unwrap()));
         assert_eq!(cfg.access_keys.len(), 1);
         assert_eq!(cfg.video.max_fragment_seconds, Some(10));
-        let r = cfg.resolve(None, None, Some(("ENV".into(), "secret".into())));
+        let r = cfg
+            .resolve(None, None, Some(("ENV".into(), "secret".into())))
+            .unwrap();
         assert_eq!(r.keys.len(), 2);
         assert_eq!(r.engine.ingest.max_fragment_bytes, 50 * 1024 * 1024);
         assert_eq!(r.data_streams.max_record_bytes, 1024 * 1024);

@@ -73,19 +73,95 @@ pub async fn run(
     )
     .await?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let channels = kinema_engine::channels::Channels::open(
+        store.clone(),
+        &cfg.engine.region,
+        &cfg.engine.account_id,
+        MAX_SIGNALING_CHANNELS,
+    )?;
+    let w = &cfg.webrtc;
+    let hub = kinema_engine::signaling::Hub::new(
+        channels.clone(),
+        kinema_engine::signaling::SignalingConfig {
+            channel: kinema_signaling::ChannelConfig {
+                max_viewers: w.max_viewers_per_channel,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    let live = kinema_engine::live::Live::new(
+        engine.clone(),
+        kinema_engine::live::LiveConfig {
+            rtc: kinema_rtc::RtcConfig {
+                ice_ip: w.ice_ip,
+                ice_servers: Vec::new(),
+            },
+            max_viewers_per_stream: w.max_viewers_per_stream,
+        },
+    )?;
+    hub.set_server_master(Arc::new(live.clone()));
+    let turn_secret = match &w.turn_secret {
+        Some(s) => s.clone(),
+        None => hex::encode(iterator_key()?),
+    };
+    let turn = match w.turn_listen {
+        Some(listen) => Some(
+            kinema_rtc::turn::TurnServer::start(kinema_rtc::turn::TurnConfig {
+                listen,
+                relay_ip: w.turn_relay_ip,
+                realm: config::DEFAULT_TURN_REALM.into(),
+                secret: turn_secret.clone(),
+            })
+            .await?,
+        ),
+        None => None,
+    };
+    let ice_uris = match (&w.turn_uris, &turn) {
+        (Some(uris), _) => Some(uris.clone()),
+        (None, Some(t)) => {
+            let a = t.local_addr();
+            let host = w.turn_host.clone().unwrap_or_else(|| match a.ip() {
+                ip if ip.is_unspecified() => addr.ip().to_string(),
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
+            });
+            Some(vec![
+                format!("turn:{host}:{}?transport=udp", a.port()),
+                format!("stun:{host}:{}", a.port()),
+            ])
+        }
+        (None, None) => None,
+    };
+    let tls = match &cfg.tls {
+        config::Tls::Off => None,
+        config::Tls::Pem { cert, key } => {
+            Some(kinema_api::tls::TlsIdentity::from_pem_files(cert, key)?)
+        }
+        config::Tls::SelfSigned(names) => {
+            let id = kinema_api::tls::TlsIdentity::self_signed(names)?;
+            let pem = cfg.data_dir.join("self-signed.pem");
+            std::fs::write(&pem, id.certificate_pem())?;
+            tracing::info!(certificate = %pem.display(), "made a self-signed TLS certificate");
+            Some(id)
+        }
+    };
     let state = Arc::new(AppState {
         engine: engine.clone(),
         datastreams,
         sources: sources.clone(),
         detectors: detectors.clone(),
-        channels: kinema_engine::channels::Channels::open(
-            store.clone(),
-            &cfg.engine.region,
-            &cfg.engine.account_id,
-            MAX_SIGNALING_CHANNELS,
-        )?,
+        channels,
+        hub: hub.clone(),
+        live: live.clone(),
+        ice: ice_uris.map(|uris| kinema_api::signaling::IceSettings {
+            uris,
+            secret: turn_secret,
+            ttl_seconds: w.credential_ttl_seconds,
+        }),
+        tls: tls.is_some(),
         keys: KeyStore::new(cfg.keys.clone()),
-        metrics: Metrics::new(sources.clone(), detectors.clone()),
+        metrics: Metrics::new(sources.clone(), detectors.clone(), live.clone()),
         public_url: cfg.public_url.clone(),
         playback: kinema_api::playback::Sessions::new(cfg.playback_sessions_per_stream),
         shutdown: stop_rx.clone(),
@@ -120,13 +196,18 @@ pub async fn run(
             }
         }
     });
-    tracing::info!(data_dir = %cfg.data_dir.display(), "listening on http://{addr}");
-    let result = kinema_api::serve(listener, state, async move {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(data_dir = %cfg.data_dir.display(), "listening on {scheme}://{addr}");
+    let result = kinema_api::serve(listener, tls, state, async move {
         shutdown.await;
         tracing::info!("shutting down");
+        hub.go_away();
         let _ = stop_tx.send(true);
     })
     .await;
+    if let Some(t) = &turn {
+        t.close().await;
+    }
     sources.shutdown().await;
     detectors.shutdown().await;
     let _ = retention.await;

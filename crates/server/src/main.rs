@@ -50,6 +50,9 @@ enum EventsCommand {
     Tail(kinema_server::events::TailArgs),
 }
 
+/// Logs at info, but webrtc-rs's per-connection chatter only from warnings.
+const DEFAULT_LOG: &str = "info,webrtc=warn,webrtc_ice=warn,webrtc_dtls=warn,webrtc_srtp=warn,webrtc_sctp=warn,webrtc_mdns=warn,turn=warn";
+
 fn env_key() -> Option<(String, String)> {
     let id = std::env::var("KINEMA_ACCESS_KEY_ID")
         .ok()
@@ -63,7 +66,8 @@ fn env_key() -> Option<(String, String)> {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| DEFAULT_LOG.into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -98,7 +102,7 @@ fn main() -> anyhow::Result<()> {
                     retention_hours: None,
                 });
             }
-            let resolved = cfg.resolve(listen, data_dir, env_key());
+            let resolved = cfg.resolve(listen, data_dir, env_key())?;
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(resolved.listen).await?;
                 kinema_server::run(listener, resolved, shutdown_signal()).await

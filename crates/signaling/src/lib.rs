@@ -22,10 +22,12 @@
 //!   with a `STATUS_RESPONSE` carrying the message's `correlationId`, and the
 //!   connection stays open.
 
+mod ice;
 mod messages;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+pub use ice::{TurnCredentials, turn_credentials, turn_password, turn_username_current};
 pub use messages::{Action, ClientMessage, MessageType, ServerMessage, StatusResponse};
 
 /// A connection, as the shell numbers them.
@@ -146,6 +148,11 @@ impl Channel {
 
     pub fn has_master(&self) -> bool {
         self.master.is_some()
+    }
+
+    /// The role of a connected connection.
+    pub fn role(&self, conn: ConnId) -> Option<Role> {
+        self.conns.get(&conn).map(|c| c.role)
     }
 
     pub fn viewer_count(&self) -> usize {

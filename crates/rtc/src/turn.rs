@@ -1,0 +1,110 @@
+//! The embedded STUN/TURN server (webrtc-rs `turn`, RFC 8489 / RFC 8656)
+//! on one UDP socket, accepting exactly the TURN REST credentials that
+//! GetIceServerConfig vends (`<expiry>:<client id>` and
+//! `base64(HMAC-SHA1(secret, username))`) until they expire.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::net::UdpSocket;
+use webrtc::turn::auth::{AuthHandler, generate_auth_key};
+use webrtc::turn::relay::relay_static::RelayAddressGeneratorStatic;
+use webrtc::turn::server::Server;
+use webrtc::turn::server::config::{ConnConfig, ServerConfig};
+use webrtc::util::vnet::net::Net;
+
+use crate::RtcError;
+
+#[derive(Debug, Clone)]
+pub struct TurnConfig {
+    /// UDP address to listen on (port 0: any).
+    pub listen: SocketAddr,
+    /// The address relayed candidates carry (the listen address if unset
+    /// and not a wildcard).
+    pub relay_ip: Option<IpAddr>,
+    pub realm: String,
+    /// Shared secret of the TURN REST credentials.
+    pub secret: String,
+}
+
+/// A running TURN server; closed on [`TurnServer::close`].
+pub struct TurnServer {
+    server: Server,
+    addr: SocketAddr,
+}
+
+/// Checks TURN REST usernames and derives their keys from the secret.
+struct RestAuth {
+    secret: String,
+}
+
+impl AuthHandler for RestAuth {
+    fn auth_handle(
+        &self,
+        username: &str,
+        realm: &str,
+        src: SocketAddr,
+    ) -> Result<Vec<u8>, webrtc::turn::Error> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        if !kinema_signaling::turn_username_current(username, now) {
+            tracing::info!(%src, username, "TURN: refused an expired or malformed username");
+            return Err(webrtc::turn::Error::Other(format!(
+                "expired or malformed username {username}"
+            )));
+        }
+        let password = kinema_signaling::turn_password(&self.secret, username);
+        Ok(generate_auth_key(username, realm, &password))
+    }
+}
+
+impl TurnServer {
+    pub async fn start(cfg: TurnConfig) -> Result<TurnServer, RtcError> {
+        let socket = UdpSocket::bind(cfg.listen)
+            .await
+            .map_err(|e| RtcError::Turn(format!("cannot bind {}: {e}", cfg.listen)))?;
+        let addr = socket
+            .local_addr()
+            .map_err(|e| RtcError::Turn(e.to_string()))?;
+        let relay_ip = match cfg.relay_ip {
+            Some(ip) => ip,
+            None if !addr.ip().is_unspecified() => addr.ip(),
+            None => {
+                return Err(RtcError::Turn(
+                    "turn_relay_ip is required when TURN listens on every interface".into(),
+                ));
+            }
+        };
+        // Relays are bound on the listen address (all interfaces for a
+        // wildcard) and advertised as `relay_ip`.
+        let server = Server::new(ServerConfig {
+            conn_configs: vec![ConnConfig {
+                conn: Arc::new(socket),
+                relay_addr_generator: Box::new(RelayAddressGeneratorStatic {
+                    relay_address: relay_ip,
+                    address: addr.ip().to_string(),
+                    net: Arc::new(Net::new(None)),
+                }),
+            }],
+            realm: cfg.realm,
+            auth_handler: Arc::new(RestAuth { secret: cfg.secret }),
+            channel_bind_timeout: std::time::Duration::from_secs(0),
+            alloc_close_notify: None,
+        })
+        .await
+        .map_err(|e| RtcError::Turn(e.to_string()))?;
+        tracing::info!(%addr, %relay_ip, "TURN server listening (UDP)");
+        Ok(TurnServer { server, addr })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub async fn close(&self) {
+        let _ = self.server.close().await;
+    }
+}

@@ -1,0 +1,173 @@
+// WebRTC in Debian's Chromium, driven by playwright-core, through Kinema's
+// signaling with the official Kinesis Video WebRTC SDK for JavaScript
+// (amazon-kinesis-video-streams-webrtc, its browser bundle): pages at the
+// server's own https origin, fake camera for a browser master.
+//
+// Usage: node webrtc.mjs CONFIG.json. CONFIG: {sdk, origin, accessKeyId,
+// secretAccessKey, region, scenarios: [{name, kind: "p2p"|"server"|"page",
+// channel: {arn, wss, ice}, relay?, path?}]}. Prints one JSON line per
+// scenario: frames decoded, connection state, the selected candidate
+// types, errors. Every wait is bounded.
+//
+// Run it inside a loopback-only network namespace: Chromium offers
+// candidates on every interface it has.
+import { chromium } from "playwright-core";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const cfg = JSON.parse(readFileSync(process.argv[2], "utf8"));
+const profile = mkdtempSync(join(tmpdir(), "kinema-chromium-"));
+const browser = await chromium.launchPersistentContext(profile, {
+  executablePath: "/usr/bin/chromium",
+  headless: true,
+  ignoreHTTPSErrors: true,
+  args: [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+    "--ignore-certificate-errors", "--autoplay-policy=no-user-gesture-required",
+  ],
+});
+
+const common = (channel) => ({
+  channelARN: channel.arn,
+  channelEndpoint: channel.wss,
+  region: cfg.region,
+  credentials: { accessKeyId: cfg.accessKeyId, secretAccessKey: cfg.secretAccessKey },
+});
+
+async function sdkPage() {
+  const page = await browser.newPage();
+  page.on("console", (m) => { if (m.type() === "error") console.error("page:", m.text()); });
+  await page.goto(cfg.origin + "/health");
+  await page.addScriptTag({ path: cfg.sdk });
+  return page;
+}
+
+// A browser master: the fake camera, one peer connection per viewer.
+async function startMaster(channel) {
+  const page = await sdkPage();
+  await page.evaluate(async ({ common, iceServers }) => {
+    const stream = await navigator.mediaDevices.getUserMedia({ video: { width: 320, height: 240 } });
+    const master = new KVSWebRTC.SignalingClient({ ...common, role: KVSWebRTC.Role.MASTER });
+    const pcs = {};
+    window.masterErrors = [];
+    master.on("sdpOffer", async (offer, remoteClientId) => {
+      const pc = (pcs[remoteClientId] = new RTCPeerConnection({ iceServers }));
+      pc.addEventListener("icecandidate", ({ candidate }) => {
+        if (candidate) master.sendIceCandidate(candidate, remoteClientId);
+      });
+      stream.getTracks().forEach((t) => pc.addTrack(t, stream));
+      await pc.setRemoteDescription(offer);
+      await pc.setLocalDescription(await pc.createAnswer());
+      master.sendSdpAnswer(pc.localDescription, remoteClientId);
+    });
+    master.on("iceCandidate", (c, remoteClientId) => pcs[remoteClientId]?.addIceCandidate(c));
+    master.on("error", (e) => window.masterErrors.push(String(e)));
+    await new Promise((resolve, reject) => {
+      master.on("open", resolve);
+      setTimeout(() => reject(new Error("master did not open in 15 s")), 15000);
+      master.open();
+    });
+  }, { common: common(channel), iceServers: channel.ice });
+  return page;
+}
+
+// A viewer with the SDK: receive video, count decoded frames.
+async function runViewer(channel, clientId, relay) {
+  const page = await sdkPage();
+  return await page.evaluate(async ({ common, iceServers, clientId, relay }) => {
+    const errors = [];
+    const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: relay ? "relay" : "all" });
+    const viewer = new KVSWebRTC.SignalingClient({ ...common, role: KVSWebRTC.Role.VIEWER, clientId });
+    const video = document.createElement("video");
+    video.muted = true;
+    video.playsInline = true;
+    document.body.appendChild(video);
+    pc.addTransceiver("video", { direction: "recvonly" });
+    pc.addEventListener("track", (e) => { video.srcObject = e.streams[0] || new MediaStream([e.track]); video.play().catch(() => {}); });
+    pc.addEventListener("icecandidate", ({ candidate }) => { if (candidate) viewer.sendIceCandidate(candidate); });
+    viewer.on("open", async () => {
+      await pc.setLocalDescription(await pc.createOffer());
+      viewer.sendSdpOffer(pc.localDescription);
+    });
+    viewer.on("sdpAnswer", (answer) => pc.setRemoteDescription(answer).catch((e) => errors.push(String(e))));
+    viewer.on("iceCandidate", (c) => pc.addIceCandidate(c).catch((e) => errors.push(String(e))));
+    viewer.on("statusResponse", (s) => errors.push("status " + JSON.stringify(s)));
+    viewer.on("error", (e) => errors.push(String(e)));
+    viewer.open();
+    const stats = async () => {
+      let frames = 0, localType = null, remoteType = null;
+      const report = await pc.getStats();
+      report.forEach((s) => {
+        if (s.type === "inbound-rtp" && s.kind === "video") frames = s.framesDecoded || 0;
+      });
+      report.forEach((s) => {
+        if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") {
+          localType = report.get(s.localCandidateId)?.candidateType;
+          remoteType = report.get(s.remoteCandidateId)?.candidateType;
+        }
+      });
+      return { frames, localType, remoteType };
+    };
+    // Bounded: 40 s to decode 30 frames.
+    const begin = performance.now();
+    let s = await stats();
+    while (performance.now() - begin < 40000 && s.frames < 30) {
+      await new Promise((r) => setTimeout(r, 250));
+      s = await stats();
+    }
+    const first = s.frames;
+    await new Promise((r) => setTimeout(r, 1000));
+    const later = await stats();
+    const out = {
+      framesDecoded: first, framesDecodedLater: later.frames, state: pc.connectionState,
+      localType: later.localType, remoteType: later.remoteType, errors,
+      codec: (await pc.getStats()) && pc.getReceivers()[0]?.track?.kind,
+    };
+    viewer.close();
+    pc.close();
+    return out;
+  }, { common: common(channel), iceServers: channel.ice, clientId, relay: !!relay });
+}
+
+// One of our own pages (web/), reading its status element.
+async function runPage(path) {
+  const page = await browser.newPage();
+  page.on("console", (m) => { if (m.type() === "error") console.error("page:", m.text()); });
+  await page.goto(cfg.origin + path);
+  const begin = Date.now();
+  let status = {};
+  while (Date.now() - begin < 40000) {
+    status = await page.evaluate(() => window.kinemaStatus || {});
+    if ((status.framesDecoded || 0) >= 30) break;
+    await page.waitForTimeout(250);
+  }
+  return { framesDecoded: status.framesDecoded || 0, state: status.state || null, latencyMs: status.latencyMs ?? null, errors: status.errors || [] };
+}
+
+try {
+  for (const sc of cfg.scenarios) {
+    let result;
+    try {
+      if (sc.kind === "p2p") {
+        const master = await startMaster(sc.channel);
+        result = await runViewer(sc.channel, "viewer-" + sc.name, sc.relay);
+        result.masterErrors = await master.evaluate(() => window.masterErrors);
+        await master.close();
+      } else if (sc.kind === "server") {
+        result = await runViewer(sc.channel, "viewer-" + sc.name, sc.relay);
+      } else {
+        result = await runPage(sc.path);
+      }
+    } catch (e) {
+      result = { framesDecoded: 0, errors: [String(e)] };
+    }
+    console.log(JSON.stringify({ name: sc.name, ...result }));
+  }
+} finally {
+  await browser.close();
+  rmSync(profile, { recursive: true, force: true });
+}
