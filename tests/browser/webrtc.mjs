@@ -5,7 +5,10 @@
 //
 // Usage: node webrtc.mjs CONFIG.json. CONFIG: {sdk, origin, accessKeyId,
 // secretAccessKey, region, scenarios: [{name, kind: "p2p"|"server"|"page",
-// channel: {arn, wss, ice}, relay?, path?}]}. Prints one JSON line per
+// channel: {arn, wss, ice}, relay?, path?, masterPath?}]}: "p2p" is an SDK
+// master (fake camera) and an SDK viewer, "server" an SDK viewer of a
+// channel the server masters, "page" one of our web/ pages (after a master
+// page, if given). Prints one JSON line per
 // scenario: frames decoded, connection state, the selected candidate
 // types, errors. Every wait is bounded.
 //
@@ -134,7 +137,18 @@ async function runViewer(channel, clientId, relay) {
 }
 
 // One of our own pages (web/), reading its status element.
-async function runPage(path) {
+async function runPage(path, masterPath) {
+  let master = null;
+  if (masterPath) {
+    master = await browser.newPage();
+    await master.goto(cfg.origin + masterPath);
+    const begin = Date.now();
+    while (Date.now() - begin < 15000) {
+      const s = await master.evaluate(() => window.kinemaStatus?.state);
+      if (String(s).startsWith("master")) break;
+      await master.waitForTimeout(100);
+    }
+  }
   const page = await browser.newPage();
   page.on("console", (m) => { if (m.type() === "error") console.error("page:", m.text()); });
   await page.goto(cfg.origin + path);
@@ -145,7 +159,13 @@ async function runPage(path) {
     if ((status.framesDecoded || 0) >= 30) break;
     await page.waitForTimeout(250);
   }
-  return { framesDecoded: status.framesDecoded || 0, state: status.state || null, latencyMs: status.latencyMs ?? null, errors: status.errors || [] };
+  const masterStatus = master ? await master.evaluate(() => window.kinemaStatus) : null;
+  await page.close();
+  if (master) await master.close();
+  return {
+    framesDecoded: status.framesDecoded || 0, state: status.state || null, latencyMs: status.latencyMs ?? null,
+    localType: status.candidate ?? null, errors: status.errors || [], master: masterStatus,
+  };
 }
 
 try {
@@ -160,7 +180,7 @@ try {
       } else if (sc.kind === "server") {
         result = await runViewer(sc.channel, "viewer-" + sc.name, sc.relay);
       } else {
-        result = await runPage(sc.path);
+        result = await runPage(sc.path, sc.masterPath);
       }
     } catch (e) {
       result = { framesDecoded: 0, errors: [String(e)] };

@@ -11,3 +11,4 @@ mod playback;
 mod sources;
 mod support;
 mod video;
+mod webrtc;

@@ -14,6 +14,13 @@ pub const SECRET: &str = "kinema-test-secret";
 pub struct Server {
     pub child: Child,
     pub port: u16,
+    /// `https` when the server was started with TLS.
+    pub scheme: &'static str,
+    /// Whether it runs in a network namespace of its own (loopback only):
+    /// clients then run through [`Server::command`].
+    pub netns: bool,
+    /// The self-signed certificate a TLS server made at start.
+    pub ca: Option<PathBuf>,
     log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
@@ -37,7 +44,36 @@ impl Server {
     }
 
     pub fn start_args(data_dir: &Path, args: &[&str]) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kinema"));
+        Self::spawn(data_dir, args, false)
+    }
+
+    /// Starts the server alone in a new network namespace where only
+    /// loopback exists (WebRTC peers offer candidates on every interface
+    /// they see), with `config`. Its clients run through [`Server::command`].
+    pub fn start_in_netns(data_dir: &Path, config: &str) -> Server {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let path = data_dir.with_extension("toml");
+        std::fs::write(&path, config).unwrap();
+        Self::spawn(data_dir, &["--config", path.to_str().unwrap()], true)
+    }
+
+    fn spawn(data_dir: &Path, args: &[&str], netns: bool) -> Server {
+        // `unshare` and `sh` exec in place, so the child's pid is the
+        // server's: its namespace is /proc/<pid>/ns/net.
+        let mut cmd = if netns {
+            let mut c = Command::new("unshare");
+            c.args([
+                "--net",
+                "--",
+                "sh",
+                "-c",
+                "ip link set lo up && exec \"$0\" \"$@\"",
+            ])
+            .arg(env!("CARGO_BIN_EXE_kinema"));
+            c
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_kinema"))
+        };
         let listen = if args.contains(&"--listen") {
             &[][..]
         } else {
@@ -55,29 +91,61 @@ impl Server {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn kinema");
         let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::channel::<(u16, &'static str)>();
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let log2 = log.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if !sent && let Some(rest) = line.split("listening on http://127.0.0.1:").nth(1) {
-                    let port: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-                    let _ = tx.send(port.parse::<u16>().expect("port"));
-                    sent = true;
+                for scheme in ["http", "https"] {
+                    let marker = format!("listening on {scheme}://127.0.0.1:");
+                    if !sent && let Some(rest) = line.split(&marker).nth(1) {
+                        let port: String =
+                            rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+                        let scheme = if scheme == "https" { "https" } else { "http" };
+                        let _ = tx.send((port.parse::<u16>().expect("port"), scheme));
+                        sent = true;
+                    }
                 }
                 log2.lock().unwrap().push_str(&(line + "\n"));
             }
         });
-        let port = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server logs its address within 30 s");
-        Server { child, port, log }
+        let Ok((port, scheme)) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(200));
+            panic!(
+                "the server did not log its address within 30 s:\n{}",
+                log.lock().unwrap()
+            );
+        };
+        Server {
+            child,
+            port,
+            scheme,
+            netns,
+            ca: (scheme == "https").then(|| data_dir.join("self-signed.pem")),
+            log,
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
+    }
+
+    /// A command that runs where the server is reachable (inside its
+    /// network namespace, if it has one).
+    pub fn command(&self, program: &str) -> Command {
+        if self.netns {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/proc/{}/ns/net", self.child.id()))
+                .arg("--")
+                .arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
     }
 
     pub fn log(&self) -> String {
@@ -144,7 +212,12 @@ pub fn run_aws(server: &Server, args: &[&str]) -> (bool, String, String) {
 /// panics with its output unless it exits 0. Returns its stdout.
 pub fn run_python(server: &Server, script: &str, args: &[&str]) -> String {
     let path = repo_root().join("tests/python").join(script);
-    let out = Command::new(python())
+    let mut cmd = server.command(&python());
+    if let Some(ca) = &server.ca {
+        // boto3 and the AWS CLI trust the server's self-signed certificate.
+        cmd.env("KINEMA_CA", ca).env("AWS_CA_BUNDLE", ca);
+    }
+    let out = cmd
         .arg(&path)
         .args(args)
         .env("KINEMA_ENDPOINT", server.url())

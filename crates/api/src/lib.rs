@@ -15,6 +15,7 @@ pub mod sigv4;
 mod sources;
 pub mod tls;
 mod video;
+mod web;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -122,6 +123,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(render_metrics))
+        .route("/web", get(web::index))
+        .route("/web/", get(web::index))
+        .route("/web/{file}", get(web::file))
         .merge(playback_routes())
         .merge(signed)
         .fallback(post(unknown_operation).get(unknown_operation))

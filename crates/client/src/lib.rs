@@ -94,6 +94,53 @@ pub fn sign_request<B>(
     Ok(())
 }
 
+/// A SigV4-presigned `GET` URL (query-string authentication), as the
+/// signaling WebSocket takes it: signed at `time`, valid for `expires`,
+/// over an empty payload, with only `host` signed.
+pub fn presign_url(
+    url: &str,
+    key: &str,
+    secret: &str,
+    region: &str,
+    service: &str,
+    expires: std::time::Duration,
+    time: SystemTime,
+) -> Result<String, ClientError> {
+    let err = |e: &dyn std::fmt::Display| ClientError::Signing(e.to_string());
+    let identity = Credentials::new(key, secret, None, None, "kinema-client").into();
+    let mut settings = SigningSettings::default();
+    settings.signature_location = aws_sigv4::http_request::SignatureLocation::QueryParams;
+    settings.expires_in = Some(expires);
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(service)
+        .time(time)
+        .settings(settings)
+        .build()
+        .map_err(|e| err(&e))?
+        .into();
+    let uri: http::Uri = url.parse().map_err(|e| err(&e))?;
+    let host = uri
+        .authority()
+        .ok_or_else(|| ClientError::Signing("the URL has no host".into()))?
+        .to_string();
+    let mut request = http::Request::get(uri)
+        .header("host", host)
+        .body(())
+        .map_err(|e| err(&e))?;
+    let headers: Vec<(&str, &str)> = request
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+        .collect();
+    let signable = SignableRequest::new("GET", url, headers.into_iter(), SignableBody::Bytes(&[]))
+        .map_err(|e| err(&e))?;
+    let (instructions, _signature) = sign(signable, &params).map_err(|e| err(&e))?.into_parts();
+    instructions.apply_to_request_http1x(&mut request);
+    Ok(request.uri().to_string())
+}
+
 /// How a PutMedia upload's Cluster timecodes relate to wall time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timecodes {

@@ -1,0 +1,459 @@
+//! Live WebRTC end to end: Debian's Chromium with the official Kinesis
+//! Video WebRTC SDK for JavaScript and our own pages, through the server's
+//! signaling (wss, presigned), its embedded TURN server and the server as
+//! master of an ingested stream; boto3 for the control plane; coturn
+//! accepting the credentials GetIceServerConfig vends; and the signaling
+//! WebSocket's answers to bad input.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::*;
+
+fn kvs_sdk() -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_default();
+    PathBuf::from(home)
+        .join(".cache/kinema/npm/amazon-kinesis-video-streams-webrtc-2.9.0/dist/kvs-webrtc.min.js")
+}
+
+/// Runs tests/browser/webrtc.mjs inside the server's namespace; returns one
+/// result per scenario, by name.
+fn browser(server: &Server, scenarios: Value) -> std::collections::BTreeMap<String, Value> {
+    let cfg = json!({
+        "sdk": kvs_sdk(),
+        "origin": server.url(),
+        "accessKeyId": KEY_ID,
+        "secretAccessKey": SECRET,
+        "region": "us-east-1",
+        "scenarios": scenarios,
+    });
+    let path = std::env::temp_dir().join(format!("kinema-webrtc-{}.json", server.port));
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let script = repo_root().join("tests/browser/webrtc.mjs");
+    let out = server
+        .command("timeout")
+        .args(["300", "node"])
+        .arg(&script)
+        .arg(&path)
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "webrtc.mjs failed\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| (v["name"].as_str().unwrap_or_default().to_string(), v))
+        .collect()
+}
+
+fn assert_decodes(results: &std::collections::BTreeMap<String, Value>, name: &str) -> Value {
+    let r = results
+        .get(name)
+        .unwrap_or_else(|| panic!("no result for {name}: {results:?}"))
+        .clone();
+    let frames = r["framesDecoded"].as_u64().unwrap_or(0);
+    assert!(frames >= 30, "{name}: decoded {frames} frames: {r}");
+    assert_eq!(r["errors"], json!([]), "{name}: {r}");
+    r
+}
+
+/// Everything a browser does, in one namespace and one browser run: the
+/// SDK as master (fake camera) and viewer, the same relay-only through the
+/// embedded TURN server, the SDK viewing a stream the server masters (fed
+/// by a looped file camera and by gst-launch | curl PutMedia), and our own
+/// pages (signaling, WHEP, relay, the camera page as master).
+#[test]
+fn browsers_watch_live_through_signaling_turn_and_the_server_as_master() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("cam.mp4");
+    // 10 s at 30 fps with a keyframe every second, looped by the server.
+    make_mp4(&clip, 300, 30);
+    let config = format!(
+        "[server]\ntls_self_signed = [\"localhost\", \"127.0.0.1\"]\n\
+         [webrtc]\nturn_listen = \"127.0.0.1:0\"\nice_ip = \"127.0.0.1\"\n\
+         [[sources]]\nname = \"filecam\"\nstream = \"filecam\"\nurl = \"file://{}\"\n",
+        clip.display()
+    );
+    let server = Server::start_in_netns(&dir.path().join("data"), &config);
+    assert_eq!(server.scheme, "https");
+    // Channels as boto3 sees them: endpoints and TURN credentials.
+    let channels: Value = serde_json::from_str(&run_python(
+        &server,
+        "webrtc.py",
+        &["door", "filecam", "pushcam"],
+    ))
+    .unwrap();
+    create_stream(&server, "pushcam", 1);
+    // The pushed camera: 60 s of live video through curl's PutMedia (TLS).
+    let push = format!(
+        "{} | curl -sS -k -N --aws-sigv4 'aws:amz:us-east-1:kinesisvideo' --user {KEY_ID}:{SECRET} \
+         -X POST -T - -H 'x-amzn-stream-name: pushcam' -H 'x-amzn-fragment-timecode-type: RELATIVE' \
+         -H \"x-amzn-producer-start-timestamp: $(date +%s.%N | cut -c1-14)\" {}/putMedia",
+        gst_producer(1800, 30, true),
+        server.url()
+    );
+    let mut producer = server
+        .command("sh")
+        .args(["-c", &push])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let page = |name: &str, mode: &str, relay: bool| {
+        format!(
+            "/web/viewer.html#key={KEY_ID}&secret={SECRET}&name={name}&mode={mode}{}",
+            if relay { "&relay=1" } else { "" }
+        )
+    };
+    let results = browser(
+        &server,
+        json!([
+            {"name": "sdk-p2p", "kind": "p2p", "channel": channels["door"]},
+            {"name": "sdk-p2p-relay", "kind": "p2p", "channel": channels["door"], "relay": true},
+            {"name": "sdk-server", "kind": "server", "channel": channels["filecam"]},
+            {"name": "sdk-server-push", "kind": "server", "channel": channels["pushcam"]},
+            {"name": "sdk-server-relay", "kind": "server", "channel": channels["pushcam"], "relay": true},
+            {"name": "page-signaling", "kind": "page", "path": page("pushcam", "signaling", false)},
+            {"name": "page-whep", "kind": "page", "path": page("filecam", "whep", false)},
+            {"name": "page-relay", "kind": "page", "path": page("pushcam", "signaling", true)},
+            {"name": "page-camera", "kind": "page", "path": page("lobby", "signaling", false),
+             "masterPath": format!("/web/camera.html#key={KEY_ID}&secret={SECRET}&channel=lobby")},
+        ]),
+    );
+    let _ = producer.kill();
+    let _ = producer.wait();
+    for name in ["sdk-p2p", "sdk-server", "sdk-server-push"] {
+        let r = assert_decodes(&results, name);
+        assert!(
+            r["framesDecodedLater"].as_u64().unwrap_or(0) > r["framesDecoded"].as_u64().unwrap(),
+            "{name}: frames keep coming: {r}"
+        );
+        assert_eq!(r["state"], "connected", "{name}: {r}");
+        assert_eq!(r["localType"], "host", "{name}: {r}");
+    }
+    assert_eq!(results["sdk-p2p"]["masterErrors"], json!([]));
+    for name in ["sdk-p2p-relay", "sdk-server-relay", "page-relay"] {
+        let r = assert_decodes(&results, name);
+        assert_eq!(r["localType"], "relay", "{name} went through TURN: {r}");
+    }
+    for name in ["page-signaling", "page-whep", "page-camera"] {
+        let r = assert_decodes(&results, name);
+        assert!(
+            r["latencyMs"].as_f64().is_some(),
+            "{name} shows a latency: {r}"
+        );
+    }
+    // The server saw its viewers and sent them frames.
+    let metrics = server
+        .command("curl")
+        .args(["-sk", &format!("{}/metrics", server.url())])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let sent = metric_value(&metrics, "kinema_webrtc_frames_sent_total");
+    assert!(sent >= 150.0, "frames sent: {sent}\n{metrics}");
+    assert!(metrics.contains("kinema_webrtc_send_delay_seconds_count"));
+}
+
+fn metric_value(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Presigned signaling URL for `arn` (viewer when `client` is given).
+fn ws_url(
+    server: &Server,
+    arn: &str,
+    client: Option<&str>,
+    secret: &str,
+    at: SystemTime,
+) -> String {
+    let mut url = format!(
+        "ws://127.0.0.1:{}/?X-Amz-ChannelARN={}",
+        server.port,
+        urlencode(arn)
+    );
+    if let Some(c) = client {
+        url.push_str(&format!("&X-Amz-ClientId={c}"));
+    }
+    kinema_client::presign_url(
+        &url,
+        KEY_ID,
+        secret,
+        "us-east-1",
+        "kinesisvideo",
+        Duration::from_secs(299),
+        at,
+    )
+    .unwrap()
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(url: &str) -> Result<Ws, u16> {
+    match tokio_tungstenite::connect_async(url).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("connect {url}: {e}"),
+    }
+}
+
+/// The next text message within 5 s, parsed (None: closed or nothing).
+async fn next_json(ws: &mut Ws) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return serde_json::from_str(&t).ok(),
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => return None,
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
+/// Whether the server closes `ws` within 5 s (messages still queued for
+/// it are read and skipped, at most 2000).
+async fn closed(ws: &mut Ws) -> bool {
+    for _ in 0..2000 {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => return true,
+            Ok(Some(Ok(_))) => continue,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// Bad input at the signaling WebSocket: each refusal in the documented
+/// shape, and the server healthy afterwards.
+#[test]
+fn signaling_refuses_bad_input_and_relays_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_config(
+        &dir.path().join("data"),
+        "[webrtc]\nturn_listen = \"off\"\nmax_viewers_per_channel = 3\n",
+    );
+    let (ok, out, err) = run_aws(
+        &server,
+        &[
+            "kinesisvideo",
+            "create-signaling-channel",
+            "--channel-name",
+            "gate",
+        ],
+    );
+    assert!(ok, "{err}");
+    let arn = serde_json::from_str::<Value>(&out).unwrap()["ChannelARN"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let now = SystemTime::now();
+        // Unsigned, expired, wrongly signed, unknown channel.
+        let unsigned = format!(
+            "ws://127.0.0.1:{}/?X-Amz-ChannelARN={}",
+            server.port,
+            urlencode(&arn)
+        );
+        assert_eq!(connect(&unsigned).await.err(), Some(403));
+        let expired = ws_url(&server, &arn, None, SECRET, now - Duration::from_secs(600));
+        assert_eq!(connect(&expired).await.err(), Some(403));
+        let forged = ws_url(&server, &arn, None, "not-the-secret", now);
+        assert_eq!(connect(&forged).await.err(), Some(403));
+        let tampered = ws_url(&server, &arn, None, SECRET, now).replace("gate", "gale");
+        assert_eq!(connect(&tampered).await.err(), Some(403));
+        let unknown = ws_url(&server, &format!("{arn}0"), None, SECRET, now);
+        assert_eq!(connect(&unknown).await.err(), Some(404));
+
+        // A master and a viewer: relayed both ways with senderClientId.
+        let mut master = connect(&ws_url(&server, &arn, None, SECRET, now)).await.unwrap();
+        let mut viewer = connect(&ws_url(&server, &arn, Some("v1"), SECRET, now)).await.unwrap();
+        let offer = b64(r#"{"type":"offer","sdp":"v=0"}"#);
+        viewer
+            .send(Message::text(json!({"action": "SDP_OFFER", "messagePayload": offer}).to_string()))
+            .await
+            .unwrap();
+        let got = next_json(&mut master).await.unwrap();
+        assert_eq!(got["messageType"], "SDP_OFFER");
+        assert_eq!(got["senderClientId"], "v1");
+        assert_eq!(got["messagePayload"], offer.as_str());
+        let answer = b64(r#"{"type":"answer","sdp":"v=0"}"#);
+        master
+            .send(Message::text(
+                json!({"action": "SDP_ANSWER", "messagePayload": answer, "recipientClientId": "v1"})
+                    .to_string(),
+            ))
+            .await
+            .unwrap();
+        let got = next_json(&mut viewer).await.unwrap();
+        assert_eq!(got["messageType"], "SDP_ANSWER");
+        assert_eq!(got["messagePayload"], answer.as_str());
+
+        // Bad messages: STATUS_RESPONSE with the correlation id; the
+        // connection stays open.
+        for (msg, want) in [
+            ("{not json".to_string(), "InvalidArgumentException"),
+            (
+                json!({"action": "SDP_OFFER", "messagePayload": "A".repeat(20_000), "correlationId": "big"}).to_string(),
+                "InvalidArgumentException",
+            ),
+            (
+                json!({"action": "SDP_ANSWER", "messagePayload": answer, "correlationId": "nr"}).to_string(),
+                "InvalidArgumentException",
+            ),
+            (
+                json!({"action": "SDP_ANSWER", "messagePayload": answer, "recipientClientId": "bad id!", "correlationId": "bad"}).to_string(),
+                "InvalidArgumentException",
+            ),
+        ] {
+            master.send(Message::text(msg.clone())).await.unwrap();
+            let got = next_json(&mut master).await.unwrap_or_else(|| panic!("no answer to {msg:.80}"));
+            assert_eq!(got["messageType"], "STATUS_RESPONSE", "{msg:.80}: {got}");
+            assert_eq!(got["statusResponse"]["errorType"], want, "{got}");
+            assert_eq!(got["statusResponse"]["statusCode"], "400", "{got}");
+        }
+        // A message for a viewer that is not there waits for it (TTL).
+        master
+            .send(Message::text(
+                json!({"action": "ICE_CANDIDATE", "messagePayload": b64("{}"), "recipientClientId": "later"})
+                    .to_string(),
+            ))
+            .await
+            .unwrap();
+        let mut later = connect(&ws_url(&server, &arn, Some("later"), SECRET, now)).await.unwrap();
+        let got = next_json(&mut later).await.unwrap();
+        assert_eq!(got["messageType"], "ICE_CANDIDATE");
+
+        // A flood of candidates: rate-limited with 429, not relayed in full.
+        let cand = json!({"action": "ICE_CANDIDATE", "messagePayload": b64(r#"{"candidate":"c"}"#)}).to_string();
+        for _ in 0..600 {
+            viewer.send(Message::text(cand.clone())).await.unwrap();
+        }
+        let mut limited = 0;
+        while let Some(m) = next_json(&mut viewer).await {
+            if m["statusResponse"]["errorType"] == "ClientLimitExceededException" {
+                assert_eq!(m["statusResponse"]["statusCode"], "429");
+                limited += 1;
+            }
+            if limited >= 5 {
+                break;
+            }
+        }
+        assert!(limited >= 5, "the flood is refused");
+        let mut relayed = 0;
+        while let Some(m) = next_json(&mut master).await {
+            if m["messageType"] == "ICE_CANDIDATE" {
+                relayed += 1;
+            }
+        }
+        assert!((100..600).contains(&relayed), "relayed {relayed} of 600");
+
+        // Viewer limit (3 here): v1 and later are connected, a third fits,
+        // a fourth is refused before the upgrade.
+        let _third = connect(&ws_url(&server, &arn, Some("v3"), SECRET, now)).await.unwrap();
+        assert_eq!(
+            connect(&ws_url(&server, &arn, Some("v4"), SECRET, now)).await.err(),
+            Some(400)
+        );
+        // A newer viewer with the same id replaces the old connection.
+        let mut v1b = connect(&ws_url(&server, &arn, Some("v1"), SECRET, now)).await.unwrap();
+        assert!(closed(&mut viewer).await, "the old v1 is closed");
+        // A second master: the newest wins, the old one is closed.
+        let mut master2 = connect(&ws_url(&server, &arn, None, SECRET, now)).await.unwrap();
+        assert!(closed(&mut master).await, "the old master is closed");
+        v1b.send(Message::text(json!({"action": "SDP_OFFER", "messagePayload": offer}).to_string()))
+            .await
+            .unwrap();
+        assert_eq!(next_json(&mut master2).await.unwrap()["senderClientId"], "v1");
+        // A message over the WebSocket frame limit ends that connection only.
+        let _ = v1b.send(Message::text("x".repeat(100_000))).await;
+        assert!(closed(&mut v1b).await, "an oversized frame ends the connection");
+    });
+    // SendAlexaOfferToMaster through boto3, answered by a master.
+    let answered = rt.block_on(async {
+        let mut master = connect(&ws_url(&server, &arn, None, SECRET, SystemTime::now()))
+            .await
+            .unwrap();
+        let py = format!(
+            "import boto3,os\n\
+             s=boto3.client('kinesis-video-signaling',endpoint_url=os.environ['KINEMA_ENDPOINT'],region_name='us-east-1')\n\
+             print(s.send_alexa_offer_to_master(ChannelARN='{arn}',SenderClientId='alexa',MessagePayload='b2ZmZXI=')['Answer'])\n"
+        );
+        let mut child = tokio::process::Command::new(python())
+            .args(["-c", &py])
+            .env("KINEMA_ENDPOINT", server.url())
+            .env("AWS_ACCESS_KEY_ID", KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let offer = next_json(&mut master).await.unwrap();
+        assert_eq!(offer["senderClientId"], "alexa");
+        assert_eq!(offer["messagePayload"], "b2ZmZXI=");
+        master
+            .send(Message::text(
+                json!({"action": "SDP_ANSWER", "messagePayload": "YW5zd2Vy", "recipientClientId": "alexa"})
+                    .to_string(),
+            ))
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tokio::io::AsyncReadExt::read_to_string(child.stdout.as_mut().unwrap(), &mut out)
+            .await
+            .unwrap();
+        assert!(child.wait().await.unwrap().success());
+        out.trim().to_string()
+    });
+    assert_eq!(answered, "YW5zd2Vy");
+    // Still healthy; and at shutdown a connected client gets GO_AWAY.
+    let health = Command::new("curl")
+        .args(["-s", &format!("{}/health", server.url())])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&health.stdout), "ok");
+    rt.block_on(async {
+        let mut master = connect(&ws_url(&server, &arn, None, SECRET, SystemTime::now()))
+            .await
+            .unwrap();
+        let pid = server.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let got = next_json(&mut master)
+            .await
+            .expect("GO_AWAY before the close");
+        assert_eq!(got["messageType"], "GO_AWAY");
+    });
+}
