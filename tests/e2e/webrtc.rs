@@ -457,3 +457,158 @@ fn signaling_refuses_bad_input_and_relays_the_rest() {
         assert_eq!(got["messageType"], "GO_AWAY");
     });
 }
+
+/// The first `turn:` URI's address and the credentials GetIceServerConfig
+/// vends for `client`.
+fn vended_turn(
+    server: &Server,
+    arn: &str,
+    client: &str,
+) -> (std::net::SocketAddr, String, String, u64) {
+    let (status, body) = api(
+        server,
+        "POST",
+        "/v1/get-ice-server-config",
+        Some(&json!({"ChannelARN": arn, "ClientId": client, "Service": "TURN"}).to_string()),
+    );
+    assert_eq!(status, 200, "{body}");
+    let s = &body["IceServerList"][0];
+    let uri = s["Uris"][0].as_str().unwrap();
+    let addr = uri
+        .trim_start_matches("turn:")
+        .split('?')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (
+        addr,
+        s["Username"].as_str().unwrap().to_string(),
+        s["Password"].as_str().unwrap().to_string(),
+        s["Ttl"].as_u64().unwrap(),
+    )
+}
+
+fn channel(server: &Server, name: &str) -> String {
+    let (status, body) = api(
+        server,
+        "POST",
+        "/createSignalingChannel",
+        Some(&json!({"ChannelName": name}).to_string()),
+    );
+    assert_eq!(status, 200, "{body}");
+    body["ChannelARN"].as_str().unwrap().to_string()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Allocations with what GetIceServerConfig vends succeed, at the embedded
+/// TURN server and at Debian's coturn (`use-auth-secret` with the same
+/// secret); expired, forged and other-secret credentials are refused.
+#[test]
+fn turn_servers_accept_exactly_the_vended_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_config(
+        &dir.path().join("data"),
+        "[webrtc]\nturn_listen = \"127.0.0.1:0\"\nturn_secret = \"north-wind\"\ncredential_ttl_seconds = 120\n",
+    );
+    let arn = channel(&server, "porch");
+    let (addr, user, pass, ttl) = vended_turn(&server, &arn, "viewer-7");
+    assert_eq!(ttl, 120);
+    assert!(user.ends_with(":viewer-7"), "{user}");
+    let expiry: u64 = user.split(':').next().unwrap().parse().unwrap();
+    assert!(
+        (unix_now() + 100..=unix_now() + 121).contains(&expiry),
+        "{user}"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let probe = |addr, user: &str, pass: &str| {
+        rt.block_on(kinema_rtc::turn::probe_allocation(addr, user, pass))
+    };
+    let expired =
+        kinema_signaling::turn_credentials("north-wind", "viewer-7", unix_now() - 300, 60);
+    let other = kinema_signaling::turn_credentials("south-wind", "viewer-7", unix_now(), 60);
+    let check = |addr, user: &str, pass: &str, name: &str| {
+        let relayed = probe(addr, user, pass).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(relayed.ip().to_string(), "127.0.0.1", "{name}");
+        assert!(
+            probe(addr, user, "d3Jvbmc=").is_err(),
+            "{name}: wrong password"
+        );
+        assert!(
+            probe(addr, &expired.username, &expired.password).is_err(),
+            "{name}: expired"
+        );
+        assert!(
+            probe(addr, &other.username, &other.password).is_err(),
+            "{name}: another secret"
+        );
+    };
+    check(addr, &user, &pass, "embedded");
+
+    // coturn, configured as the external TURN server of a second Kinema.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let coturn = Killed(
+        Command::new("turnserver")
+            .args([
+                "-n",
+                "--no-cli",
+                "--no-tls",
+                "--no-dtls",
+                "--no-tcp",
+                "--log-file=stdout",
+            ])
+            .args([
+                "--listening-ip=127.0.0.1",
+                "--relay-ip=127.0.0.1",
+                "--allow-loopback-peers",
+            ])
+            .arg(format!("--listening-port={port}"))
+            .args([
+                "--use-auth-secret",
+                "--static-auth-secret=north-wind",
+                "--realm=kinema",
+            ])
+            .args(["--min-port=40000", "--max-port=40100"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("coturn (Debian package coturn) runs"),
+    );
+    let external = Server::start_with_config(
+        &dir.path().join("data2"),
+        &format!(
+            "[webrtc]\nturn_listen = \"off\"\nturn_secret = \"north-wind\"\n\
+             turn_uris = [\"turn:127.0.0.1:{port}?transport=udp\"]\n"
+        ),
+    );
+    let arn2 = channel(&external, "porch");
+    let (addr2, user2, pass2, _) = vended_turn(&external, &arn2, "viewer-7");
+    assert_eq!(addr2.port(), port);
+    // coturn needs a moment to open its port; bounded.
+    let ready = wait_for(Duration::from_secs(10), || {
+        probe(addr2, &user2, &pass2).ok()
+    });
+    assert!(ready.is_some(), "coturn accepts the vended credentials");
+    check(addr2, &user2, &pass2, "coturn");
+    drop(coturn);
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

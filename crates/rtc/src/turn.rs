@@ -108,3 +108,55 @@ impl TurnServer {
         let _ = self.server.close().await;
     }
 }
+
+/// Allocates a relay on the TURN server at `server` (UDP) with the given
+/// credentials and releases it: Ok(the relayed address) proves the server
+/// accepts them. For checks of a deployment (embedded TURN or coturn) and
+/// for tests.
+pub async fn probe_allocation(
+    server: SocketAddr,
+    username: &str,
+    password: &str,
+) -> Result<SocketAddr, RtcError> {
+    use webrtc::turn::client::{Client, ClientConfig};
+    use webrtc::util::Conn;
+    let local: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("a literal socket address");
+    let socket = UdpSocket::bind(local)
+        .await
+        .map_err(|e| RtcError::Turn(e.to_string()))?;
+    let client = Client::new(ClientConfig {
+        stun_serv_addr: String::new(),
+        turn_serv_addr: server.to_string(),
+        username: username.to_string(),
+        password: password.to_string(),
+        realm: String::new(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: Arc::new(socket),
+        vnet: None,
+    })
+    .await
+    .map_err(|e| RtcError::Turn(e.to_string()))?;
+    client
+        .listen()
+        .await
+        .map_err(|e| RtcError::Turn(e.to_string()))?;
+    let result = match client.allocate().await {
+        Ok(relay) => {
+            let addr = relay
+                .local_addr()
+                .map_err(|e| RtcError::Turn(e.to_string()));
+            let _ = relay.close().await;
+            addr
+        }
+        Err(e) => Err(RtcError::Turn(e.to_string())),
+    };
+    let _ = client.close().await;
+    result
+}
