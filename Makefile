@@ -50,3 +50,4 @@ bench: setup
 	$(CARGO_TARGET_DIR)/release/kinema-bench-rtsp $(RTSP_BENCH_ARGS)
 	$(CARGO_TARGET_DIR)/release/kinema-bench-hls $(HLS_BENCH_ARGS)
 	$(CARGO_TARGET_DIR)/release/kinema-bench-detect $(DETECT_BENCH_ARGS)
+	$(CARGO_TARGET_DIR)/release/kinema-bench-webrtc $(WEBRTC_BENCH_ARGS)

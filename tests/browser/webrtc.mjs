@@ -5,7 +5,7 @@
 //
 // Usage: node webrtc.mjs CONFIG.json. CONFIG: {sdk, origin, accessKeyId,
 // secretAccessKey, region, scenarios: [{name, kind: "p2p"|"server"|"page",
-// channel: {arn, wss, ice}, relay?, path?, masterPath?}]}: "p2p" is an SDK
+// channel: {arn, wss, ice}, relay?, tcp?, path?, masterPath?}]}: "p2p" is an SDK
 // master (fake camera) and an SDK viewer, "server" an SDK viewer of a
 // channel the server masters, "page" one of our web/ pages (after a master
 // page, if given). Prints one JSON line per
@@ -79,8 +79,12 @@ async function startMaster(channel) {
 }
 
 // A viewer with the SDK: receive video, count decoded frames.
-async function runViewer(channel, clientId, relay) {
+async function runViewer(channel, clientId, relay, tcp) {
   const page = await sdkPage();
+  // TURN over TCP only: keep just the transport=tcp URIs.
+  const iceServers = tcp
+    ? channel.ice.map((s) => ({ ...s, urls: s.urls.filter((u) => u.includes("transport=tcp")) }))
+    : channel.ice;
   return await page.evaluate(async ({ common, iceServers, clientId, relay }) => {
     const errors = [];
     const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: relay ? "relay" : "all" });
@@ -102,7 +106,7 @@ async function runViewer(channel, clientId, relay) {
     viewer.on("error", (e) => errors.push(String(e)));
     viewer.open();
     const stats = async () => {
-      let frames = 0, localType = null, remoteType = null;
+      let frames = 0, localType = null, remoteType = null, relayProtocol = null;
       const report = await pc.getStats();
       report.forEach((s) => {
         if (s.type === "inbound-rtp" && s.kind === "video") frames = s.framesDecoded || 0;
@@ -110,10 +114,11 @@ async function runViewer(channel, clientId, relay) {
       report.forEach((s) => {
         if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") {
           localType = report.get(s.localCandidateId)?.candidateType;
+          relayProtocol = report.get(s.localCandidateId)?.relayProtocol ?? null;
           remoteType = report.get(s.remoteCandidateId)?.candidateType;
         }
       });
-      return { frames, localType, remoteType };
+      return { frames, localType, remoteType, relayProtocol };
     };
     // Bounded: 40 s to decode 30 frames.
     const begin = performance.now();
@@ -127,13 +132,13 @@ async function runViewer(channel, clientId, relay) {
     const later = await stats();
     const out = {
       framesDecoded: first, framesDecodedLater: later.frames, state: pc.connectionState,
-      localType: later.localType, remoteType: later.remoteType, errors,
+      localType: later.localType, remoteType: later.remoteType, relayProtocol: later.relayProtocol, errors,
       codec: (await pc.getStats()) && pc.getReceivers()[0]?.track?.kind,
     };
     viewer.close();
     pc.close();
     return out;
-  }, { common: common(channel), iceServers: channel.ice, clientId, relay: !!relay });
+  }, { common: common(channel), iceServers, clientId, relay: !!relay });
 }
 
 // One of our own pages (web/), reading its status element.
@@ -174,11 +179,11 @@ try {
     try {
       if (sc.kind === "p2p") {
         const master = await startMaster(sc.channel);
-        result = await runViewer(sc.channel, "viewer-" + sc.name, sc.relay);
+        result = await runViewer(sc.channel, "viewer-" + sc.name, sc.relay, sc.tcp);
         result.masterErrors = await master.evaluate(() => window.masterErrors);
         await master.close();
       } else if (sc.kind === "server") {
-        result = await runViewer(sc.channel, "viewer-" + sc.name, sc.relay);
+        result = await runViewer(sc.channel, "viewer-" + sc.name, sc.relay, sc.tcp);
       } else {
         result = await runPage(sc.path, sc.masterPath);
       }

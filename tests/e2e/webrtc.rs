@@ -122,6 +122,10 @@ fn browsers_watch_live_through_signaling_turn_and_the_server_as_master() {
             {"name": "sdk-server", "kind": "server", "channel": channels["filecam"]},
             {"name": "sdk-server-push", "kind": "server", "channel": channels["pushcam"]},
             {"name": "sdk-server-relay", "kind": "server", "channel": channels["pushcam"], "relay": true},
+            {"name": "sdk-server-relay-tcp", "kind": "server", "channel": channels["filecam"], "relay": true, "tcp": true},
+            // After an allocation over TCP ended: the listener still serves
+            // (ending one allocation used to close the whole TCP listener).
+            {"name": "sdk-p2p-relay-tcp", "kind": "p2p", "channel": channels["door"], "relay": true, "tcp": true},
             {"name": "page-signaling", "kind": "page", "path": page("pushcam", "signaling", false)},
             {"name": "page-whep", "kind": "page", "path": page("filecam", "whep", false)},
             {"name": "page-relay", "kind": "page", "path": page("pushcam", "signaling", true)},
@@ -144,6 +148,11 @@ fn browsers_watch_live_through_signaling_turn_and_the_server_as_master() {
     for name in ["sdk-p2p-relay", "sdk-server-relay", "page-relay"] {
         let r = assert_decodes(&results, name);
         assert_eq!(r["localType"], "relay", "{name} went through TURN: {r}");
+    }
+    for name in ["sdk-server-relay-tcp", "sdk-p2p-relay-tcp"] {
+        let r = assert_decodes(&results, name);
+        assert_eq!(r["localType"], "relay", "{name}: {r}");
+        assert_eq!(r["relayProtocol"], "tcp", "{name}: TURN over TCP: {r}");
     }
     for name in ["page-signaling", "page-whep", "page-camera"] {
         let r = assert_decodes(&results, name);

@@ -1,7 +1,7 @@
 //! `kinesisvideo` signaling-channel operations (REST-JSON): Create,
 //! Describe, List, Update, Delete and GetSignalingChannelEndpoint. The
-//! WebSocket endpoint itself comes with the WebRTC issue; the endpoints
-//! returned now name this server (`ws://` / `http://` for a plain listener).
+//! endpoints returned name this server: `wss://` / `https://` with TLS,
+//! `ws://` / `http://` on a plain listener (the WebSocket is `signaling.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,9 +1,8 @@
 //! Signaling channels: the control plane (`kinesisvideo` CreateSignalingChannel,
 //! Describe, List, Update, Delete), kept in the `signaling-channels`
 //! metadata document. The live signaling state of a channel (connections,
-//! waiting messages) will be a `kinema_signaling::Channel` held by the
-//! WebSocket shell (the WebRTC issue); this registry knows names, ARNs,
-//! versions and settings.
+//! waiting messages) is in [`crate::signaling`]; this registry knows names,
+//! ARNs, versions and settings.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

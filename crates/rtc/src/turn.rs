@@ -16,10 +16,186 @@ use webrtc::util::vnet::net::Net;
 
 use crate::RtcError;
 
+mod tcp {
+    //! TURN over TCP (RFC 8656 §12.5) for the webrtc-rs server, whose
+    //! listeners are packet connections: each accepted stream is cut into
+    //! whole STUN messages and ChannelData messages (padded to four bytes
+    //! on streams) and handed to the server as packets from the client's
+    //! address; packets to that address are written back to its stream.
+
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+    use webrtc::util::{Conn, Error};
+
+    use crate::RtcError;
+
+    /// Packets received and not yet read by the server.
+    const INBOX: usize = 256;
+    /// Packets queued for one client before more are dropped (as UDP would).
+    const OUTBOX: usize = 256;
+    /// Open TCP clients at once.
+    const MAX_CLIENTS: usize = 1024;
+
+    type Writers = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>>;
+
+    pub(super) struct TcpPackets {
+        addr: SocketAddr,
+        inbox: tokio::sync::Mutex<mpsc::Receiver<(Bytes, SocketAddr)>>,
+        writers: Writers,
+        accept: tokio::task::JoinHandle<()>,
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads one framed message: STUN (first two bits 00, 20-byte header)
+    /// or ChannelData (01, 4-byte header, padded to four bytes).
+    async fn read_message(r: &mut (impl AsyncReadExt + Unpin)) -> Option<Bytes> {
+        let mut head = [0u8; 4];
+        r.read_exact(&mut head).await.ok()?;
+        let len = u16::from_be_bytes([head[2], head[3]]) as usize;
+        let (total, keep) = match head[0] >> 6 {
+            0 => (20 + len, 20 + len),
+            1 => (4 + len.div_ceil(4) * 4, 4 + len),
+            _ => return None,
+        };
+        let mut msg = vec![0u8; total];
+        msg[..4].copy_from_slice(&head);
+        r.read_exact(&mut msg[4..]).await.ok()?;
+        msg.truncate(keep);
+        Some(Bytes::from(msg))
+    }
+
+    impl TcpPackets {
+        pub(super) async fn bind(addr: SocketAddr) -> Result<TcpPackets, RtcError> {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| RtcError::Turn(format!("cannot bind TCP {addr}: {e}")))?;
+            let addr = listener
+                .local_addr()
+                .map_err(|e| RtcError::Turn(e.to_string()))?;
+            let (tx, rx) = mpsc::channel(INBOX);
+            let writers: Writers = Arc::default();
+            let w = writers.clone();
+            let accept = tokio::spawn(async move {
+                while let Ok((stream, peer)) = listener.accept().await {
+                    if lock(&w).len() >= MAX_CLIENTS {
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    let (mut rd, mut wr) = stream.into_split();
+                    let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(OUTBOX);
+                    lock(&w).insert(peer, out_tx);
+                    tokio::spawn(async move {
+                        while let Some(b) = out_rx.recv().await {
+                            if wr.write_all(&b).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    let (tx, w) = (tx.clone(), w.clone());
+                    tokio::spawn(async move {
+                        while let Some(msg) = read_message(&mut rd).await {
+                            if tx.send((msg, peer)).await.is_err() {
+                                break;
+                            }
+                        }
+                        lock(&w).remove(&peer);
+                    });
+                }
+            });
+            Ok(TcpPackets {
+                addr,
+                inbox: tokio::sync::Mutex::new(rx),
+                writers,
+                accept,
+            })
+        }
+
+        pub(super) fn addr(&self) -> SocketAddr {
+            self.addr
+        }
+    }
+
+    impl Drop for TcpPackets {
+        fn drop(&mut self) {
+            self.accept.abort();
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Conn for TcpPackets {
+        async fn connect(&self, _addr: SocketAddr) -> Result<(), Error> {
+            Err(Error::Other(
+                "TURN over TCP accepts, it does not connect".into(),
+            ))
+        }
+
+        async fn recv(&self, buf: &mut [u8]) -> Result<usize, Error> {
+            self.recv_from(buf).await.map(|(n, _)| n)
+        }
+
+        async fn recv_from(&self, buf: &mut [u8]) -> Result<(usize, SocketAddr), Error> {
+            let Some((msg, peer)) = self.inbox.lock().await.recv().await else {
+                return Err(Error::Other("the TURN TCP listener stopped".into()));
+            };
+            let n = msg.len().min(buf.len());
+            buf[..n].copy_from_slice(&msg[..n]);
+            Ok((n, peer))
+        }
+
+        async fn send(&self, _buf: &[u8]) -> Result<usize, Error> {
+            Err(Error::Other("TURN over TCP sends to an address".into()))
+        }
+
+        async fn send_to(&self, buf: &[u8], target: SocketAddr) -> Result<usize, Error> {
+            let mut data = buf.to_vec();
+            // ChannelData on a stream is padded to a multiple of four.
+            if buf.first().is_some_and(|b| b >> 6 == 1) {
+                data.resize(buf.len().div_ceil(4) * 4, 0);
+            }
+            let tx = lock(&self.writers).get(&target).cloned();
+            if let Some(tx) = tx {
+                // A full queue drops the packet, as a congested UDP path would.
+                let _ = tx.try_send(Bytes::from(data));
+            }
+            Ok(buf.len())
+        }
+
+        fn local_addr(&self) -> Result<SocketAddr, Error> {
+            Ok(self.addr)
+        }
+
+        fn remote_addr(&self) -> Option<SocketAddr> {
+            None
+        }
+
+        /// Nothing: the server calls this on its listener whenever one
+        /// allocation ends; the listener lives until it is dropped.
+        async fn close(&self) -> Result<(), Error> {
+            Ok(())
+        }
+
+        fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+            self
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct TurnConfig {
     /// UDP address to listen on (port 0: any).
     pub listen: SocketAddr,
+    /// TCP address to listen on too (RFC 8656 TURN over TCP; the relayed
+    /// side stays UDP), if any.
+    pub tcp_listen: Option<SocketAddr>,
     /// The address relayed candidates carry (the listen address if unset
     /// and not a wildcard).
     pub relay_ip: Option<IpAddr>,
@@ -32,6 +208,7 @@ pub struct TurnConfig {
 pub struct TurnServer {
     server: Server,
     addr: SocketAddr,
+    tcp_addr: Option<SocketAddr>,
 }
 
 /// Checks TURN REST usernames and derives their keys from the secret.
@@ -80,15 +257,28 @@ impl TurnServer {
         };
         // Relays are bound on the listen address (all interfaces for a
         // wildcard) and advertised as `relay_ip`.
+        let relays = || {
+            Box::new(RelayAddressGeneratorStatic {
+                relay_address: relay_ip,
+                address: addr.ip().to_string(),
+                net: Arc::new(Net::new(None)),
+            })
+        };
+        let mut conn_configs = vec![ConnConfig {
+            conn: Arc::new(socket),
+            relay_addr_generator: relays(),
+        }];
+        let mut tcp_addr = None;
+        if let Some(tcp) = cfg.tcp_listen {
+            let conn = tcp::TcpPackets::bind(tcp).await?;
+            tcp_addr = Some(conn.addr());
+            conn_configs.push(ConnConfig {
+                conn: Arc::new(conn),
+                relay_addr_generator: relays(),
+            });
+        }
         let server = Server::new(ServerConfig {
-            conn_configs: vec![ConnConfig {
-                conn: Arc::new(socket),
-                relay_addr_generator: Box::new(RelayAddressGeneratorStatic {
-                    relay_address: relay_ip,
-                    address: addr.ip().to_string(),
-                    net: Arc::new(Net::new(None)),
-                }),
-            }],
+            conn_configs,
             realm: cfg.realm,
             auth_handler: Arc::new(RestAuth { secret: cfg.secret }),
             channel_bind_timeout: std::time::Duration::from_secs(0),
@@ -96,12 +286,22 @@ impl TurnServer {
         })
         .await
         .map_err(|e| RtcError::Turn(e.to_string()))?;
-        tracing::info!(%addr, %relay_ip, "TURN server listening (UDP)");
-        Ok(TurnServer { server, addr })
+        tracing::info!(%addr, tcp = ?tcp_addr, %relay_ip, "TURN server listening");
+        Ok(TurnServer {
+            server,
+            addr,
+            tcp_addr,
+        })
     }
 
+    /// The UDP address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The TCP address, when TURN over TCP is on.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
     }
 
     pub async fn close(&self) {

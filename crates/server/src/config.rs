@@ -62,6 +62,9 @@ pub struct Config {
 pub struct WebRtcConfig {
     /// UDP address of the embedded STUN/TURN server ("off" disables it).
     pub turn_listen: Option<String>,
+    /// TCP address of the embedded TURN server ("off": UDP only; default:
+    /// the UDP address's IP and port).
+    pub turn_tcp_listen: Option<String>,
     /// The address relayed candidates carry (default: the listen address).
     pub turn_relay_ip: Option<std::net::IpAddr>,
     /// Host name or address put in the `turn:` URIs handed to clients.
@@ -178,6 +181,10 @@ pub enum Tls {
 pub struct WebRtc {
     /// Embedded TURN server address (None: off).
     pub turn_listen: Option<SocketAddr>,
+    /// Whether the address was configured (a default that is taken is only
+    /// a warning).
+    pub turn_explicit: bool,
+    pub turn_tcp_listen: Option<SocketAddr>,
     pub turn_relay_ip: Option<std::net::IpAddr>,
     pub turn_host: Option<String>,
     pub turn_secret: Option<String>,
@@ -328,9 +335,27 @@ impl WebRtcConfig {
                 a.parse()
                     .map_err(|e| anyhow::anyhow!("webrtc.turn_listen {a:?}: {e}"))?,
             ),
-            None => Some(SocketAddr::new(http_ip, DEFAULT_TURN_PORT)),
+            // Beside an OS-chosen HTTP port (tests), an OS-chosen TURN port.
+            None => Some(SocketAddr::new(
+                http_ip,
+                if http.is_some_and(|a| a.port() == 0) {
+                    0
+                } else {
+                    DEFAULT_TURN_PORT
+                },
+            )),
+        };
+        let turn_tcp_listen = match (self.turn_tcp_listen.as_deref(), turn_listen) {
+            (Some("off"), _) | (_, None) => None,
+            (Some(a), _) => Some(
+                a.parse()
+                    .map_err(|e| anyhow::anyhow!("webrtc.turn_tcp_listen {a:?}: {e}"))?,
+            ),
+            (None, Some(udp)) => Some(udp),
         };
         Ok(WebRtc {
+            turn_tcp_listen,
+            turn_explicit: self.turn_listen.is_some(),
             turn_listen,
             turn_relay_ip: self.turn_relay_ip,
             turn_host: self.turn_host.clone(),
@@ -386,6 +411,28 @@ mod tests {
         assert_eq!(d.lines.len(), 1);
         assert_eq!(d.lines[0].from, [0.5, 0.2]);
         assert!((d.threshold - 0.4).abs() < 1e-6);
+        assert_eq!(r.tls, Tls::Off);
+        assert_eq!(
+            r.webrtc.turn_listen,
+            Some("127.0.0.1:3478".parse().unwrap())
+        );
+        assert_eq!(r.webrtc.credential_ttl_seconds, 300);
+        assert_eq!(r.webrtc.max_viewers_per_stream, 200);
+        assert_eq!(r.webrtc.max_viewers_per_channel, 1000);
+        let tls = Config::parse(
+            "[server]\ntls_self_signed = [\"localhost\"]\n[webrtc]\nturn_listen = \"off\"\n",
+        )
+        .unwrap()
+        .resolve(None, None, None)
+        .unwrap();
+        assert_eq!(tls.tls, Tls::SelfSigned(vec!["localhost".into()]));
+        assert_eq!(tls.webrtc.turn_listen, None);
+        assert!(
+            Config::parse("[webrtc]\nturn_listen = \"nowhere\"\n")
+                .unwrap()
+                .resolve(None, None, None)
+                .is_err()
+        );
         let demo = Config::parse(include_str!("../../../samples/demo.toml"))
             .expect("samples/demo.toml parses");
         assert!(demo.detectors.contains_key("market-street"));

@@ -106,15 +106,31 @@ pub async fn run(
         None => hex::encode(iterator_key()?),
     };
     let turn = match w.turn_listen {
-        Some(listen) => Some(
-            kinema_rtc::turn::TurnServer::start(kinema_rtc::turn::TurnConfig {
+        Some(listen) => {
+            let started = kinema_rtc::turn::TurnServer::start(kinema_rtc::turn::TurnConfig {
                 listen,
+                tcp_listen: w.turn_tcp_listen.map(|tcp| {
+                    // With an OS-chosen UDP port, TCP chooses its own too.
+                    if listen.port() == 0 {
+                        std::net::SocketAddr::new(tcp.ip(), 0)
+                    } else {
+                        tcp
+                    }
+                }),
                 relay_ip: w.turn_relay_ip,
                 realm: config::DEFAULT_TURN_REALM.into(),
                 secret: turn_secret.clone(),
             })
-            .await?,
-        ),
+            .await;
+            match started {
+                Ok(t) => Some(t),
+                Err(e) if !w.turn_explicit => {
+                    tracing::warn!(error = %e, "no embedded TURN server (set webrtc.turn_listen)");
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         None => None,
     };
     let ice_uris = match (&w.turn_uris, &turn) {
@@ -126,10 +142,12 @@ pub async fn run(
                 std::net::IpAddr::V6(ip) => format!("[{ip}]"),
                 ip => ip.to_string(),
             });
-            Some(vec![
-                format!("turn:{host}:{}?transport=udp", a.port()),
-                format!("stun:{host}:{}", a.port()),
-            ])
+            let mut uris = vec![format!("turn:{host}:{}?transport=udp", a.port())];
+            if let Some(tcp) = t.tcp_addr() {
+                uris.push(format!("turn:{host}:{}?transport=tcp", tcp.port()));
+            }
+            uris.push(format!("stun:{host}:{}", a.port()));
+            Some(uris)
         }
         (None, None) => None,
     };

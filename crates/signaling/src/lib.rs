@@ -1,6 +1,6 @@
-//! WebRTC signaling for one channel, without I/O (groundwork for the
-//! WebRTC issue): the Kinesis Video signaling WebSocket messages and a
-//! `SINGLE_MASTER` channel as a state machine.
+//! WebRTC signaling for one channel, without I/O: the Kinesis Video
+//! signaling WebSocket messages, a `SINGLE_MASTER` channel as a state
+//! machine, and TURN REST credentials (`ice`).
 //!
 //! The shell that owns the WebSocket connections tells the [`Channel`]
 //! about connects, text messages, disconnects and the time, then drains
