@@ -189,35 +189,8 @@ fn ws_url(
     secret: &str,
     at: SystemTime,
 ) -> String {
-    let mut url = format!(
-        "ws://127.0.0.1:{}/?X-Amz-ChannelARN={}",
-        server.port,
-        urlencode(arn)
-    );
-    if let Some(c) = client {
-        url.push_str(&format!("&X-Amz-ClientId={c}"));
-    }
-    kinema_client::presign_url(
-        &url,
-        KEY_ID,
-        secret,
-        "us-east-1",
-        "kinesisvideo",
-        Duration::from_secs(299),
-        at,
-    )
-    .unwrap()
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    let endpoint = format!("ws://127.0.0.1:{}", server.port);
+    kinema_client::signaling_url(&endpoint, arn, client, KEY_ID, secret, "us-east-1", at).unwrap()
 }
 
 type Ws =
@@ -290,7 +263,7 @@ fn signaling_refuses_bad_input_and_relays_the_rest() {
         let unsigned = format!(
             "ws://127.0.0.1:{}/?X-Amz-ChannelARN={}",
             server.port,
-            urlencode(&arn)
+            kinema_client::uri_encode(&arn)
         );
         assert_eq!(connect(&unsigned).await.err(), Some(403));
         let expired = ws_url(&server, &arn, None, SECRET, now - Duration::from_secs(600));
@@ -619,5 +592,141 @@ impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A WHEP request through curl's SigV4: (status, Location, body).
+fn whep(
+    server: &Server,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (headers, data) = (dir.path().join("h"), dir.path().join("b"));
+    std::fs::write(&data, body).unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-D"])
+        .arg(&headers)
+        .args(["--aws-sigv4", "aws:amz:us-east-1:kinesisvideo"])
+        .args(["--user", &format!("{KEY_ID}:{SECRET}"), "-X", method])
+        .args(["-H", &format!("content-type: {content_type}")])
+        .arg("--data-binary")
+        .arg(format!("@{}", data.display()))
+        .arg(format!("{}{path}", server.url()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let location = std::fs::read_to_string(&headers)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("location: ")
+                .or_else(|| l.strip_prefix("Location: "))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    (
+        status.trim().parse().unwrap_or(0),
+        location,
+        body.to_string(),
+    )
+}
+
+/// WHEP viewers of a live camera (webrtc-rs receivers on loopback): each
+/// starts at a keyframe although it joins mid-GOP, frames keep coming, the
+/// per-stream viewer limit holds, sessions end with DELETE, and bad offers
+/// get the documented errors.
+#[test]
+fn whep_viewers_start_at_a_keyframe_within_the_viewer_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_config(
+        &dir.path().join("data"),
+        "[webrtc]\nturn_listen = \"off\"\nice_ip = \"127.0.0.1\"\nmax_viewers_per_stream = 2\n",
+    );
+    create_stream(&server, "cam", 1);
+    // 30 s of live 30 fps video, a keyframe every 1.5 s.
+    let _camera = Killed(
+        Command::new("sh")
+            .args(["-c", &gst_curl_command(&server, "cam", 900, 45, true)])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let cfg = kinema_rtc::RtcConfig {
+        ice_ip: Some("127.0.0.1".parse().unwrap()),
+        ice_servers: vec![],
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let offer = || rt.block_on(kinema_rtc::Receiver::offer(&cfg)).unwrap();
+    let (status, _, body) = whep(
+        &server,
+        "POST",
+        "/v1/whep/cam",
+        "application/sdp",
+        "v=0\r\nnot an offer",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("InvalidArgumentException"), "{body}");
+    let mut viewers = Vec::new();
+    let mut sessions = Vec::new();
+    // Join at different points of the GOP.
+    for wait_ms in [2_200, 700] {
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        let (rx, sdp) = offer();
+        let (status, location, answer) =
+            whep(&server, "POST", "/v1/whep/cam", "application/sdp", &sdp);
+        assert_eq!(status, 201, "{answer}");
+        assert!(location.starts_with("/v1/whep/cam/"), "{location}");
+        assert!(answer.contains("H264"), "{answer}");
+        rt.block_on(rx.accept_answer(&answer)).unwrap();
+        viewers.push(rx);
+        sessions.push(location);
+    }
+    for (i, rx) in viewers.iter().enumerate() {
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), rx.first_frame())
+                .await
+                .unwrap_or_else(|_| panic!("viewer {i} got no frame\n{}", server.log()))
+        });
+        assert_eq!(
+            rx.first_is_keyframe(),
+            Some(true),
+            "viewer {i} starts at a keyframe"
+        );
+    }
+    let got = wait_for(Duration::from_secs(15), || {
+        viewers.iter().all(|r| r.frames() >= 60).then_some(())
+    });
+    assert!(
+        got.is_some(),
+        "frames: {:?}",
+        viewers.iter().map(|r| r.frames()).collect::<Vec<_>>()
+    );
+    // The limit: a third viewer is refused.
+    let (_, sdp) = offer();
+    let (status, _, body) = whep(&server, "POST", "/v1/whep/cam", "application/sdp", &sdp);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("ClientLimitExceededException"), "{body}");
+    // Bad offers.
+    let (status, _, body) = whep(&server, "POST", "/v1/whep/cam", "application/json", &sdp);
+    assert_eq!(status, 415, "{body}");
+    let (status, _, body) = whep(&server, "POST", "/v1/whep/nope", "application/sdp", &sdp);
+    assert_eq!(status, 404, "{body}");
+    // DELETE ends a session and frees its place.
+    let (status, _, body) = whep(&server, "DELETE", &sessions[0], "application/sdp", "");
+    assert_eq!(status, 200, "{body}");
+    let (status, _, _) = whep(&server, "DELETE", &sessions[0], "application/sdp", "");
+    assert_eq!(status, 404);
+    let freed = wait_for(Duration::from_secs(10), || {
+        let (_, sdp) = offer();
+        let (status, _, _) = whep(&server, "POST", "/v1/whep/cam", "application/sdp", &sdp);
+        (status == 201).then_some(())
+    });
+    assert!(freed.is_some(), "a deleted session frees its place");
+    for r in &viewers {
+        rt.block_on(r.close());
     }
 }

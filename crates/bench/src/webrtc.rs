@@ -6,9 +6,10 @@
 //!    pays: one message in and out of a server).
 //! 2. Viewers: webrtc-rs receivers (in this process) watching one stream
 //!    the server masters (WHEP), fed live by gst-launch | curl PutMedia at
-//!    30 fps; per step the server's CPU, frames each viewer got, and the
-//!    server's delay from a frame's arrival to its hand-over to the peers
-//!    (`kinema_webrtc_send_delay_seconds`).
+//!    30 fps; per step the server's CPU, frames and bits each viewer got,
+//!    and the server's delay from a frame's arrival to its hand-over to
+//!    each viewer's peer (`kinema_webrtc_send_delay_seconds`, the step's
+//!    share, as histogram bucket bounds).
 //!
 //! Everything on 127.0.0.1; ICE candidates are restricted to it.
 //! Usage: kinema-bench-webrtc [--pairs 100] [--rounds 20] [--viewers 50,100,200] [--seconds 10]
@@ -57,26 +58,13 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn ws_url(base: &str, arn: &str, client: Option<&str>) -> anyhow::Result<String> {
-    let enc: String = arn
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let mut url = format!("{}/?X-Amz-ChannelARN={enc}", base.replacen("http", "ws", 1));
-    if let Some(c) = client {
-        url.push_str(&format!("&X-Amz-ClientId={c}"));
-    }
-    Ok(kinema_client::presign_url(
-        &url,
+    Ok(kinema_client::signaling_url(
+        &base.replacen("http", "ws", 1),
+        arn,
+        client,
         KEY,
         SECRET,
         "us-east-1",
-        "kinesisvideo",
-        Duration::from_secs(299),
         SystemTime::now(),
     )?)
 }
@@ -263,9 +251,9 @@ async fn whep_viewer(
     Ok(rx)
 }
 
-/// (p50, p99) upper bounds from a Prometheus histogram's cumulative buckets.
-fn histogram_quantiles(metrics: &str, name: &str) -> (String, String) {
-    let mut buckets: Vec<(String, f64)> = metrics
+/// A Prometheus histogram's cumulative buckets: (le, count).
+fn buckets(metrics: &str, name: &str) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = metrics
         .lines()
         .filter(|l| l.starts_with(&format!("{name}_bucket")))
         .filter_map(|l| {
@@ -273,10 +261,22 @@ fn histogram_quantiles(metrics: &str, name: &str) -> (String, String) {
             Some((le, l.split_whitespace().last()?.parse().ok()?))
         })
         .collect();
-    buckets.dedup();
-    let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
+    out.dedup();
+    out
+}
+
+/// (p50, p99) bucket bounds of what a histogram gained between two scrapes.
+fn quantiles_between(before: &[(String, f64)], after: &[(String, f64)]) -> (String, String) {
+    let delta: Vec<(String, f64)> = after
+        .iter()
+        .map(|(le, c)| {
+            let b = before.iter().find(|(l, _)| l == le).map_or(0.0, |x| x.1);
+            (le.clone(), c - b)
+        })
+        .collect();
+    let total = delta.last().map(|b| b.1).unwrap_or(0.0);
     let q = |p: f64| {
-        buckets
+        delta
             .iter()
             .find(|(_, c)| *c >= p * total)
             .map(|(le, _)| match le.parse::<f64>() {
@@ -286,6 +286,20 @@ fn histogram_quantiles(metrics: &str, name: &str) -> (String, String) {
             .unwrap_or_else(|| "-".into())
     };
     (q(0.5), q(0.99))
+}
+
+async fn scrape(client: &HttpClient, url: &str) -> anyhow::Result<Vec<(String, f64)>> {
+    let body = client
+        .get(format!("{url}/metrics").parse()?)
+        .await?
+        .into_body()
+        .collect()
+        .await?
+        .to_bytes();
+    Ok(buckets(
+        &String::from_utf8_lossy(&body),
+        "kinema_webrtc_send_delay_seconds",
+    ))
 }
 
 async fn viewers(url: &str, pid: u32, a: &Args) -> anyhow::Result<()> {
@@ -300,9 +314,9 @@ async fn viewers(url: &str, pid: u32, a: &Args) -> anyhow::Result<()> {
     .await?;
     let frames = 30 * (30 + a.viewers.len() as u64 * (a.seconds + 40));
     let producer = format!(
-        "gst-launch-1.0 -q videotestsrc is-live=true pattern=ball num-buffers={frames} \
+        "gst-launch-1.0 -q videotestsrc is-live=true pattern=snow num-buffers={frames} \
          ! video/x-raw,width=640,height=360,framerate=30/1,format=I420 \
-         ! x264enc bitrate=1000 key-int-max=30 speed-preset=ultrafast tune=zerolatency \
+         ! x264enc bitrate=2000 key-int-max=30 speed-preset=ultrafast tune=zerolatency \
          ! video/x-h264,profile=constrained-baseline ! h264parse ! matroskamux streamable=true ! fdsink fd=1 \
          | curl -sS -N --aws-sigv4 'aws:amz:us-east-1:kinesisvideo' --user {KEY}:{SECRET} -X POST -T - \
            -H 'x-amzn-stream-name: live' -H 'x-amzn-fragment-timecode-type: RELATIVE' \
@@ -313,7 +327,7 @@ async fn viewers(url: &str, pid: u32, a: &Args) -> anyhow::Result<()> {
         .spawn()?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     println!(
-        "viewers of one server-mastered stream (640x360, 30 fps, 1 Mbit/s; webrtc-rs receivers in this process, WHEP)"
+        "viewers of one server-mastered stream (640x360 noise, 30 fps, x264 at 2 Mbit/s; webrtc-rs receivers in this process, WHEP)"
     );
     let mut all: Vec<kinema_rtc::Receiver> = Vec::new();
     let bench_pid = std::process::id();
@@ -328,43 +342,40 @@ async fn viewers(url: &str, pid: u32, a: &Args) -> anyhow::Result<()> {
                 bail!("a viewer got no frame within 60 s ({} viewers)", all.len());
             }
         }
+        let h0 = scrape(&client, url).await?;
         let f0: Vec<u64> = all.iter().map(|r| r.frames()).collect();
+        let bytes0: u64 = all.iter().map(|r| r.bytes()).sum();
         let (c0, b0, t0) = (cpu_seconds(pid)?, cpu_seconds(bench_pid)?, Instant::now());
         tokio::time::sleep(Duration::from_secs(a.seconds)).await;
         let wall = t0.elapsed().as_secs_f64();
         let (c1, b1) = (cpu_seconds(pid)?, cpu_seconds(bench_pid)?);
+        let (p50, p99) = quantiles_between(&h0, &scrape(&client, url).await?);
         let fps: Vec<f64> = all
             .iter()
             .zip(&f0)
             .map(|(r, f)| (r.frames() - f) as f64 / wall)
             .collect();
+        let kbps = (all.iter().map(|r| r.bytes()).sum::<u64>() - bytes0) as f64 * 8.0
+            / 1000.0
+            / wall
+            / all.len() as f64;
         let min = fps.iter().copied().fold(f64::INFINITY, f64::min);
         let avg = fps.iter().sum::<f64>() / fps.len() as f64;
         let server_cpu = 100.0 * (c1 - c0) / wall;
         println!(
             "  {:>4} viewers: all receiving in {:>5.2} s; server CPU {:>6.1}% of a core ({:.2}% per viewer); \
-             frames/s per viewer min {:.1} avg {:.1}; receivers' CPU {:.1}%",
+             frames/s per viewer min {:.1} avg {:.1}, {:.0} kbit/s each; receivers' CPU {:.1}%; \
+             server delay arrival -> sent p50 {p50}, p99 {p99}",
             all.len(),
             started.elapsed().as_secs_f64() - wall,
             server_cpu,
             server_cpu / all.len() as f64,
             min,
             avg,
+            kbps,
             100.0 * (b1 - b0) / wall
         );
     }
-    let metrics = client
-        .get(format!("{url}/metrics").parse()?)
-        .await?
-        .into_body()
-        .collect()
-        .await?
-        .to_bytes();
-    let metrics = String::from_utf8_lossy(&metrics);
-    let (p50, p99) = histogram_quantiles(&metrics, "kinema_webrtc_send_delay_seconds");
-    println!(
-        "  server delay, frame arrival -> handed to every viewer's peer: p50 {p50}, p99 {p99}"
-    );
     for r in &all {
         r.close().await;
     }

@@ -59,8 +59,9 @@ pub struct LiveStats {
 }
 
 /// Upper bounds (microseconds) of the send-delay histogram.
-pub const DELAY_BUCKETS_US: [u64; 12] = [
-    100, 250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 250_000, 1_000_000,
+pub const DELAY_BUCKETS_US: [u64; 15] = [
+    50, 100, 200, 300, 500, 750, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 250_000,
+    1_000_000,
 ];
 
 impl LiveStats {

@@ -336,6 +336,20 @@ impl SendPeer {
     }
 }
 
+/// Whether an H.264 RTP payload (RFC 6184) begins a keyframe: an SPS or
+/// IDR NAL unit, alone, first in a STAP-A, or starting an FU-A.
+fn starts_keyframe(payload: &[u8]) -> bool {
+    let key = |t: u8| t == 5 || t == 7;
+    match payload.first().map(|b| b & 0x1f) {
+        Some(24) => payload.get(3).is_some_and(|b| key(b & 0x1f)),
+        Some(28) => payload
+            .get(1)
+            .is_some_and(|b| b & 0x80 != 0 && key(b & 0x1f)),
+        Some(t) => key(t),
+        None => false,
+    }
+}
+
 /// Called with the RTP timestamp of each complete frame a [`Receiver`] gets.
 type FrameHook = Arc<std::sync::Mutex<Option<Box<dyn FnMut(u32) + Send>>>>;
 
@@ -343,6 +357,9 @@ type FrameHook = Arc<std::sync::Mutex<Option<Box<dyn FnMut(u32) + Send>>>>;
 /// H.264 access units (RTP marker bits) that arrive.
 pub struct Receiver {
     pc: Arc<RTCPeerConnection>,
+    /// Whether the first RTP packet began a keyframe (an SPS, or an IDR
+    /// slice), once one arrived.
+    first_is_keyframe: Arc<std::sync::OnceLock<bool>>,
     frames: Arc<AtomicU64>,
     bytes: Arc<AtomicU64>,
     state: watch::Receiver<PeerState>,
@@ -373,11 +390,24 @@ impl Receiver {
         let bytes = Arc::new(AtomicU64::new(0));
         let (first_tx, first_frame) = watch::channel(false);
         let on_frame: FrameHook = Arc::new(std::sync::Mutex::new(None));
-        let (f, b, cb) = (frames.clone(), bytes.clone(), on_frame.clone());
+        let first_is_keyframe = Arc::new(std::sync::OnceLock::new());
+        let (f, b, cb, k) = (
+            frames.clone(),
+            bytes.clone(),
+            on_frame.clone(),
+            first_is_keyframe.clone(),
+        );
         pc.on_track(Box::new(move |track, _, _| {
-            let (f, b, cb, first_tx) = (f.clone(), b.clone(), cb.clone(), first_tx.clone());
+            let (f, b, cb, k, first_tx) = (
+                f.clone(),
+                b.clone(),
+                cb.clone(),
+                k.clone(),
+                first_tx.clone(),
+            );
             tokio::spawn(async move {
                 while let Ok((pkt, _)) = track.read_rtp().await {
+                    let _ = k.set(starts_keyframe(&pkt.payload));
                     b.fetch_add(pkt.payload.len() as u64, Ordering::Relaxed);
                     if pkt.header.marker {
                         f.fetch_add(1, Ordering::Relaxed);
@@ -403,6 +433,7 @@ impl Receiver {
         Ok((
             Receiver {
                 pc,
+                first_is_keyframe,
                 frames,
                 bytes,
                 state,
@@ -429,6 +460,11 @@ impl Receiver {
 
     pub fn frames(&self) -> u64 {
         self.frames.load(Ordering::Relaxed)
+    }
+
+    /// Whether the first packet received began a keyframe (None before any).
+    pub fn first_is_keyframe(&self) -> Option<bool> {
+        self.first_is_keyframe.get().copied()
     }
 
     pub fn bytes(&self) -> u64 {
