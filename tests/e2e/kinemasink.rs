@@ -11,18 +11,6 @@ use serde_json::Value;
 
 use crate::support::*;
 
-/// Where cargo put `libgstkinema.so` (the Makefile builds it before tests).
-fn plugin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    assert!(
-        dir.join("libgstkinema.so").exists(),
-        "{} has no libgstkinema.so: run `cargo build -p gst-plugin-kinema` first (make test does)",
-        dir.display()
-    );
-    dir
-}
-
 fn gst(pipeline: &str) -> Command {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")

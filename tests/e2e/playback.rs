@@ -9,12 +9,6 @@ use std::time::Duration;
 
 use crate::support::*;
 
-/// Where cargo put `libgstkinema.so` (the Makefile builds it before tests).
-fn plugin_dir() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
-}
-
 /// Known video into `stream` with kinemasink: 320x240 at 30 fps with the
 /// running time drawn in, a keyframe every 30 frames, B-frames, 1 s
 /// fragments.

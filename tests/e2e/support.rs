@@ -165,6 +165,18 @@ impl Drop for Server {
     }
 }
 
+/// Where cargo put `libgstkinema.so` (the Makefile builds it before tests).
+pub fn plugin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    assert!(
+        dir.join("libgstkinema.so").exists(),
+        "{} has no libgstkinema.so: run `cargo build -p gst-plugin-kinema` first (make test does)",
+        dir.display()
+    );
+    dir
+}
+
 pub fn repo_root() -> PathBuf {
     // Read at run time: a binary built from another checkout sharing the
     // target directory would otherwise point at that checkout.

@@ -635,7 +635,8 @@ fn whep(
     )
 }
 
-/// WHEP viewers of a live camera (webrtc-rs receivers on loopback): each
+/// WHEP viewers of a live `kinemasink` camera (webrtc-rs receivers on
+/// loopback): each
 /// starts at a keyframe although it joins mid-GOP, frames keep coming, the
 /// per-stream viewer limit holds, sessions end with DELETE, and bad offers
 /// get the documented errors.
@@ -647,10 +648,25 @@ fn whep_viewers_start_at_a_keyframe_within_the_viewer_limit() {
         "[webrtc]\nturn_listen = \"off\"\nice_ip = \"127.0.0.1\"\nmax_viewers_per_stream = 2\n",
     );
     create_stream(&server, "cam", 1);
-    // 30 s of live 30 fps video, a keyframe every 1.5 s.
+    // kinemasink: 30 s of live 30 fps video, a keyframe every 1.5 s.
     let _camera = Killed(
-        Command::new("sh")
-            .args(["-c", &gst_curl_command(&server, "cam", 900, 45, true)])
+        Command::new("gst-launch-1.0")
+            .args(["-q", "videotestsrc", "is-live=true", "num-buffers=900", "!"])
+            .args([
+                "video/x-raw,format=I420,width=320,height=240,framerate=30/1",
+                "!",
+            ])
+            .args(["x264enc", "tune=zerolatency", "key-int-max=45", "!"])
+            .args([
+                "video/x-h264,profile=constrained-baseline",
+                "!",
+                "kinemasink",
+            ])
+            .arg(format!("endpoint={}", server.url()))
+            .args(["stream-name=cam", "fragment-duration=1500"])
+            .env("GST_PLUGIN_PATH", plugin_dir())
+            .env("KINEMA_ACCESS_KEY_ID", KEY_ID)
+            .env("KINEMA_SECRET_ACCESS_KEY", SECRET)
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
