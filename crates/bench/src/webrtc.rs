@@ -69,6 +69,19 @@ fn ws_url(base: &str, arn: &str, client: Option<&str>) -> anyhow::Result<String>
     )?)
 }
 
+/// A WebSocket client with Nagle off, as browsers have it.
+async fn connect(
+    url: impl AsRef<str>,
+) -> Result<
+    (
+        Ws,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
+    tokio_tungstenite::connect_async_with_config(url.as_ref(), None, true).await
+}
+
 async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
@@ -129,9 +142,8 @@ async fn signaling(url: &str, a: &Args) -> anyhow::Result<()> {
             .as_str()
             .context("ChannelARN")?
             .to_string();
-        let (master, _) = tokio_tungstenite::connect_async(ws_url(url, &arn, None)?).await?;
-        let (viewer, _) =
-            tokio_tungstenite::connect_async(ws_url(url, &arn, Some(&format!("v{i}")))?).await?;
+        let (master, _) = connect(ws_url(url, &arn, None)?).await?;
+        let (viewer, _) = connect(ws_url(url, &arn, Some(&format!("v{i}")))?).await?;
         pairs.push((master, viewer, format!("v{i}")));
     }
     // A browser-sized offer: about 4 KB of SDP, base64.
@@ -178,7 +190,7 @@ async fn signaling(url: &str, a: &Args) -> anyhow::Result<()> {
     let barrier = Arc::new(tokio::sync::Barrier::new(a.pairs));
     let mut tasks = Vec::new();
     for _ in 0..a.pairs {
-        let (mut ws, _) = tokio_tungstenite::connect_async(&echo).await?;
+        let (mut ws, _) = connect(&echo).await?;
         let (offer, barrier, rounds) = (offer.clone(), barrier.clone(), a.rounds);
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
