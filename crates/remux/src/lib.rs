@@ -268,22 +268,55 @@ impl AnnexB {
     /// One frame (length-prefixed NAL units) as an Annex B access unit.
     /// A frame whose lengths do not add up is refused, not sent broken.
     pub fn convert(&self, data: &[u8], keyframe: bool) -> Result<Bytes, RemuxError> {
-        let size = self.track.nal_length_size;
-        if !nal_units_fit(data, size) {
+        if !nal_units_fit(data, self.track.nal_length_size) {
             return Err(RemuxError::InvalidFrame(0));
         }
         let mut out = Vec::with_capacity(data.len() + 64);
-        if keyframe {
-            for set in &self.sets {
-                out.extend([0, 0, 0, 1]);
-                out.extend(&set[..]);
-            }
-        }
-        for nal in nal_units(data, size) {
-            out.extend([0, 0, 0, 1]);
-            out.extend(nal);
-        }
+        write_annexb(&mut out, &self.track, &self.sets, data, keyframe, None);
         Ok(Bytes::from(out))
+    }
+}
+
+/// Appends one frame as an Annex B access unit: `aud` first if given, the
+/// configuration record's parameter sets before a keyframe, then the
+/// frame's NAL units without in-band AUDs (one per access unit at most)
+/// and, on keyframes, without in-band parameter sets (written already).
+pub(crate) fn write_annexb(
+    out: &mut Vec<u8>,
+    track: &Track,
+    sets: &[Bytes],
+    data: &[u8],
+    keyframe: bool,
+    aud: Option<&[u8]>,
+) {
+    let h265 = track.codec == Codec::H265;
+    // NAL unit type from the first header byte.
+    let nal_type = |h: u8| if h265 { (h >> 1) & 0x3f } else { h & 0x1f };
+    let is_aud = |h: u8| nal_type(h) == if h265 { 35 } else { 9 };
+    let is_set = |h: u8| {
+        if h265 {
+            matches!(nal_type(h), 32..=34)
+        } else {
+            matches!(nal_type(h), 7 | 8)
+        }
+    };
+    if let Some(aud) = aud {
+        out.extend([0, 0, 0, 1]);
+        out.extend(aud);
+    }
+    if keyframe {
+        for set in sets {
+            out.extend([0, 0, 0, 1]);
+            out.extend(&set[..]);
+        }
+    }
+    for nal in nal_units(data, track.nal_length_size) {
+        let Some(&h) = nal.first() else { continue };
+        if is_aud(h) || (keyframe && is_set(h)) {
+            continue;
+        }
+        out.extend([0, 0, 0, 1]);
+        out.extend(nal);
     }
 }
 
@@ -476,6 +509,17 @@ mod tests {
         assert_eq!(&key[..], &want[..]);
         let delta = a.convert(&frame, false).unwrap();
         assert_eq!(&delta[..], &[0, 0, 0, 1, 0x65, 0xAA, 0, 0, 0, 1, 0x06][..]);
+        // In-band AUD and parameter sets are not sent twice.
+        let inband = [
+            0, 0, 0, 2, 0x09, 0xf0, 0, 0, 0, 2, 0x67, 0x01, 0, 0, 0, 2, 0x65, 0xAA,
+        ];
+        let key2 = a.convert(&inband, true).unwrap();
+        let mut want2 = Vec::new();
+        for nal in sets.iter().map(|s| &s[..]).chain([&[0x65, 0xAA][..]]) {
+            want2.extend([0, 0, 0, 1]);
+            want2.extend(nal);
+        }
+        assert_eq!(&key2[..], &want2[..]);
         // A length running past the end is refused, not sent truncated.
         assert!(a.convert(&[0, 0, 0, 9, 0x65], false).is_err());
         let vp8 = kinema_mkv::TrackInfo {

@@ -214,42 +214,23 @@ pub fn segment(frag: &Fragment, times: &[Timing]) -> Vec<u8> {
         ],
     );
     let sets = frag.track.parameter_sets().unwrap_or_default();
-    let h265 = frag.track.codec == Codec::H265;
-    let aud: &[u8] = if h265 {
+    let aud: &[u8] = if frag.track.codec == Codec::H265 {
         &[0x46, 0x01, 0x50]
     } else {
         &[0x09, 0xf0]
-    };
-    // NAL unit type from the first header byte.
-    let nal_type = |h: u8| if h265 { (h >> 1) & 0x3f } else { h & 0x1f };
-    let is_aud = |h: u8| nal_type(h) == if h265 { 35 } else { 9 };
-    let is_set = |h: u8| {
-        if h265 {
-            matches!(nal_type(h), 32..=34)
-        } else {
-            matches!(nal_type(h), 7 | 8)
-        }
     };
     let shifted = Timing::shifted(times);
     let mut annexb = Vec::new();
     for (s, t) in frag.samples.iter().zip(&shifted) {
         annexb.clear();
-        annexb.extend([0, 0, 0, 1]);
-        annexb.extend(aud);
-        if s.keyframe {
-            for set in &sets {
-                annexb.extend([0, 0, 0, 1]);
-                annexb.extend(&set[..]);
-            }
-        }
-        for nal in crate::nal_units(&s.data, frag.track.nal_length_size) {
-            let Some(&h) = nal.first() else { continue };
-            if is_aud(h) || (s.keyframe && is_set(h)) {
-                continue;
-            }
-            annexb.extend([0, 0, 0, 1]);
-            annexb.extend(nal);
-        }
+        crate::write_annexb(
+            &mut annexb,
+            &frag.track,
+            &sets,
+            &s.data,
+            s.keyframe,
+            Some(aud),
+        );
         w.pes(&annexb, t, s.keyframe);
     }
     w.out
