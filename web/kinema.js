@@ -53,8 +53,9 @@ export async function presignUrl(url, creds, { region = "us-east-1", service = "
   return `${u.protocol}//${u.host}${path}?${query}&X-Amz-Signature=${sig}`;
 }
 
-/// A signed POST (header authentication); returns the Response.
-export async function signedPost(url, body, creds, { region = "us-east-1", service = "kinesisvideo", contentType = "application/json" } = {}) {
+/// A signed request (header authentication; POST unless `method` says
+/// otherwise); returns the Response.
+export async function signedPost(url, body, creds, { region = "us-east-1", service = "kinesisvideo", contentType = "application/json", method = "POST", keepalive = false } = {}) {
   const u = new URL(url);
   const date = amzDate();
   const scope = `${date.slice(0, 8)}/${region}/${service}/aws4_request`;
@@ -63,11 +64,12 @@ export async function signedPost(url, body, creds, { region = "us-east-1", servi
     .map(([k, v]) => `${k}=${v}`).join("&");
   const headers = `content-type:${contentType}\nhost:${u.host}\nx-amz-content-sha256:${payloadHash}\nx-amz-date:${date}\n`;
   const signed = "content-type;host;x-amz-content-sha256;x-amz-date";
-  const canonical = ["POST", u.pathname, query, headers, signed, payloadHash].join("\n");
+  const canonical = [method, u.pathname, query, headers, signed, payloadHash].join("\n");
   const sig = await signature(creds, date, scope, canonical);
   return fetch(url, {
-    method: "POST",
-    body,
+    method,
+    keepalive,
+    body: method === "GET" || method === "HEAD" ? undefined : body,
     headers: {
       "content-type": contentType,
       "x-amz-date": date,

@@ -164,6 +164,7 @@ pub(crate) async fn delete(State(st): St, body: Bytes) -> Result<Response, ApiEr
     st.channels
         .delete(&arn, input.current_version.as_deref())
         .await?;
+    st.hub.close_channel(&arn);
     Ok(ok(json!({})))
 }
 

@@ -311,7 +311,11 @@ impl Live {
                     match self.view(&stream, sdp).await {
                         Ok((peer, answer)) => {
                             peers.retain(|_, p| *p.state().borrow() != PeerState::Ended);
-                            peers.insert(sender.clone(), peer);
+                            // A viewer offering again starts over: its old
+                            // peer (and viewer place) goes.
+                            if let Some(old) = peers.insert(sender.clone(), peer) {
+                                old.close().await;
+                            }
                             let body = serde_json::json!({ "type": "answer", "sdp": answer });
                             let reply = serde_json::json!({
                                 "action": "SDP_ANSWER",
@@ -363,21 +367,33 @@ async fn run_feed(
 ) {
     let mut conv: Option<(Arc<kinema_mkv::TrackInfo>, kinema_remux::AnnexB)> = None;
     let mut last_pts: Option<i64> = None;
+    // After frames were lost, the next unit sent is a keyframe.
+    let mut resync = false;
     let mut duration = DEFAULT_FRAME;
     loop {
         let frame = tokio::select! {
             f = frames.recv() => f,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                if units.receiver_count() == 0 { break } else { continue }
+                if end_feed(&live, &stream, &units, false) { return } else { continue }
             }
         };
         let f = match frame {
             Ok(f) => f,
-            Err(broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(broadcast::error::RecvError::Closed) => break,
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                resync = true;
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                end_feed(&live, &stream, &units, true);
+                return;
+            }
         };
-        if units.receiver_count() == 0 {
-            break;
+        if resync && !f.keyframe {
+            continue;
+        }
+        resync = false;
+        if units.receiver_count() == 0 && end_feed(&live, &stream, &units, false) {
+            return;
         }
         if conv.as_ref().is_none_or(|(t, _)| !Arc::ptr_eq(t, &f.track)) {
             match kinema_remux::AnnexB::new(&f.track) {
@@ -415,13 +431,23 @@ async fn run_feed(
             Err(e) => tracing::debug!(stream, error = %e, "skipping a malformed frame"),
         }
     }
+}
+
+/// Whether a feed ends now: always when `force`d, else only if nobody
+/// watches. Decided under the feeds lock, so a viewer subscribing at the
+/// same moment either finds this feed still running or starts a new one.
+fn end_feed(live: &Live, stream: &str, units: &broadcast::Sender<Unit>, force: bool) -> bool {
     let mut feeds = lock(&live.inner.feeds);
-    if feeds
-        .get(&stream)
-        .is_some_and(|f| f.units.same_channel(&units))
-    {
-        feeds.remove(&stream);
+    if !force && units.receiver_count() > 0 {
+        return false;
     }
+    if feeds
+        .get(stream)
+        .is_some_and(|f| f.units.same_channel(units))
+    {
+        feeds.remove(stream);
+    }
+    true
 }
 
 /// One viewer: connect, wait for a keyframe, then send every unit.
@@ -452,7 +478,10 @@ async fn forward(
         let u = match unit {
             Ok(u) => u,
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                stats.frames_skipped.fetch_add(n, Ordering::Relaxed);
+                // Frames that passed while connecting are not skipped ones.
+                if started {
+                    stats.frames_skipped.fetch_add(n, Ordering::Relaxed);
+                }
                 started = false;
                 continue;
             }

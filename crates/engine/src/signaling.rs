@@ -69,6 +69,8 @@ enum Cmd {
 
 /// Queued client messages per channel before a sender waits.
 const INBOX: usize = 1024;
+/// The server's own master's queue, in units of a connection's queue.
+const SERVER_MASTER_QUEUE_FACTOR: usize = 32;
 
 #[derive(Clone)]
 struct Task {
@@ -176,11 +178,11 @@ impl Hub {
                 reply: reply_tx,
             });
             let Ok(()) = sent else {
-                lock(&self.inner.tasks).remove(&info.arn);
+                self.forget(&info.arn, &task);
                 continue;
             };
             let Ok(result) = reply_rx.await else {
-                lock(&self.inner.tasks).remove(&info.arn);
+                self.forget(&info.arn, &task);
                 continue;
             };
             return match result {
@@ -211,6 +213,9 @@ impl Hub {
         wait: Duration,
     ) -> Result<String, EngineError> {
         let mut conn = self.connect(arn, Role::Viewer, Some(client_id)).await?;
+        // What waited for this client id (a late answer to an earlier
+        // call) is not the answer to this offer.
+        while let Ok(Outgoing::Text(_)) = conn.out.try_recv() {}
         let msg = serde_json::json!({ "action": "SDP_OFFER", "messagePayload": payload });
         if !conn.send(msg.to_string()).await {
             return Err(EngineError::Internal("the channel task stopped".into()));
@@ -242,6 +247,25 @@ impl Hub {
             Err(_) => Err(EngineError::ResourceNotFound(
                 "no master answered the offer in time".into(),
             )),
+        }
+    }
+
+    /// Drops the map entry of a task that has ended, unless another task
+    /// already took its place.
+    fn forget(&self, arn: &str, task: &Task) {
+        let mut tasks = lock(&self.inner.tasks);
+        if tasks
+            .get(arn)
+            .is_some_and(|t| t.control.same_channel(&task.control))
+        {
+            tasks.remove(arn);
+        }
+    }
+
+    /// The channel was deleted: GO_AWAY to its connections, then close them.
+    pub fn close_channel(&self, arn: &str) {
+        if let Some(t) = lock(&self.inner.tasks).get(arn) {
+            let _ = t.control.send(Cmd::GoAway);
         }
     }
 
@@ -385,7 +409,10 @@ impl Runner {
             return;
         };
         let id = ConnId(self.hub.inner.next_conn.fetch_add(1, Ordering::Relaxed));
-        let (out_tx, out_rx) = mpsc::channel(self.hub.inner.cfg.outgoing_queue.max(1));
+        // The server's master answers every viewer of the channel; its
+        // queue is sized for all of them offering at once.
+        let queue = self.hub.inner.cfg.outgoing_queue.max(1) * SERVER_MASTER_QUEUE_FACTOR;
+        let (out_tx, out_rx) = mpsc::channel(queue);
         if self.channel.connect(now, id, Role::Master, None).is_err() {
             return;
         }

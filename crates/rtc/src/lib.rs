@@ -221,19 +221,18 @@ impl Publisher {
                 .await
                 .map_err(peer_err)?,
         );
+        // Watched before negotiating, so no early state change is missed.
+        let state = watch_state(&pc);
         match self.negotiate(&pc, offer).await {
-            Ok((track, keyframe_requests, sdp)) => {
-                let state = watch_state(&pc);
-                Ok((
-                    SendPeer {
-                        pc,
-                        track,
-                        state,
-                        keyframe_requests,
-                    },
-                    sdp,
-                ))
-            }
+            Ok((track, keyframe_requests, sdp)) => Ok((
+                SendPeer {
+                    pc,
+                    track,
+                    state,
+                    keyframe_requests,
+                },
+                sdp,
+            )),
             Err(e) => {
                 let _ = pc.close().await;
                 Err(e)
@@ -386,6 +385,7 @@ impl Receiver {
         )
         .await
         .map_err(peer_err)?;
+        let state = watch_state(&pc);
         let frames = Arc::new(AtomicU64::new(0));
         let bytes = Arc::new(AtomicU64::new(0));
         let (first_tx, first_frame) = watch::channel(false);
@@ -420,7 +420,6 @@ impl Receiver {
             });
             Box::pin(async {})
         }));
-        let state = watch_state(&pc);
         let offer = pc.create_offer(None).await.map_err(peer_err)?;
         let mut gathered = pc.gathering_complete_promise().await;
         pc.set_local_description(offer).await.map_err(peer_err)?;

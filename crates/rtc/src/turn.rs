@@ -16,6 +16,146 @@ use webrtc::util::vnet::net::Net;
 
 use crate::RtcError;
 
+mod peers {
+    //! Which peers a relay may send to. A TURN server is a way into the
+    //! network it stands in: a relay whose own address is public sends to
+    //! public addresses only; one on a private network (a LAN deployment)
+    //! also to private ones; loopback peers only from a loopback relay
+    //! (tests, a single machine). Link-local, multicast, broadcast and
+    //! unspecified addresses never.
+
+    use std::net::{IpAddr, SocketAddr};
+    use std::sync::Arc;
+
+    use webrtc::turn::relay::RelayAddressGenerator;
+    use webrtc::util::{Conn, Error};
+
+    fn private(ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(v4) => v4.is_private(),
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,
+        }
+    }
+
+    fn never(ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(v4) => {
+                v4.is_link_local() || v4.is_multicast() || v4.is_broadcast() || v4.is_unspecified()
+            }
+            IpAddr::V6(v6) => {
+                (v6.segments()[0] & 0xffc0) == 0xfe80 || v6.is_multicast() || v6.is_unspecified()
+            }
+        }
+    }
+
+    /// Whether a relay at `relay` may send to `peer`.
+    pub(super) fn allowed(relay: IpAddr, peer: IpAddr) -> bool {
+        if never(peer) {
+            return false;
+        }
+        if peer.is_loopback() {
+            return relay.is_loopback();
+        }
+        if private(peer) {
+            return relay.is_loopback() || private(relay);
+        }
+        true
+    }
+
+    pub(super) struct Guarded<G> {
+        pub(super) inner: G,
+        pub(super) relay_ip: IpAddr,
+    }
+
+    #[async_trait::async_trait]
+    impl<G: RelayAddressGenerator + Send + Sync> RelayAddressGenerator for Guarded<G> {
+        fn validate(&self) -> Result<(), webrtc::turn::Error> {
+            self.inner.validate()
+        }
+
+        async fn allocate_conn(
+            &self,
+            use_ipv4: bool,
+            requested_port: u16,
+        ) -> Result<(Arc<dyn Conn + Send + Sync>, SocketAddr), webrtc::turn::Error> {
+            let (conn, addr) = self.inner.allocate_conn(use_ipv4, requested_port).await?;
+            let guarded: Arc<dyn Conn + Send + Sync> = Arc::new(GuardedConn {
+                inner: conn,
+                relay_ip: self.relay_ip,
+            });
+            Ok((guarded, addr))
+        }
+    }
+
+    /// A relay socket that drops what it may not send.
+    struct GuardedConn {
+        inner: Arc<dyn Conn + Send + Sync>,
+        relay_ip: IpAddr,
+    }
+
+    #[async_trait::async_trait]
+    impl Conn for GuardedConn {
+        async fn connect(&self, addr: SocketAddr) -> Result<(), Error> {
+            self.inner.connect(addr).await
+        }
+        async fn recv(&self, buf: &mut [u8]) -> Result<usize, Error> {
+            self.inner.recv(buf).await
+        }
+        async fn recv_from(&self, buf: &mut [u8]) -> Result<(usize, SocketAddr), Error> {
+            self.inner.recv_from(buf).await
+        }
+        async fn send(&self, buf: &[u8]) -> Result<usize, Error> {
+            self.inner.send(buf).await
+        }
+        async fn send_to(&self, buf: &[u8], target: SocketAddr) -> Result<usize, Error> {
+            if !allowed(self.relay_ip, target.ip()) {
+                tracing::debug!(%target, "TURN: dropped a packet for a forbidden peer");
+                return Ok(buf.len());
+            }
+            self.inner.send_to(buf, target).await
+        }
+        fn local_addr(&self) -> Result<SocketAddr, Error> {
+            self.inner.local_addr()
+        }
+        fn remote_addr(&self) -> Option<SocketAddr> {
+            self.inner.remote_addr()
+        }
+        async fn close(&self) -> Result<(), Error> {
+            self.inner.close().await
+        }
+        fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+            self
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::allowed;
+
+        #[test]
+        fn relays_reach_only_the_networks_they_stand_in() {
+            let ip = |s: &str| s.parse().unwrap();
+            let public = ip("203.0.113.7");
+            assert!(allowed(public, ip("198.51.100.1")));
+            assert!(!allowed(public, ip("127.0.0.1")));
+            assert!(!allowed(public, ip("10.0.0.5")));
+            assert!(!allowed(public, ip("192.168.1.2")));
+            assert!(!allowed(public, ip("169.254.169.254")));
+            assert!(!allowed(public, ip("::1")));
+            assert!(!allowed(public, ip("fd00::1")));
+            let lan = ip("192.168.1.10");
+            assert!(allowed(lan, ip("192.168.1.2")));
+            assert!(allowed(lan, ip("198.51.100.1")));
+            assert!(!allowed(lan, ip("127.0.0.1")));
+            let lo = ip("127.0.0.1");
+            assert!(allowed(lo, ip("127.0.0.1")));
+            assert!(allowed(lo, ip("10.0.0.5")));
+            assert!(!allowed(lo, ip("224.0.0.1")));
+            assert!(!allowed(lo, ip("0.0.0.0")));
+        }
+    }
+}
+
 mod tcp {
     //! TURN over TCP (RFC 8656 §12.5) for the webrtc-rs server, whose
     //! listeners are packet connections: each accepted stream is cut into
@@ -41,6 +181,10 @@ mod tcp {
     const OUTBOX: usize = 256;
     /// Open TCP clients at once.
     const MAX_CLIENTS: usize = 1024;
+    /// How long a new connection may take to send its first message.
+    const FIRST_MESSAGE: std::time::Duration = std::time::Duration::from_secs(10);
+    /// How long a connection may stay silent.
+    const IDLE: std::time::Duration = std::time::Duration::from_secs(600);
 
     type Writers = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>>;
 
@@ -92,8 +236,8 @@ mod tcp {
                     let _ = stream.set_nodelay(true);
                     let (mut rd, mut wr) = stream.into_split();
                     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(OUTBOX);
-                    lock(&w).insert(peer, out_tx);
-                    tokio::spawn(async move {
+                    lock(&w).insert(peer, out_tx.clone());
+                    let writer = tokio::spawn(async move {
                         while let Some(b) = out_rx.recv().await {
                             if wr.write_all(&b).await.is_err() {
                                 return;
@@ -102,12 +246,22 @@ mod tcp {
                     });
                     let (tx, w) = (tx.clone(), w.clone());
                     tokio::spawn(async move {
-                        while let Some(msg) = read_message(&mut rd).await {
+                        // A client must speak within FIRST_MESSAGE, then at
+                        // least every IDLE (allocations refresh well within).
+                        let mut wait = FIRST_MESSAGE;
+                        while let Ok(Some(msg)) =
+                            tokio::time::timeout(wait, read_message(&mut rd)).await
+                        {
+                            wait = IDLE;
                             if tx.send((msg, peer)).await.is_err() {
                                 break;
                             }
                         }
-                        lock(&w).remove(&peer);
+                        writer.abort();
+                        let mut writers = lock(&w);
+                        if writers.get(&peer).is_some_and(|t| t.same_channel(&out_tx)) {
+                            writers.remove(&peer);
+                        }
                     });
                 }
             });
@@ -258,10 +412,13 @@ impl TurnServer {
         // Relays are bound on the listen address (all interfaces for a
         // wildcard) and advertised as `relay_ip`.
         let relays = || {
-            Box::new(RelayAddressGeneratorStatic {
-                relay_address: relay_ip,
-                address: addr.ip().to_string(),
-                net: Arc::new(Net::new(None)),
+            Box::new(peers::Guarded {
+                inner: RelayAddressGeneratorStatic {
+                    relay_address: relay_ip,
+                    address: addr.ip().to_string(),
+                    net: Arc::new(Net::new(None)),
+                },
+                relay_ip,
             })
         };
         let mut conn_configs = vec![ConnConfig {

@@ -345,6 +345,11 @@ impl WebRtcConfig {
                 },
             )),
         };
+        if self.turn_uris.is_some() && self.turn_secret.as_deref().is_none_or(str::is_empty) {
+            anyhow::bail!(
+                "webrtc.turn_uris names an external TURN server: set webrtc.turn_secret to its shared secret"
+            );
+        }
         let turn_tcp_listen = match (self.turn_tcp_listen.as_deref(), turn_listen) {
             (Some("off"), _) | (_, None) => None,
             (Some(a), _) => Some(
@@ -427,6 +432,12 @@ mod tests {
         .unwrap();
         assert_eq!(tls.tls, Tls::SelfSigned(vec!["localhost".into()]));
         assert_eq!(tls.webrtc.turn_listen, None);
+        assert!(
+            Config::parse("[webrtc]\nturn_uris = [\"turn:example.com\"]\n")
+                .unwrap()
+                .resolve(None, None, None)
+                .is_err()
+        );
         assert!(
             Config::parse("[webrtc]\nturn_listen = \"nowhere\"\n")
                 .unwrap()

@@ -50,6 +50,10 @@ pub struct ChannelConfig {
     pub max_viewers: usize,
     /// Messages kept per absent peer; older ones are dropped first.
     pub max_pending: usize,
+    /// Payload bytes kept for absent peers in the whole channel; a message
+    /// that would go over is refused (`STATUS_RESPONSE` 429), so a client
+    /// naming ever new recipients cannot grow the server's memory.
+    pub max_pending_bytes: usize,
     /// Token bucket per connection: sustained messages per second, burst
     /// (a viewer's; the master's is that times one plus the viewer count).
     pub rate_per_second: u32,
@@ -63,6 +67,7 @@ impl Default for ChannelConfig {
             max_payload: 10_000,
             max_viewers: 1_000,
             max_pending: 64,
+            max_pending_bytes: 4 << 20,
             rate_per_second: 50,
             burst: 200,
         }
@@ -115,7 +120,13 @@ pub struct Channel {
     master: Option<ConnId>,
     viewers: HashMap<String, ConnId>,
     pending: HashMap<Peer, VecDeque<(i64, ServerMessage)>>,
+    /// Payload bytes in `pending`.
+    pending_bytes: usize,
     out: VecDeque<Output>,
+}
+
+fn payload_len(m: &ServerMessage) -> usize {
+    m.message_payload.as_ref().map_or(0, String::len)
 }
 
 fn valid_client_id(id: &str) -> bool {
@@ -133,6 +144,7 @@ impl Channel {
             master: None,
             viewers: HashMap::new(),
             pending: HashMap::new(),
+            pending_bytes: 0,
             out: VecDeque::new(),
         }
     }
@@ -205,6 +217,7 @@ impl Channel {
         // Deliver what waited for this peer and has not expired.
         if let Some(waiting) = self.pending.remove(&peer) {
             for (expires, msg) in waiting {
+                self.pending_bytes = self.pending_bytes.saturating_sub(payload_len(&msg));
                 if expires > now_ms {
                     self.out.push_back(Output::Send(conn, msg));
                 }
@@ -313,11 +326,24 @@ impl Channel {
         match to {
             Some(to) => self.out.push_back(Output::Send(to, out)),
             None => {
+                let len = payload_len(&out);
+                if self.pending_bytes + len > self.cfg.max_pending_bytes {
+                    return self.status(
+                        conn,
+                        msg.correlation_id,
+                        "ClientLimitExceededException",
+                        429,
+                        "too many messages wait for peers that are not connected".into(),
+                    );
+                }
                 let q = self.pending.entry(target).or_default();
                 while q.len() >= self.cfg.max_pending.max(1) {
-                    q.pop_front();
+                    if let Some((_, old)) = q.pop_front() {
+                        self.pending_bytes = self.pending_bytes.saturating_sub(payload_len(&old));
+                    }
                 }
                 q.push_back((now_ms + self.cfg.message_ttl_ms, out));
+                self.pending_bytes += len;
             }
         }
     }
@@ -347,10 +373,23 @@ impl Channel {
 
     /// Drops kept messages whose TTL has passed.
     pub fn handle_timeout(&mut self, now_ms: i64) {
+        let mut freed = 0;
         self.pending.retain(|_, q| {
-            q.retain(|(e, _)| *e > now_ms);
+            q.retain(|(e, m)| {
+                let keep = *e > now_ms;
+                if !keep {
+                    freed += payload_len(m);
+                }
+                keep
+            });
             !q.is_empty()
         });
+        self.pending_bytes = self.pending_bytes.saturating_sub(freed);
+    }
+
+    /// Payload bytes kept for absent peers.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
     }
 
     /// The server is shutting down: `GO_AWAY` to everyone, then close.

@@ -349,3 +349,48 @@ fn random_operation_sequences_never_route_to_a_dead_connection() {
         }
     }
 }
+
+/// A master naming ever new absent recipients fills the channel's budget
+/// for kept messages and is then refused with 429; delivery and expiry
+/// give the budget back.
+#[test]
+fn messages_for_absent_peers_are_bounded_per_channel() {
+    let mut ch = Channel::new(ChannelConfig {
+        max_pending_bytes: 10_000,
+        burst: 10_000,
+        message_ttl_ms: 5_000,
+        ..ChannelConfig::default()
+    });
+    ch.connect(0, ConnId(1), Role::Master, None).unwrap();
+    let body = "x".repeat(750); // 1000 base64 characters
+    for i in 0..10 {
+        ch.receive(
+            0,
+            ConnId(1),
+            &msg("ICE_CANDIDATE", &body, Some(&format!("ghost-{i}")), "k"),
+        );
+    }
+    assert_eq!(ch.pending_bytes(), 10_000);
+    let (sent, _) = drain(&mut ch);
+    assert!(sent.is_empty(), "kept quietly: {sent:?}");
+    ch.receive(
+        0,
+        ConnId(1),
+        &msg("ICE_CANDIDATE", &body, Some("ghost-10"), "over"),
+    );
+    let (sent, _) = drain(&mut ch);
+    let status = sent[&ConnId(1)][0].status_response.clone().unwrap();
+    assert_eq!(status.status_code, "429");
+    assert_eq!(status.correlation_id.as_deref(), Some("over"));
+    assert_eq!(ch.pending_bytes(), 10_000);
+    // A ghost connects: its message is delivered and its bytes freed.
+    ch.connect(1, ConnId(2), Role::Viewer, Some("ghost-3"))
+        .unwrap();
+    assert_eq!(ch.pending_bytes(), 9_000);
+    let (sent, _) = drain(&mut ch);
+    assert_eq!(sent[&ConnId(2)].len(), 1);
+    // The rest expire with the TTL.
+    ch.handle_timeout(5_001);
+    assert_eq!(ch.pending_bytes(), 0);
+    assert_eq!(ch.poll_timeout(), None);
+}
