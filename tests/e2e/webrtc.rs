@@ -415,6 +415,57 @@ fn signaling_refuses_bad_input_and_relays_the_rest() {
         out.trim().to_string()
     });
     assert_eq!(answered, "YW5zd2Vy");
+    // Deleting a channel ends its live connections (GO_AWAY, then close).
+    let (ok, out, err) = run_aws(
+        &server,
+        &[
+            "kinesisvideo",
+            "create-signaling-channel",
+            "--channel-name",
+            "brief",
+        ],
+    );
+    assert!(ok, "{err}");
+    let brief = serde_json::from_str::<Value>(&out).unwrap()["ChannelARN"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    rt.block_on(async {
+        let mut viewer = connect(&ws_url(
+            &server,
+            &brief,
+            Some("v"),
+            SECRET,
+            SystemTime::now(),
+        ))
+        .await
+        .unwrap();
+        let (ok, _, err) = run_aws(
+            &server,
+            &[
+                "kinesisvideo",
+                "delete-signaling-channel",
+                "--channel-arn",
+                &brief,
+            ],
+        );
+        assert!(ok, "{err}");
+        let got = next_json(&mut viewer).await.expect("GO_AWAY on delete");
+        assert_eq!(got["messageType"], "GO_AWAY");
+        assert!(closed(&mut viewer).await, "closed after GO_AWAY");
+        assert_eq!(
+            connect(&ws_url(
+                &server,
+                &brief,
+                Some("v"),
+                SECRET,
+                SystemTime::now()
+            ))
+            .await
+            .err(),
+            Some(404)
+        );
+    });
     // Still healthy; and at shutdown a connected client gets GO_AWAY.
     let health = Command::new("curl")
         .args(["-s", &format!("{}/health", server.url())])
