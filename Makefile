@@ -13,8 +13,9 @@ KINEMA_ACCESS_KEY_ID ?= kinema-demo
 KINEMA_SECRET_ACCESS_KEY ?= kinema-demo-secret
 LISTEN ?= 127.0.0.1:4566
 DATA_DIR ?= $(CACHE)/demo-data
-# The demo camera: the 1906 Market Street clip (fetched by setup), looped.
-DEMO_SOURCE ?= market-street=file://$(CACHE)/assets/market_street_1906.mp4
+# The demo camera: the 1906 Market Street clip (fetched by setup, prepared
+# without B-frames for WebRTC viewers), looped.
+DEMO_SOURCE ?= market-street=file://$(CACHE)/assets/market_street_1906_live.mp4
 
 .PHONY: setup run test lint fuzz-corpus bench
 

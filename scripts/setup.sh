@@ -59,6 +59,16 @@ PY
   mv "$DEMO.tmp" "$DEMO"
   rm -rf "$ASSETS/wheel"
 fi
+# The live demo camera: the same clip without B-frames and with a keyframe
+# every 2 s. Browsers' WebRTC decoders do not reorder B-frames, and a short
+# GOP starts viewers (and fragments, HLS, detection) sooner. Made once.
+DEMO_LIVE="$ASSETS/market_street_1906_live.mp4"
+if [ ! -f "$DEMO_LIVE" ]; then
+  echo "setup: preparing the live demo camera (no B-frames, 2 s GOP)"
+  ffmpeg -v error -y -i "$DEMO" -an -c:v libx264 -profile:v main -bf 0 -g 60 -keyint_min 60 \
+    -sc_threshold 0 -preset veryfast -crf 23 -movflags +faststart "$DEMO_LIVE.tmp.mp4"
+  mv "$DEMO_LIVE.tmp.mp4" "$DEMO_LIVE"
+fi
 # Browser test packages (playwright-core, hls.js), pinned by package-lock.json.
 BROWSER="$(cd "$(dirname "$0")/.." && pwd)/tests/browser"
 lock_sum="$(sha256sum "$BROWSER/package-lock.json" | cut -d' ' -f1)"

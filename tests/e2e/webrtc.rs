@@ -70,14 +70,19 @@ fn assert_decodes(results: &std::collections::BTreeMap<String, Value>, name: &st
 /// Everything a browser does, in one namespace and one browser run: the
 /// SDK as master (fake camera) and viewer, the same relay-only through the
 /// embedded TURN server, the SDK viewing a stream the server masters (fed
-/// by a looped file camera and by gst-launch | curl PutMedia), and our own
+/// by the demo camera and by gst-launch | curl PutMedia), and our own
 /// pages (signaling, WHEP, relay, the camera page as master).
 #[test]
 fn browsers_watch_live_through_signaling_turn_and_the_server_as_master() {
     let dir = tempfile::tempdir().unwrap();
-    let clip = dir.path().join("cam.mp4");
-    // 10 s at 30 fps with a keyframe every second, looped by the server.
-    make_mp4(&clip, 300, 30);
+    // The demo camera of `make run` (prepared by setup), looped by the server.
+    let clip = PathBuf::from(std::env::var("HOME").unwrap())
+        .join(".cache/kinema/assets/market_street_1906_live.mp4");
+    assert!(
+        clip.exists(),
+        "{} is missing: scripts/setup.sh makes it",
+        clip.display()
+    );
     let config = format!(
         "[server]\ntls_self_signed = [\"localhost\", \"127.0.0.1\"]\n\
          [webrtc]\nturn_listen = \"127.0.0.1:0\"\nice_ip = \"127.0.0.1\"\n\

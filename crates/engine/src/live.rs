@@ -369,6 +369,7 @@ async fn run_feed(
     let mut last_pts: Option<i64> = None;
     // After frames were lost, the next unit sent is a keyframe.
     let mut resync = false;
+    let mut warned_reordering = false;
     let mut duration = DEFAULT_FRAME;
     loop {
         let frame = tokio::select! {
@@ -414,6 +415,14 @@ async fn run_feed(
         let Some((_, a)) = &conv else { continue };
         if let Some(prev) = last_pts {
             let gap = f.producer_ms - prev;
+            if gap < 0 && !warned_reordering {
+                // Presentation times going back in decode order: B-frames.
+                tracing::warn!(
+                    stream,
+                    "the stream has B-frames: browsers' WebRTC decoders do not reorder them, so viewers may see few frames (encode without B-frames for live viewing)"
+                );
+                warned_reordering = true;
+            }
             if (1..=1000).contains(&gap) {
                 duration = Duration::from_millis(gap as u64);
             }

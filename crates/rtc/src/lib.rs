@@ -91,7 +91,7 @@ fn h264_capability() -> RTCRtpCodecCapability {
 #[derive(Debug, Clone, Default)]
 pub struct RtcConfig {
     /// The one local address offered as host candidate (None: every
-    /// interface). Loopback addresses are allowed when named here.
+    /// interface, loopback included).
     pub ice_ip: Option<IpAddr>,
     /// STUN/TURN servers the peers use themselves.
     pub ice_servers: Vec<IceServer>,
@@ -122,9 +122,12 @@ fn build_api(cfg: &RtcConfig) -> Result<API, RtcError> {
     // server's candidates are plain addresses anyway.
     settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
     settings.set_network_types(vec![NetworkType::Udp4, NetworkType::Udp6]);
+    // Loopback candidates too, unless one other address is named: a
+    // browser on the same machine (the demo, `make run`) reaches the server
+    // through them, and remote browsers simply pair with the others.
+    settings.set_include_loopback_candidate(cfg.ice_ip.is_none_or(|ip| ip.is_loopback()));
     if let Some(ip) = cfg.ice_ip {
         settings.set_ip_filter(Box::new(move |candidate: IpAddr| candidate == ip));
-        settings.set_include_loopback_candidate(ip.is_loopback());
     }
     Ok(APIBuilder::new()
         .with_media_engine(media)
