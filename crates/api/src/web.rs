@@ -18,6 +18,11 @@ const FILES: &[(&str, &str, &str)] = &[
         include_str!("../../../web/camera.html"),
     ),
     (
+        "kinema.css",
+        "text/css; charset=utf-8",
+        include_str!("../../../web/kinema.css"),
+    ),
+    (
         "kinema.js",
         "text/javascript; charset=utf-8",
         include_str!("../../../web/kinema.js"),
