@@ -164,6 +164,18 @@ export async function receiveStats(pc) {
   return s;
 }
 
+/// Fills the key and secret inputs from `#key=…&secret=…` in the address
+/// (then drops them from it, so they stay out of the history) or from this
+/// tab's saved credentials; returns the address's other `#` parameters.
+export function loadCredentials(keyInput, secretInput) {
+  const hash = new URLSearchParams(location.hash.slice(1));
+  if (hash.get("secret")) history.replaceState(null, "", location.pathname + location.search);
+  const saved = savedCredentials();
+  keyInput.value = hash.get("key") || saved?.accessKeyId || "";
+  secretInput.value = hash.get("secret") || saved?.secretAccessKey || "";
+  return hash;
+}
+
 /// Credentials kept for this tab only.
 export function savedCredentials() {
   return JSON.parse(sessionStorage.getItem("kinema-credentials") || "null");
