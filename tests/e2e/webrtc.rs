@@ -247,20 +247,7 @@ fn signaling_refuses_bad_input_and_relays_the_rest() {
         &dir.path().join("data"),
         "[webrtc]\nturn_listen = \"off\"\nmax_viewers_per_channel = 3\n",
     );
-    let (ok, out, err) = run_aws(
-        &server,
-        &[
-            "kinesisvideo",
-            "create-signaling-channel",
-            "--channel-name",
-            "gate",
-        ],
-    );
-    assert!(ok, "{err}");
-    let arn = serde_json::from_str::<Value>(&out).unwrap()["ChannelARN"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let arn = channel(&server, "gate");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let now = SystemTime::now();
@@ -421,20 +408,7 @@ fn signaling_refuses_bad_input_and_relays_the_rest() {
     });
     assert_eq!(answered, "YW5zd2Vy");
     // Deleting a channel ends its live connections (GO_AWAY, then close).
-    let (ok, out, err) = run_aws(
-        &server,
-        &[
-            "kinesisvideo",
-            "create-signaling-channel",
-            "--channel-name",
-            "brief",
-        ],
-    );
-    assert!(ok, "{err}");
-    let brief = serde_json::from_str::<Value>(&out).unwrap()["ChannelARN"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let brief = channel(&server, "brief");
     rt.block_on(async {
         let mut viewer = connect(&ws_url(
             &server,
@@ -527,15 +501,22 @@ fn vended_turn(
     )
 }
 
+/// Creates a signaling channel with the AWS CLI; returns its ARN.
 fn channel(server: &Server, name: &str) -> String {
-    let (status, body) = api(
+    let (ok, out, err) = run_aws(
         server,
-        "POST",
-        "/createSignalingChannel",
-        Some(&json!({"ChannelName": name}).to_string()),
+        &[
+            "kinesisvideo",
+            "create-signaling-channel",
+            "--channel-name",
+            name,
+        ],
     );
-    assert_eq!(status, 200, "{body}");
-    body["ChannelARN"].as_str().unwrap().to_string()
+    assert!(ok, "{err}");
+    serde_json::from_str::<Value>(&out).unwrap()["ChannelARN"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 fn unix_now() -> u64 {

@@ -9,7 +9,7 @@
 //! that falls behind skips to the next keyframe; ingest never waits.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -95,7 +95,6 @@ struct Inner {
     viewers: Mutex<HashMap<String, usize>>,
     whep: Mutex<HashMap<String, (String, Arc<SendPeer>)>>,
     next_id: AtomicU64,
-    total_viewers: AtomicUsize,
     stats: LiveStats,
 }
 
@@ -127,10 +126,6 @@ impl Drop for ViewerSlot {
                 v.remove(&self.stream);
             }
         }
-        self.live
-            .inner
-            .total_viewers
-            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -146,7 +141,6 @@ impl Live {
                 viewers: Mutex::new(HashMap::new()),
                 whep: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
-                total_viewers: AtomicUsize::new(0),
                 stats: LiveStats::default(),
             }),
         })
@@ -194,7 +188,6 @@ impl Live {
             )));
         }
         *n += 1;
-        self.inner.total_viewers.fetch_add(1, Ordering::Relaxed);
         Ok(ViewerSlot {
             live: self.clone(),
             stream: stream.to_string(),

@@ -151,10 +151,6 @@ impl Hub {
         let _ = self.inner.master.set(master);
     }
 
-    pub fn config(&self) -> &SignalingConfig {
-        &self.inner.cfg
-    }
-
     /// Joins the channel `arn` as `role` (a viewer with its client id).
     pub async fn connect(
         &self,

@@ -35,7 +35,6 @@ use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
-use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 use webrtc::rtp_transceiver::rtp_codec::{
     RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType,
@@ -174,6 +173,22 @@ fn watch_state(pc: &RTCPeerConnection) -> watch::Receiver<PeerState> {
     rx
 }
 
+/// Sets the local description and waits (at most 5 s) for every local
+/// candidate, so the returned SDP is complete (no trickle needed).
+async fn set_local_complete(
+    pc: &RTCPeerConnection,
+    desc: RTCSessionDescription,
+) -> Result<String, RtcError> {
+    let mut gathered = pc.gathering_complete_promise().await;
+    pc.set_local_description(desc).await.map_err(peer_err)?;
+    let _ = tokio::time::timeout(Duration::from_secs(5), gathered.recv()).await;
+    Ok(pc
+        .local_description()
+        .await
+        .ok_or_else(|| RtcError::Peer("no local description".into()))?
+        .sdp)
+}
+
 /// Parses a viewer's candidate: the JSON of an `RTCIceCandidate` (what the
 /// signaling payloads carry) or a bare `candidate:` line.
 pub fn parse_candidate(text: &str) -> Result<RTCIceCandidateInit, RtcError> {
@@ -200,9 +215,6 @@ pub struct SendPeer {
     pc: Arc<RTCPeerConnection>,
     track: Arc<TrackLocalStaticSample>,
     state: watch::Receiver<PeerState>,
-    /// Picture loss indications (and FIRs) the viewer sent: a count, so the
-    /// caller can notice a viewer that lost its decoder state.
-    keyframe_requests: Arc<AtomicU64>,
 }
 
 impl Publisher {
@@ -227,15 +239,7 @@ impl Publisher {
         // Watched before negotiating, so no early state change is missed.
         let state = watch_state(&pc);
         match self.negotiate(&pc, offer).await {
-            Ok((track, keyframe_requests, sdp)) => Ok((
-                SendPeer {
-                    pc,
-                    track,
-                    state,
-                    keyframe_requests,
-                },
-                sdp,
-            )),
+            Ok((track, sdp)) => Ok((SendPeer { pc, track, state }, sdp)),
             Err(e) => {
                 let _ = pc.close().await;
                 Err(e)
@@ -247,7 +251,7 @@ impl Publisher {
         &self,
         pc: &Arc<RTCPeerConnection>,
         offer: RTCSessionDescription,
-    ) -> Result<(Arc<TrackLocalStaticSample>, Arc<AtomicU64>, String), RtcError> {
+    ) -> Result<(Arc<TrackLocalStaticSample>, String), RtcError> {
         let track = Arc::new(TrackLocalStaticSample::new(
             h264_capability(),
             "video".to_owned(),
@@ -258,18 +262,8 @@ impl Publisher {
             .await
             .map_err(peer_err)?;
         // RTCP from the viewer must be read for the interceptors (NACK
-        // resends) to work; keyframe requests are counted.
-        let requests = Arc::new(AtomicU64::new(0));
-        let counter = requests.clone();
-        tokio::spawn(async move {
-            while let Ok((packets, _)) = sender.read_rtcp().await {
-                for p in packets {
-                    if p.as_any().downcast_ref::<PictureLossIndication>().is_some() {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        });
+        // resends, keyframe requests) to see it.
+        tokio::spawn(async move { while sender.read_rtcp().await.is_ok() {} });
         pc.set_remote_description(offer)
             .await
             .map_err(|e| RtcError::InvalidSdp(e.to_string()))?;
@@ -283,17 +277,11 @@ impl Publisher {
             webrtc::Error::ErrSenderWithNoCodecs => RtcError::NoVideo,
             e => peer_err(e),
         })?;
-        let mut gathered = pc.gathering_complete_promise().await;
-        pc.set_local_description(answer).await.map_err(peer_err)?;
-        let _ = tokio::time::timeout(Duration::from_secs(5), gathered.recv()).await;
-        let local = pc
-            .local_description()
-            .await
-            .ok_or_else(|| RtcError::Peer("no local description".into()))?;
-        if !local.sdp.contains("H264") {
+        let sdp = set_local_complete(pc, answer).await?;
+        if !sdp.contains("H264") {
             return Err(RtcError::NoVideo);
         }
-        Ok((track, requests, local.sdp))
+        Ok((track, sdp))
     }
 }
 
@@ -329,10 +317,6 @@ impl SendPeer {
         self.state.clone()
     }
 
-    pub fn keyframe_requests(&self) -> u64 {
-        self.keyframe_requests.load(Ordering::Relaxed)
-    }
-
     pub async fn close(&self) {
         let _ = self.pc.close().await;
     }
@@ -352,9 +336,6 @@ fn starts_keyframe(payload: &[u8]) -> bool {
     }
 }
 
-/// Called with the RTP timestamp of each complete frame a [`Receiver`] gets.
-type FrameHook = Arc<std::sync::Mutex<Option<Box<dyn FnMut(u32) + Send>>>>;
-
 /// A receiving peer: offers to receive one video track and counts the
 /// H.264 access units (RTP marker bits) that arrive.
 pub struct Receiver {
@@ -364,10 +345,7 @@ pub struct Receiver {
     first_is_keyframe: Arc<std::sync::OnceLock<bool>>,
     frames: Arc<AtomicU64>,
     bytes: Arc<AtomicU64>,
-    state: watch::Receiver<PeerState>,
     first_frame: watch::Receiver<bool>,
-    /// Called with each frame's arrival (the RTP timestamp, 90 kHz).
-    on_frame: FrameHook,
 }
 
 impl Receiver {
@@ -388,26 +366,13 @@ impl Receiver {
         )
         .await
         .map_err(peer_err)?;
-        let state = watch_state(&pc);
         let frames = Arc::new(AtomicU64::new(0));
         let bytes = Arc::new(AtomicU64::new(0));
         let (first_tx, first_frame) = watch::channel(false);
-        let on_frame: FrameHook = Arc::new(std::sync::Mutex::new(None));
         let first_is_keyframe = Arc::new(std::sync::OnceLock::new());
-        let (f, b, cb, k) = (
-            frames.clone(),
-            bytes.clone(),
-            on_frame.clone(),
-            first_is_keyframe.clone(),
-        );
+        let (f, b, k) = (frames.clone(), bytes.clone(), first_is_keyframe.clone());
         pc.on_track(Box::new(move |track, _, _| {
-            let (f, b, cb, k, first_tx) = (
-                f.clone(),
-                b.clone(),
-                cb.clone(),
-                k.clone(),
-                first_tx.clone(),
-            );
+            let (f, b, k, first_tx) = (f.clone(), b.clone(), k.clone(), first_tx.clone());
             tokio::spawn(async move {
                 while let Ok((pkt, _)) = track.read_rtp().await {
                     let _ = k.set(starts_keyframe(&pkt.payload));
@@ -415,32 +380,20 @@ impl Receiver {
                     if pkt.header.marker {
                         f.fetch_add(1, Ordering::Relaxed);
                         first_tx.send_replace(true);
-                        if let Some(cb) = cb.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-                            cb(pkt.header.timestamp);
-                        }
                     }
                 }
             });
             Box::pin(async {})
         }));
         let offer = pc.create_offer(None).await.map_err(peer_err)?;
-        let mut gathered = pc.gathering_complete_promise().await;
-        pc.set_local_description(offer).await.map_err(peer_err)?;
-        let _ = tokio::time::timeout(Duration::from_secs(5), gathered.recv()).await;
-        let sdp = pc
-            .local_description()
-            .await
-            .ok_or_else(|| RtcError::Peer("no local description".into()))?
-            .sdp;
+        let sdp = set_local_complete(&pc, offer).await?;
         Ok((
             Receiver {
                 pc,
                 first_is_keyframe,
                 frames,
                 bytes,
-                state,
                 first_frame,
-                on_frame,
             },
             sdp,
         ))
@@ -455,11 +408,6 @@ impl Receiver {
             .map_err(|e| RtcError::InvalidSdp(e.to_string()))
     }
 
-    /// Calls `f` with the RTP timestamp of every complete frame from now on.
-    pub fn on_frame(&self, f: impl FnMut(u32) + Send + 'static) {
-        *self.on_frame.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(f));
-    }
-
     pub fn frames(&self) -> u64 {
         self.frames.load(Ordering::Relaxed)
     }
@@ -471,10 +419,6 @@ impl Receiver {
 
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
-    }
-
-    pub fn state(&self) -> watch::Receiver<PeerState> {
-        self.state.clone()
     }
 
     /// Resolves once the first frame arrived.
