@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 const SANS_IO: &[&str] = &[
+    "kinema-core",
     "kinema-detect",
     "kinema-mkv",
     "kinema-archive",

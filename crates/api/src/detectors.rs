@@ -73,7 +73,7 @@ pub async fn replay(
         "PlaybackMode": "LIVE_REPLAY",
         "HLSFragmentSelector": {
             "FragmentSelectorType": "PRODUCER_TIMESTAMP",
-            "TimestampRange": { "StartTimestamp": start_ms as f64 / 1000.0 },
+            "TimestampRange": { "StartTimestamp": kinema_core::time::epoch_seconds(start_ms) },
         },
     });
     if let Some(c) = q.container {

@@ -19,7 +19,8 @@ use serde_json::{Value, json};
 use crate::{ApiError, AppState};
 
 const TARGET_PREFIX: &str = "Kinesis_20131202.";
-const MAX_PUT_RECORDS: usize = 500;
+use crate::video::epoch_seconds;
+use kinema_core::aws::MAX_PUT_RECORDS;
 
 fn json_response(v: Value) -> Response {
     let mut resp = (StatusCode::OK, v.to_string()).into_response();
@@ -71,10 +72,6 @@ fn shard_json(s: &Shard) -> Value {
     v
 }
 
-fn seconds(ms: i64) -> Value {
-    json!(ms as f64 / 1000.0)
-}
-
 fn description(i: &DataStreamInfo) -> Value {
     json!({
         "StreamName": i.name,
@@ -82,7 +79,7 @@ fn description(i: &DataStreamInfo) -> Value {
         "StreamStatus": "ACTIVE",
         "StreamModeDetails": {"StreamMode": "PROVISIONED"},
         "RetentionPeriodHours": i.retention_hours,
-        "StreamCreationTimestamp": seconds(i.created_ms),
+        "StreamCreationTimestamp": epoch_seconds(i.created_ms),
         "EnhancedMonitoring": [{"ShardLevelMetrics": []}],
         "EncryptionType": "NONE",
     })
@@ -194,7 +191,7 @@ async fn operation(st: &AppState, op: &str, v: &Value) -> Result<Value, ApiError
                 .map(|i| {
                     json!({"StreamName": i.name, "StreamARN": i.arn, "StreamStatus": "ACTIVE",
                            "StreamModeDetails": {"StreamMode": "PROVISIONED"},
-                           "StreamCreationTimestamp": seconds(i.created_ms)})
+                           "StreamCreationTimestamp": epoch_seconds(i.created_ms)})
                 })
                 .collect();
             let mut out =
@@ -429,7 +426,7 @@ pub(crate) fn iterator_start(
             let t = timestamp_s.ok_or_else(|| {
                 ApiError::invalid(format!("{} is required for AT_TIMESTAMP", fields[2]))
             })?;
-            IteratorStart::AtTimestamp((t * 1000.0).round() as i64)
+            IteratorStart::AtTimestamp(kinema_core::time::epoch_seconds_to_ms(t))
         }
         _ => {
             return Err(ApiError::invalid(format!(
@@ -450,14 +447,14 @@ fn throttled() -> ApiError {
 
 fn consumer_json(c: &kinema_engine::datastreams::ConsumerInfo) -> Value {
     json!({"ConsumerName": c.name, "ConsumerARN": c.arn, "ConsumerStatus": "ACTIVE",
-           "ConsumerCreationTimestamp": seconds(c.created_ms)})
+           "ConsumerCreationTimestamp": epoch_seconds(c.created_ms)})
 }
 
 fn records_json(records: &[kinema_engine::datastreams::ReadRecord]) -> Vec<Value> {
     records
         .iter()
         .map(|r| {
-            json!({"SequenceNumber": sequence_string(r.sequence), "ApproximateArrivalTimestamp": seconds(r.arrival_ms),
+            json!({"SequenceNumber": sequence_string(r.sequence), "ApproximateArrivalTimestamp": epoch_seconds(r.arrival_ms),
                    "Data": B64.encode(&r.data), "PartitionKey": r.partition_key})
         })
         .collect()

@@ -25,11 +25,12 @@ use serde_json::json;
 
 use crate::video::{Timestamp, endpoint, epoch_seconds, ok, parse};
 use crate::{ApiError, AppState};
+use kinema_core::aws::MAX_MEDIA_RANGE_MS;
+use kinema_core::sync::lock;
 
 type St = State<Arc<AppState>>;
 
 /// GetClip limits of the original service.
-const CLIP_MAX_RANGE_MS: i64 = 3 * 3600 * 1000;
 const CLIP_MAX_FRAGMENTS: usize = 200;
 const CLIP_MAX_BYTES: u64 = 100 << 20;
 /// GetImages limits and defaults.
@@ -83,7 +84,7 @@ impl Sessions {
     }
 
     fn insert(&self, session: Session, now: i64) -> Result<String, ApiError> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = lock(&self.map);
         map.retain(|_, s| s.expires_ms > now);
         let open = map
             .values()
@@ -107,7 +108,7 @@ impl Sessions {
     }
 
     fn get(&self, token: &str, now: i64) -> Result<Session, ApiError> {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let map = lock(&self.map);
         match map.get(token) {
             Some(s) if s.expires_ms > now => Ok(s.clone()),
             Some(_) => Err(forbidden("the playback session has expired")),
@@ -262,7 +263,7 @@ async fn new_session(
                 "EndTimestamp must be after StartTimestamp",
             ));
         }
-        if mode == Mode::OnDemand && e - s > kinema_hls::session::MAX_ON_DEMAND_RANGE_MS {
+        if mode == Mode::OnDemand && e - s > MAX_MEDIA_RANGE_MS {
             return Err(ApiError::invalid(
                 "an ON_DEMAND range spans at most 3 hours",
             ));
@@ -685,7 +686,7 @@ pub(crate) async fn get_clip(State(st): St, body: Bytes) -> Result<Response, Api
             "EndTimestamp must be after StartTimestamp",
         ));
     }
-    if end - start > CLIP_MAX_RANGE_MS {
+    if end - start > MAX_MEDIA_RANGE_MS {
         return Err(ApiError::invalid("a clip spans at most 3 hours"));
     }
     let info = archived(&st, &input.stream)?;

@@ -78,7 +78,7 @@ pub async fn subscribe(
                     .iter()
                     .map(|r| {
                         json!({"sequenceNumber": sequence_string(r.sequence), "partitionKey": r.partition_key,
-                               "data": B64.encode(&r.data), "approximateArrivalTimestamp": r.arrival_ms as f64 / 1000.0})
+                               "data": B64.encode(&r.data), "approximateArrivalTimestamp": kinema_core::time::epoch_seconds(r.arrival_ms)})
                     })
                     .collect();
                 let data = json!({"shardId": shard_id_string(shard), "records": records,
@@ -189,7 +189,7 @@ pub async fn group_state(
             json!({
                 "shardId": shard_id_string(*s),
                 "owner": l.owner,
-                "leaseExpires": l.expires_ms as f64 / 1000.0,
+                "leaseExpires": kinema_core::time::epoch_seconds(l.expires_ms),
                 "checkpoint": match l.checkpoint {
                     Some(Checkpoint::At(n)) => json!(sequence_string(n)),
                     Some(Checkpoint::ShardEnd) => json!("SHARD_END"),

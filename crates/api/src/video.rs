@@ -73,7 +73,7 @@ pub(crate) fn ok(v: Value) -> Response {
 
 /// Unix milliseconds as the epoch-seconds number REST-JSON timestamps use.
 pub(crate) fn epoch_seconds(ms: i64) -> Value {
-    json!(ms as f64 / 1000.0)
+    json!(kinema_core::time::epoch_seconds(ms))
 }
 
 /// A REST-JSON timestamp: epoch seconds (number or numeric string) or RFC 3339.
@@ -94,7 +94,7 @@ impl<'de> Deserialize<'de> for Timestamp {
         };
         match secs {
             Some(s) if s.is_finite() && s.abs() < 1e13 => {
-                Ok(Timestamp((s * 1000.0).round() as i64))
+                Ok(Timestamp(kinema_core::time::epoch_seconds_to_ms(s)))
             }
             _ => Err(serde::de::Error::custom("invalid timestamp")),
         }

@@ -278,7 +278,7 @@ impl Client {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             key: key.into(),
             secret: secret.into(),
-            region: "us-east-1".into(),
+            region: kinema_core::aws::DEFAULT_REGION.into(),
         }
     }
 

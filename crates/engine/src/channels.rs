@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::{EngineError, now_ms};
+use kinema_core::sync::{read, write};
 
 const META_DOC: &str = "signaling-channels";
 pub const DEFAULT_MESSAGE_TTL_SECONDS: u32 = 60;
@@ -50,7 +51,7 @@ struct Inner {
 }
 
 fn valid_name(name: &str) -> bool {
-    crate::streams::valid_name(name)
+    kinema_core::names::valid(name, kinema_core::names::MAX_VIDEO_NAME)
 }
 
 fn ttl_ok(ttl: u32) -> Result<(), EngineError> {
@@ -87,17 +88,11 @@ impl Channels {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ChannelInfo>> {
-        self.inner
-            .channels
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        read(&self.inner.channels)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, ChannelInfo>> {
-        self.inner
-            .channels
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
+        write(&self.inner.channels)
     }
 
     fn new_version(&self) -> String {

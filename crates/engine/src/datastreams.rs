@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
 use crate::{EngineError, now_ms};
+use kinema_core::sync::{lock, read, write};
 
 const META_DOC: &str = "data-streams";
 /// At most this many put requests share one fdatasync.
@@ -47,8 +48,8 @@ pub struct DataStreamsConfig {
 impl Default for DataStreamsConfig {
     fn default() -> Self {
         DataStreamsConfig {
-            region: "us-east-1".into(),
-            account_id: "000000000000".into(),
+            region: kinema_core::aws::DEFAULT_REGION.into(),
+            account_id: kinema_core::aws::DEFAULT_ACCOUNT_ID.into(),
             max_record_bytes: 1 << 20,
             max_shards_per_stream: 256,
             shard_write_bytes_per_s: 0,
@@ -159,10 +160,6 @@ struct DStream {
     deleted: AtomicBool,
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 struct Inner {
     store: Store,
     config: DataStreamsConfig,
@@ -178,10 +175,7 @@ pub struct DataStreams {
 }
 
 fn valid_name(name: &str) -> bool {
-    (1..=128).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+    kinema_core::names::valid(name, kinema_core::names::MAX_DATA_NAME)
 }
 
 fn not_found(name: &str) -> EngineError {
@@ -249,18 +243,11 @@ impl DataStreams {
             retain_rx,
             quota,
         ));
-        self.inner
-            .streams
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(info.name, stream);
+        write(&self.inner.streams).insert(info.name, stream);
     }
 
     fn get(&self, name: &str) -> Result<Arc<DStream>, EngineError> {
-        self.inner
-            .streams
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        read(&self.inner.streams)
             .get(name)
             .cloned()
             .ok_or_else(|| not_found(name))
@@ -286,11 +273,7 @@ impl DataStreams {
 
     async fn save_meta(&self) -> Result<(), EngineError> {
         let _g = self.inner.meta_lock.lock().await;
-        let infos: Vec<DataStreamInfo> = self
-            .inner
-            .streams
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        let infos: Vec<DataStreamInfo> = read(&self.inner.streams)
             .values()
             .map(|s| lock(&s.info).clone())
             .collect();
@@ -347,11 +330,7 @@ impl DataStreams {
 
     pub async fn delete(&self, name: &str) -> Result<(), EngineError> {
         let stream = self.get(name)?;
-        self.inner
-            .streams
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+        write(&self.inner.streams).remove(name);
         stream.deleted.store(true, Ordering::SeqCst);
         self.save_meta().await?;
         let id = lock(&stream.info).id.clone();
@@ -364,13 +343,7 @@ impl DataStreams {
     }
 
     pub fn list(&self) -> Vec<String> {
-        self.inner
-            .streams
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        read(&self.inner.streams).keys().cloned().collect()
     }
 
     async fn update_info(
@@ -497,10 +470,7 @@ impl DataStreams {
     }
 
     fn by_stamp(&self, stamp: u64) -> Option<Arc<DStream>> {
-        self.inner
-            .streams
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        read(&self.inner.streams)
             .values()
             .find(|s| lock(&s.info).created_ms as u64 == stamp)
             .cloned()
@@ -539,14 +509,7 @@ impl DataStreams {
     /// older than the stream's retention period at `now_ms`. Returns how
     /// many records went.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize, EngineError> {
-        let streams: Vec<Arc<DStream>> = self
-            .inner
-            .streams
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let streams: Vec<Arc<DStream>> = read(&self.inner.streams).values().cloned().collect();
         let mut removed = 0;
         for s in streams {
             let (tx, rx) = oneshot::channel();
@@ -801,7 +764,7 @@ fn start_sequence(
         IteratorStart::AtSequence(seq) => in_shard(seq)?,
         IteratorStart::AfterSequence(seq) => in_shard(seq)? + 1,
         IteratorStart::AtTimestamp(t) => {
-            let index = stream.index.read().unwrap_or_else(|p| p.into_inner());
+            let index = read(&stream.index);
             let entries = index.get(&shard).map(Vec::as_slice).unwrap_or_default();
             let i = entries.partition_point(|e| e.arrival_ms < t);
             entries
@@ -831,7 +794,7 @@ async fn read_shard(
 ) -> Result<ShardChunk, EngineError> {
     let limit = limit.clamp(1, MAX_GET_RECORDS);
     let (picked, tip) = {
-        let index = stream.index.read().unwrap_or_else(|p| p.into_inner());
+        let index = read(&stream.index);
         let entries = index.get(&shard).map(Vec::as_slice).unwrap_or_default();
         let i = entries.partition_point(|e| e.sequence < from);
         let mut bytes = 0usize;
@@ -993,12 +956,7 @@ async fn retain(
     }
     let last = *expired.last().expect("not empty");
     let mut removed = 0;
-    for entries in stream
-        .index
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .values_mut()
-    {
+    for entries in write(&stream.index).values_mut() {
         let keep = entries.partition_point(|e| kinema_store::segment_of(e.offset) <= last);
         removed += keep;
         entries.drain(..keep);
@@ -1023,7 +981,7 @@ async fn writer_task(
     // The newest arrival time in each segment, for retention.
     let mut segment_newest: BTreeMap<u32, i64> = BTreeMap::new();
     if let Some(s) = stream.upgrade() {
-        for entries in s.index.read().unwrap_or_else(|p| p.into_inner()).values() {
+        for entries in read(&s.index).values() {
             for e in entries {
                 let seg = kinema_store::segment_of(e.offset);
                 let newest = segment_newest.entry(seg).or_insert(i64::MIN);
@@ -1138,7 +1096,7 @@ async fn writer_task(
                     .or_insert(i64::MIN);
                 *newest = (*newest).max(now);
                 {
-                    let mut index = stream.index.write().unwrap_or_else(|p| p.into_inner());
+                    let mut index = write(&stream.index);
                     for (shard, mut e) in placed {
                         e.offset += base;
                         index.entry(shard).or_default().push(e);

@@ -31,6 +31,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::datastreams::{DataStreams, PutEntry};
 use crate::{Engine, EngineError, LiveFragment, now_ms};
+use kinema_core::sync::lock;
 
 const META_DOC: &str = "detectors";
 /// Fragments waiting for one stream's decoder before the oldest is dropped.
@@ -40,7 +41,7 @@ const EVENT_BACKLOG: usize = 4096;
 /// How long shutdown waits for queued events to be written.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 /// Records per PutRecords-style batch (the Kinesis limit).
-const EVENT_BATCH: usize = 500;
+const EVENT_BATCH: usize = kinema_core::aws::MAX_PUT_RECORDS;
 
 /// Server-wide detection settings (the `[detection]` config section).
 #[derive(Debug, Clone)]
@@ -313,7 +314,7 @@ impl WorkQueue {
     /// the wait reaches back to that stream's decoder thread (never to
     /// ingest), whose fragment backlog then drops its oldest fragments.
     fn push(&self, job: Job) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = lock(&self.state);
         loop {
             if s.stop || job.det.stop.load(Ordering::SeqCst) {
                 return;
@@ -338,7 +339,7 @@ impl WorkQueue {
 
     /// The next job of a stream no other worker holds; `None` at shutdown.
     fn pop(&self) -> Option<Job> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = lock(&self.state);
         loop {
             if s.stop {
                 return None;
@@ -369,7 +370,7 @@ impl WorkQueue {
     }
 
     fn done(&self, stream: &str) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = lock(&self.state);
         s.busy.remove(stream);
         drop(s);
         self.ready.notify_all();
@@ -377,12 +378,12 @@ impl WorkQueue {
     }
 
     fn forget(&self, stream: &str) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = lock(&self.state);
         s.queues.remove(stream);
     }
 
     fn stop(&self) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).stop = true;
+        lock(&self.state).stop = true;
         self.ready.notify_all();
         self.space.notify_all();
     }
@@ -411,10 +412,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct Detectors {
     inner: Arc<Inner>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Detectors {

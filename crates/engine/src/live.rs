@@ -21,6 +21,7 @@ use tokio::sync::broadcast;
 
 use crate::signaling::{Connection, Outgoing, ServerMaster};
 use crate::{Engine, EngineError, LiveFrame};
+use kinema_core::sync::lock;
 
 /// How long a new peer may take to connect before it is given up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -96,10 +97,6 @@ struct Inner {
     whep: Mutex<HashMap<String, (String, Arc<SendPeer>)>>,
     next_id: AtomicU64,
     stats: LiveStats,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn rtc_err(e: kinema_rtc::RtcError) -> EngineError {

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::channels::{ChannelInfo, Channels};
 use crate::{EngineError, now_ms};
+use kinema_core::sync::lock;
 
 /// What a connection is sent.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,10 +128,6 @@ impl Drop for Connection {
     fn drop(&mut self) {
         let _ = self.task.control.send(Cmd::Disconnect(self.id));
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Hub {

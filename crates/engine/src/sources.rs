@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::{Engine, EngineError, IngestEvent, PutMediaSession, TimecodeType, now_ms};
+use kinema_core::sync::lock;
 
 /// The shortest fragment a source writes unless configured otherwise.
 pub const DEFAULT_SOURCE_FRAGMENT_MS: u64 = 2_000;
@@ -30,10 +31,6 @@ const NO_DATA_TIMEOUT: Duration = Duration::from_secs(10);
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 const META_DOC: &str = "sources";
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// How a source reaches its camera.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -313,12 +310,7 @@ fn not_found(name: &str) -> EngineError {
 }
 
 fn validate(cfg: &SourceConfig) -> Result<(), EngineError> {
-    let name_ok = (1..=128).contains(&cfg.name.len())
-        && cfg
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-');
-    if !name_ok {
+    if !kinema_core::names::valid(&cfg.name, kinema_core::names::MAX_DATA_NAME) {
         return Err(EngineError::InvalidArgument(format!(
             "source name {:?} must be 1-128 characters of [a-zA-Z0-9_.-]",
             cfg.name

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, broadcast, watch};
 
 use crate::{EngineError, now_ms};
+use kinema_core::sync::{lock, read, write};
 
 const META_DOC: &str = "video-streams";
 const MAX_TAGS: usize = 50;
@@ -40,8 +41,8 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            region: "us-east-1".into(),
-            account_id: "000000000000".into(),
+            region: kinema_core::aws::DEFAULT_REGION.into(),
+            account_id: kinema_core::aws::DEFAULT_ACCOUNT_ID.into(),
             ingest: IngestLimits::default(),
             live_buffer_ms: 120_000,
             get_media_idle_ms: 3_000,
@@ -98,20 +99,6 @@ impl Stream {
     }
 }
 
-/// Locks a std mutex; a poisoned lock still guards consistent metadata
-/// because every critical section here is a plain field update.
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|p| p.into_inner())
-}
-
 struct Inner {
     store: Store,
     config: EngineConfig,
@@ -162,10 +149,7 @@ pub struct Engine {
 
 /// A valid video stream name (the service's pattern `[a-zA-Z0-9_.-]+`, 1-256).
 pub(crate) fn valid_name(name: &str) -> bool {
-    (1..=256).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+    kinema_core::names::valid(name, kinema_core::names::MAX_VIDEO_NAME)
 }
 
 /// Where a GetMedia read starts.

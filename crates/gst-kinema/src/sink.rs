@@ -13,6 +13,7 @@ use gstreamer::subclass::prelude::*;
 use gstreamer_app as gst_app;
 
 use crate::upload::{Input, Report, Settings, Uploader};
+use kinema_core::aws::DEFAULT_REGION;
 
 glib::wrapper! {
     pub struct KinemaSink(ObjectSubclass<imp::KinemaSink>) @extends gst::Bin, gst::Element, gst::Object;
@@ -28,7 +29,6 @@ pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
 }
 
 const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:4566";
-const DEFAULT_REGION: &str = "us-east-1";
 const DEFAULT_RETENTION_HOURS: u32 = 2;
 const DEFAULT_FRAGMENT_MS: u32 = 2000;
 const DEFAULT_STORAGE_MB: u32 = 128;
@@ -82,9 +82,7 @@ mod imp {
         appsink: gst_app::AppSink,
     }
 
-    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-        m.lock().unwrap_or_else(|p| p.into_inner())
-    }
+    use kinema_core::sync::lock;
 
     #[glib::object_subclass]
     impl ObjectSubclass for KinemaSink {

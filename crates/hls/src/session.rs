@@ -50,10 +50,6 @@ pub struct Selection {
     pub max_fragments: usize,
 }
 
-/// Limits of GetHLSStreamingSessionURL: an ON_DEMAND range spans at most
-/// three hours.
-pub const MAX_ON_DEMAND_RANGE_MS: i64 = 3 * 3600 * 1000;
-
 /// The default `MaxMediaPlaylistFragmentResults`: 5 for LIVE, 1000 otherwise.
 pub fn default_max_fragments(mode: Mode) -> usize {
     match mode {

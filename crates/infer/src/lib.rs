@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use kinema_core::sync::lock;
 use kinema_detect::{Detection, decode_ssd, decode_yolo, nms};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
@@ -94,7 +95,7 @@ impl Runtime {
 
     /// The shared detector for `spec`, loading the model on first use.
     pub fn detector(&self, spec: &ModelSpec) -> Result<Arc<Detector>, InferError> {
-        let mut cache = self.detectors.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = lock(&self.detectors);
         if let Some(d) = cache.get(spec) {
             return Ok(d.clone());
         }
@@ -274,7 +275,7 @@ impl Detector {
         };
         let run = |e: ort::Error| InferError::Run(e.to_string());
         let input = TensorRef::from_array_view((shape, tensor)).map_err(run)?;
-        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let mut session = lock(&self.session);
         let started = Instant::now();
         let outputs = session.run(ort::inputs![input]).map_err(run)?;
         let run_time = started.elapsed();

@@ -13,6 +13,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
 use crate::SourceError;
+use kinema_core::sync::lock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageFormat {
@@ -159,10 +160,7 @@ pub fn render_stills(req: &StillRequest<'_>) -> Result<Vec<Still>, SourceError> 
                     && let Ok(map) = buffer.map_readable()
                 {
                     let pts = buffer.pts().map_or(0, |p| p.nseconds() as i64 - BASE_NS);
-                    sink_images
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((pts, map.as_slice().to_vec()));
+                    lock(&sink_images).push((pts, map.as_slice().to_vec()));
                 }
                 Ok(gst::FlowSuccess::Ok)
             })
@@ -207,7 +205,7 @@ pub fn render_stills(req: &StillRequest<'_>) -> Result<Vec<Still>, SourceError> 
     })();
     let _ = pipeline.set_state(gst::State::Null);
     result?;
-    let mut out = std::mem::take(&mut *images.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut out = std::mem::take(&mut *lock(&images));
     out.sort_by_key(|(pts, _)| *pts);
     Ok(out)
 }

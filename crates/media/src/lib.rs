@@ -21,6 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
+use kinema_core::sync::lock;
 pub use kinema_mkv::mux::{CODEC_H264, Frame, VideoTrack};
 
 /// How `rtspsrc` carries RTP.
@@ -337,10 +338,7 @@ fn install_appsink(appsink: &gst_app::AppSink, sink: EventSink) {
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |appsink| {
                 let sample = appsink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                let (track, frame) = converter
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .convert(&sample);
+                let (track, frame) = lock(&converter).convert(&sample);
                 if let Some(t) = track {
                     sink(SourceEvent::Track(t));
                 }

@@ -195,9 +195,7 @@ mod tcp {
         accept: tokio::task::JoinHandle<()>,
     }
 
-    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-        m.lock().unwrap_or_else(|p| p.into_inner())
-    }
+    use kinema_core::sync::lock;
 
     /// Reads one framed message: STUN (first two bits 00, 20-byte header)
     /// or ChannelData (01, 4-byte header, padded to four bytes).

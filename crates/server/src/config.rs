@@ -8,8 +8,7 @@ use serde::Deserialize;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4566";
 pub const DEFAULT_DATA_DIR: &str = "kinema-data";
-pub const DEFAULT_REGION: &str = "us-east-1";
-pub const DEFAULT_ACCOUNT_ID: &str = "000000000000";
+pub use kinema_core::aws::{DEFAULT_ACCOUNT_ID, DEFAULT_REGION};
 pub const DEFAULT_LIVE_BUFFER_SECONDS: u64 = 120;
 pub const DEFAULT_RETENTION_CHECK_SECONDS: u64 = 60;
 pub const DEFAULT_MAX_FRAGMENT_MB: u64 = 50;

@@ -24,7 +24,7 @@ pub struct Args {
     #[arg(long, default_value = "http://127.0.0.1:4566")]
     pub endpoint: String,
     /// Region to sign for.
-    #[arg(long, default_value = "us-east-1")]
+    #[arg(long, default_value = kinema_core::aws::DEFAULT_REGION)]
     pub region: String,
     /// Access key id (default: KINEMA_ACCESS_KEY_ID).
     #[arg(long)]

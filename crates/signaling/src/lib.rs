@@ -130,10 +130,7 @@ fn payload_len(m: &ServerMessage) -> usize {
 }
 
 fn valid_client_id(id: &str) -> bool {
-    (1..=256).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+    kinema_core::names::valid(id, kinema_core::names::MAX_CLIENT_ID)
 }
 
 impl Channel {

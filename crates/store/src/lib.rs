@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use kinema_archive::index::{self, Record};
+use kinema_core::sync::{lock, read, write};
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
@@ -390,7 +391,7 @@ impl IndexLog {
             let mut bytes = Vec::with_capacity(64);
             index::encode(&record, &mut bytes);
             // The lock only serialises appends; a poisoned lock still guards a valid file.
-            let mut log = file.lock().unwrap_or_else(|p| p.into_inner());
+            let mut log = lock(&file);
             if log.broken {
                 return Err(StoreError::Io {
                     path: path.clone(),
@@ -520,7 +521,7 @@ impl Store {
 
 impl DataLog {
     fn active_file(&self) -> Arc<File> {
-        self.segments.read().unwrap_or_else(|p| p.into_inner())[&self.active].clone()
+        read(&self.segments)[&self.active].clone()
     }
 
     /// Appends encoded records (kept in one segment) and returns their
@@ -532,10 +533,7 @@ impl DataLog {
             let next = self.active + 1;
             let file = open_append(&self.dir.join(format!("{next:010}.log")))?;
             sync_dir(&self.dir)?;
-            self.segments
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(next, Arc::new(file));
+            write(&self.segments).insert(next, Arc::new(file));
             self.active = next;
             self.len = 0;
         }
@@ -558,10 +556,7 @@ impl DataLog {
     /// Deletes the files of the given (older) segments. Blocking.
     pub fn delete_segments(&mut self, numbers: &[u32]) -> Result<(), StoreError> {
         for &n in numbers.iter().filter(|n| **n != self.active) {
-            self.segments
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&n);
+            write(&self.segments).remove(&n);
             let path = self.dir.join(format!("{n:010}.log"));
             match fs::remove_file(&path) {
                 Ok(()) => {}
@@ -592,10 +587,7 @@ impl DataLogReader {
     /// Reads `len` bytes at position `pos`. Blocking.
     pub fn read_at(&self, pos: u64, len: usize) -> Result<Vec<u8>, StoreError> {
         use std::os::unix::fs::FileExt;
-        let file = self
-            .segments
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        let file = read(&self.segments)
             .get(&segment_of(pos))
             .cloned()
             .ok_or_else(|| StoreError::NotFound(format!("data log segment {}", segment_of(pos))))?;
