@@ -404,3 +404,83 @@ fn a_slow_model_drops_frames_while_ingest_keeps_every_fragment() {
         "{s}"
     );
 }
+
+/// The event record of `kinema-detect`, one of each kind and with the
+/// optional members absent and present, against the published schema
+/// (`docs/detection-event.schema.json`) in Python's jsonschema.
+#[test]
+fn detection_events_of_every_kind_match_the_published_schema() {
+    use kinema_detect::Observation;
+    use kinema_detect::{BBox, Crossing, DetectionEvent, Direction, EventSource, FrameInfo};
+    let labels: Vec<String> = ["person", "bicycle"].map(String::from).to_vec();
+    let classes = vec!["bicycle".to_string()];
+    let source = EventSource {
+        stream: "cam.1_a-b",
+        model: "ssdlite_mobilenet_v2_coco",
+        threshold: 0.5,
+        classes: &classes,
+        labels: &labels,
+        public_url: "https://kinema.example:4566/",
+    };
+    let observations = [
+        Observation::Count {
+            in_view: 0,
+            previous: None,
+        },
+        Observation::Count {
+            in_view: 3,
+            previous: Some(2),
+        },
+        Observation::Crossing {
+            crossing: Crossing {
+                line: "gate".into(),
+                track: 4,
+                direction: Direction::BToA,
+            },
+            class: 1,
+            total_a_to_b: 0,
+            total_b_to_a: 1,
+        },
+        Observation::Detection {
+            track: 4,
+            class: 1,
+            score: 0.93,
+            bbox: BBox {
+                x0: 0.0,
+                y0: 0.25,
+                x1: 0.5,
+                y1: 1.0,
+            },
+        },
+    ];
+    let mut lines = String::new();
+    for (i, fragment_number) in [None, Some(42u64)].into_iter().enumerate() {
+        let frame = FrameInfo {
+            ts_ms: 1_764_700_000_000 + i as i64 * 33,
+            fragment_number,
+            decoded_at_ms: 1_764_700_000_050,
+        };
+        for o in &observations {
+            let e = DetectionEvent::new(&source, frame, o);
+            lines.push_str(std::str::from_utf8(&e.to_json()).unwrap());
+            lines.push('\n');
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    std::fs::write(&path, lines).unwrap();
+    let out = Command::new(python())
+        .arg(repo_root().join("tests/python/detect.py"))
+        .arg("validate")
+        .arg(repo_root().join("docs/detection-event.schema.json"))
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], 8, "{v}");
+}

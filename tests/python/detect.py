@@ -122,9 +122,23 @@ def events(stream, camera, t0_ms, schema_path):
     }))
 
 
+def validate(schema_path, events_path):
+    """Validates each line of events_path (one JSON event) against the schema."""
+    import jsonschema
+
+    schema = json.load(open(schema_path))
+    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+    n = 0
+    for line in open(events_path):
+        validator.validate(json.loads(line))
+        n += 1
+    print(json.dumps({"valid": n}))
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
-    {"yolo-model": yolo_model, "slow-model": slow_model, "events": events}[cmd](*args)
+    {"yolo-model": yolo_model, "slow-model": slow_model, "events": events,
+     "validate": validate}[cmd](*args)
 
 
 if __name__ == "__main__":

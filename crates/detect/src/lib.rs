@@ -5,15 +5,20 @@
 //!
 //! The ONNX Runtime adapter (`kinema-infer`) decodes model outputs with the
 //! functions here; the engine's detection workers feed each analysed frame
-//! through an [`Analyzer`] and publish its [`Observation`]s as events.
+//! through an [`Analyzer`], keep frames under a [`BudgetSampler`], and
+//! publish each [`Observation`] as a [`DetectionEvent`].
 
 mod analyze;
+pub mod budget;
 pub mod coco;
 mod count;
+pub mod event;
 mod track;
 
 pub use analyze::{Analyzer, AnalyzerConfig, Observation};
+pub use budget::BudgetSampler;
 pub use count::{Crossing, Direction, Line, LineCounter};
+pub use event::{DetectionEvent, EventKind, EventSource, FrameInfo};
 pub use track::{Track, Tracker, TrackerConfig};
 
 /// An axis-aligned box in normalised image coordinates (0..1).
