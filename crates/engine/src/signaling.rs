@@ -378,15 +378,7 @@ impl Runner {
                 }
                 let _ = reply.send(result);
             }
-            Cmd::Receive { conn, text } => {
-                if !self.channel.has_master()
-                    && self.channel.role(conn) == Some(Role::Viewer)
-                    && text.contains("SDP_OFFER")
-                {
-                    self.attach_server_master(now);
-                }
-                self.channel.receive(now, conn, &text);
-            }
+            Cmd::Receive { conn, text } => self.channel.receive(now, conn, &text),
             Cmd::Disconnect(conn) => {
                 self.channel.disconnect(conn);
                 self.conns.remove(&conn);
@@ -429,6 +421,7 @@ impl Runner {
     fn flush(&mut self) {
         while let Some(out) = self.channel.poll_output() {
             match out {
+                Output::MasterWanted => self.attach_server_master(now_ms()),
                 Output::Send(conn, msg) => {
                     let Some(tx) = self.conns.get(&conn) else {
                         continue;

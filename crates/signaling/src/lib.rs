@@ -87,6 +87,10 @@ pub enum CloseReason {
 pub enum Output {
     Send(ConnId, ServerMessage),
     Close(ConnId, CloseReason),
+    /// A viewer offered while no master is connected; the offer waits for
+    /// one. A shell that can answer as master may connect one now (the
+    /// waiting offer is delivered to it on connect).
+    MasterWanted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -320,6 +324,8 @@ impl Channel {
             Peer::Master => self.master,
             Peer::Viewer(id) => self.viewers.get(id).copied(),
         };
+        let offer_without_master =
+            to.is_none() && target == Peer::Master && msg.action == Action::SdpOffer;
         match to {
             Some(to) => self.out.push_back(Output::Send(to, out)),
             None => {
@@ -341,6 +347,9 @@ impl Channel {
                 }
                 q.push_back((now_ms + self.cfg.message_ttl_ms, out));
                 self.pending_bytes += len;
+                if offer_without_master {
+                    self.out.push_back(Output::MasterWanted);
+                }
             }
         }
     }

@@ -38,9 +38,17 @@ fn drain(ch: &mut Channel) -> (Sent, Closed) {
         match o {
             Output::Send(c, m) => sent.entry(c).or_default().push(m),
             Output::Close(c, r) => closed.push((c, r)),
+            Output::MasterWanted => {}
         }
     }
     (sent, closed)
+}
+
+/// How many `MasterWanted` outputs are waiting (and drains the rest).
+fn masters_wanted(ch: &mut Channel) -> usize {
+    std::iter::from_fn(|| ch.poll_output())
+        .filter(|o| *o == Output::MasterWanted)
+        .count()
 }
 
 fn payload(m: &ServerMessage) -> String {
@@ -345,6 +353,7 @@ fn random_operation_sequences_never_route_to_a_dead_connection() {
                 Output::Close(c, _) => {
                     live.remove(&c);
                 }
+                Output::MasterWanted => {}
             }
         }
     }
@@ -393,4 +402,28 @@ fn messages_for_absent_peers_are_bounded_per_channel() {
     ch.handle_timeout(5_001);
     assert_eq!(ch.pending_bytes(), 0);
     assert_eq!(ch.poll_timeout(), None);
+}
+
+#[test]
+fn only_a_queued_viewer_offer_without_a_master_asks_for_one() {
+    let mut ch = Channel::new(ChannelConfig::default());
+    let viewer = ConnId(1);
+    ch.connect(0, viewer, Role::Viewer, Some("v1")).unwrap();
+    // Candidates and malformed offers do not ask for a master.
+    ch.receive(0, viewer, &msg("ICE_CANDIDATE", "c", None, "1"));
+    ch.receive(0, viewer, r#"{"action":"SDP_OFFER"}"#);
+    ch.receive(0, viewer, "SDP_OFFER");
+    assert_eq!(masters_wanted(&mut ch), 0);
+    // An offer that waits for the master does, once per offer.
+    ch.receive(0, viewer, &msg("SDP_OFFER", "offer", None, "2"));
+    assert_eq!(masters_wanted(&mut ch), 1);
+    // The master that then connects gets what waited.
+    let master = ConnId(0);
+    ch.connect(1, master, Role::Master, None).unwrap();
+    let (sent, _) = drain(&mut ch);
+    let got: Vec<String> = sent[&master].iter().map(payload).collect();
+    assert_eq!(got, ["c", "offer"]);
+    // With a master connected, an offer goes straight to it.
+    ch.receive(2, viewer, &msg("SDP_OFFER", "again", None, "3"));
+    assert_eq!(masters_wanted(&mut ch), 0);
 }
