@@ -12,7 +12,7 @@ use kinema_store::Store;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::{EngineError, now_ms};
+use crate::{Clock, EngineError};
 use kinema_core::sync::{read, write};
 
 const META_DOC: &str = "signaling-channels";
@@ -44,6 +44,7 @@ struct Inner {
     region: String,
     account_id: String,
     max_channels: usize,
+    clock: Clock,
     channels: std::sync::RwLock<BTreeMap<String, ChannelInfo>>,
     /// Serialises changes and their saves.
     changes: Mutex<()>,
@@ -70,6 +71,7 @@ impl Channels {
         region: &str,
         account_id: &str,
         max_channels: usize,
+        clock: Clock,
     ) -> Result<Channels, EngineError> {
         let saved: Vec<ChannelInfo> = store.load_meta(META_DOC)?.unwrap_or_default();
         Ok(Channels {
@@ -78,6 +80,7 @@ impl Channels {
                 region: region.to_string(),
                 account_id: account_id.to_string(),
                 max_channels,
+                clock,
                 channels: std::sync::RwLock::new(
                     saved.into_iter().map(|c| (c.name.clone(), c)).collect(),
                 ),
@@ -99,7 +102,7 @@ impl Channels {
         // Unique across restarts: the clock, then a counter within a process.
         format!(
             "{}{:04}",
-            now_ms(),
+            self.inner.clock.now_ms(),
             self.inner.versions.fetch_add(1, Ordering::Relaxed) % 10_000
         )
     }
@@ -135,7 +138,7 @@ impl Channels {
         let ttl = message_ttl_seconds.unwrap_or(DEFAULT_MESSAGE_TTL_SECONDS);
         ttl_ok(ttl)?;
         let _changes = self.inner.changes.lock().await;
-        let creation_ms = now_ms();
+        let creation_ms = self.inner.clock.now_ms();
         let info = ChannelInfo {
             name: name.to_string(),
             arn: format!(

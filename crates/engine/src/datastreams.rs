@@ -18,7 +18,7 @@ use kinema_store::{DataLog, DataLogReader, Store};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
-use crate::{EngineError, now_ms};
+use crate::{Clock, EngineError};
 use kinema_core::sync::{lock, read, write};
 
 const META_DOC: &str = "data-streams";
@@ -43,6 +43,9 @@ pub struct DataStreamsConfig {
     /// Size at which the log starts a new segment file; retention deletes
     /// whole segments whose records are all past the retention period.
     pub segment_bytes: u64,
+    /// The wall clock the service reads (arrival times, iterator, lease
+    /// and subscription expiry, retention).
+    pub clock: Clock,
 }
 
 impl Default for DataStreamsConfig {
@@ -55,6 +58,7 @@ impl Default for DataStreamsConfig {
             shard_write_bytes_per_s: 0,
             shard_write_records_per_s: 0,
             segment_bytes: 64 << 20,
+            clock: Clock::system(),
         }
     }
 }
@@ -242,6 +246,7 @@ impl DataStreams {
             rx,
             retain_rx,
             quota,
+            self.inner.config.clock,
         ));
         write(&self.inner.streams).insert(info.name, stream);
     }
@@ -281,6 +286,11 @@ impl DataStreams {
         Ok(())
     }
 
+    /// The service's time (see [`Clock`]).
+    fn now_ms(&self) -> i64 {
+        self.inner.config.clock.now_ms()
+    }
+
     pub fn config(&self) -> &DataStreamsConfig {
         &self.inner.config
     }
@@ -302,7 +312,7 @@ impl DataStreams {
                 "Stream {name} already exists."
             )));
         }
-        let now = now_ms();
+        let now = self.now_ms();
         let cfg = &self.inner.config;
         let info = DataStreamInfo {
             name: name.to_string(),
@@ -408,7 +418,7 @@ impl DataStreams {
     pub async fn split(&self, name: &str, shard: u32, at: u128) -> Result<(), EngineError> {
         self.update_info(name, |i| {
             i.shards
-                .split(shard, at, now_ms())
+                .split(shard, at, self.now_ms())
                 .map(|_| ())
                 .map_err(Self::reshard_error)
         })
@@ -418,7 +428,7 @@ impl DataStreams {
     pub async fn merge(&self, name: &str, shard: u32, adjacent: u32) -> Result<(), EngineError> {
         self.update_info(name, |i| {
             i.shards
-                .merge(shard, adjacent, now_ms())
+                .merge(shard, adjacent, self.now_ms())
                 .map(|_| ())
                 .map_err(Self::reshard_error)
         })
@@ -430,7 +440,7 @@ impl DataStreams {
         self.update_info(name, |i| {
             before = i.shards.open().len() as u32;
             i.shards
-                .update_shard_count(target, now_ms())
+                .update_shard_count(target, self.now_ms())
                 .map_err(Self::reshard_error)
         })
         .await?;
@@ -465,7 +475,7 @@ impl DataStreams {
             stream: lock(&stream.info).created_ms as u64,
             shard,
             from_sequence: from,
-            issued_ms: now_ms(),
+            issued_ms: self.now_ms(),
         }))
     }
 
@@ -481,7 +491,7 @@ impl DataStreams {
         iterator: &str,
         limit: usize,
     ) -> Result<RecordsPage, EngineError> {
-        let now = now_ms();
+        let now = self.now_ms();
         let pos = self.inner.key.decode(iterator, now).map_err(|e| match e {
             IteratorError::Expired => EngineError::ExpiredIterator(e.to_string()),
             IteratorError::Invalid => EngineError::InvalidArgument(e.to_string()),
@@ -536,7 +546,7 @@ impl DataStreams {
         let mut out = Vec::new();
         self.update_info(name, |i| {
             let table = i.groups.entry(group.to_string()).or_default();
-            for shard in table.acquire(&i.shards, consumer, max, lease_ms, now_ms()) {
+            for shard in table.acquire(&i.shards, consumer, max, lease_ms, self.now_ms()) {
                 out.push((shard, table.shards.get(&shard).and_then(|l| l.checkpoint)));
             }
             Ok(())
@@ -558,7 +568,7 @@ impl DataStreams {
         self.update_info(name, |i| {
             let table = i.groups.entry(group.to_string()).or_default();
             table
-                .checkpoint(&i.shards, consumer, shard, at, now_ms())
+                .checkpoint(&i.shards, consumer, shard, at, self.now_ms())
                 .map_err(|e| EngineError::LeaseLost(e.to_string()))
         })
         .await
@@ -621,7 +631,7 @@ impl DataStreams {
                     "at most 20 consumers per stream".into(),
                 ));
             }
-            let now = now_ms();
+            let now = self.now_ms();
             let c = ConsumerInfo {
                 name: name.to_string(),
                 arn: format!("{}/consumer/{name}:{}", info.arn, now / 1000),
@@ -703,7 +713,8 @@ impl DataStreams {
             stream,
             shard,
             next_from,
-            started_ms: now_ms(),
+            started_ms: self.now_ms(),
+            clock: self.inner.config.clock,
             done: false,
         })
     }
@@ -872,6 +883,7 @@ pub struct Subscription {
     shard: u32,
     next_from: u64,
     started_ms: i64,
+    clock: Clock,
     done: bool,
 }
 
@@ -883,7 +895,7 @@ impl Subscription {
     ) -> Option<Result<SubscribeEvent, EngineError>> {
         if self.done
             || self.stream.deleted.load(Ordering::SeqCst)
-            || now_ms() - self.started_ms >= SUBSCRIPTION_MS
+            || self.clock.now_ms() - self.started_ms >= SUBSCRIPTION_MS
         {
             return None;
         }
@@ -895,7 +907,7 @@ impl Subscription {
                 self.shard,
                 self.next_from,
                 MAX_GET_RECORDS,
-                now_ms(),
+                self.clock.now_ms(),
             )
             .await
             {
@@ -975,6 +987,7 @@ async fn writer_task(
     mut rx: mpsc::Receiver<WriteRequest>,
     mut retain_rx: mpsc::Receiver<(i64, oneshot::Sender<Result<usize, EngineError>>)>,
     (quota_bytes, quota_records): (u64, u64),
+    clock: Clock,
 ) {
     let mut log = Some(log);
     let mut quotas: HashMap<u32, kinema_datastream::quota::ShardQuota> = HashMap::new();
@@ -1023,7 +1036,7 @@ async fn writer_task(
             }
             continue;
         }
-        let now = now_ms();
+        let now = clock.now_ms();
         let mut bytes = Vec::new();
         let mut placed: Vec<(u32, Entry)> = Vec::new();
         let mut results: Vec<Vec<PutOutcome>> = Vec::with_capacity(batch.len());

@@ -4,7 +4,7 @@
 //! requests into calls here and [`EngineError`]s into responses.
 
 pub mod channels;
-mod clock;
+pub mod clock;
 pub mod datastreams;
 pub mod detection;
 pub mod live;
@@ -12,7 +12,7 @@ pub mod signaling;
 pub mod sources;
 mod streams;
 
-pub use clock::now_ms;
+pub use clock::{Clock, now_ms};
 pub use kinema_archive::ingest::{
     AckError, CompletedFragment, IngestEvent, IngestLimits, TimecodeType,
 };

@@ -219,7 +219,7 @@ impl Live {
         let id = format!(
             "{:016x}{:016x}",
             self.inner.next_id.fetch_add(1, Ordering::Relaxed),
-            crate::now_ms() as u64
+            self.inner.engine.clock().now_ms() as u64
         );
         lock(&self.inner.whep).insert(id.clone(), (stream.to_string(), peer.clone()));
         // Forget the session once its peer is over.

@@ -15,7 +15,7 @@ pub use kinema_signaling::{ChannelConfig, CloseReason, ConnId, ConnectError, Rol
 use tokio::sync::{mpsc, oneshot};
 
 use crate::channels::{ChannelInfo, Channels};
-use crate::{EngineError, now_ms};
+use crate::{Clock, EngineError};
 use kinema_core::sync::lock;
 
 /// What a connection is sent.
@@ -40,6 +40,8 @@ pub struct SignalingConfig {
     pub channel: ChannelConfig,
     /// Messages queued for one connection before it is dropped as too slow.
     pub outgoing_queue: usize,
+    /// The wall clock of the channels' message expiry.
+    pub clock: Clock,
 }
 
 impl Default for SignalingConfig {
@@ -47,6 +49,7 @@ impl Default for SignalingConfig {
         SignalingConfig {
             channel: ChannelConfig::default(),
             outgoing_queue: 256,
+            clock: Clock::system(),
         }
     }
 }
@@ -308,6 +311,10 @@ struct Runner {
 }
 
 impl Runner {
+    fn now_ms(&self) -> i64 {
+        self.hub.inner.cfg.clock.now_ms()
+    }
+
     async fn run(
         mut self,
         mut inbox: mpsc::Receiver<Cmd>,
@@ -318,7 +325,7 @@ impl Runner {
             let sleep = async {
                 match deadline {
                     Some(at) => {
-                        let wait = (at - now_ms()).max(0) as u64;
+                        let wait = (at - self.now_ms()).max(0) as u64;
                         tokio::time::sleep(Duration::from_millis(wait)).await
                     }
                     None => std::future::pending().await,
@@ -329,7 +336,7 @@ impl Runner {
                 c = control.recv() => c,
                 c = inbox.recv() => c,
                 _ = sleep => {
-                    self.channel.handle_timeout(now_ms());
+                    self.channel.handle_timeout(self.now_ms());
                     None
                 }
             };
@@ -356,7 +363,7 @@ impl Runner {
     }
 
     fn handle(&mut self, cmd: Cmd) {
-        let now = now_ms();
+        let now = self.now_ms();
         match cmd {
             Cmd::Connect {
                 conn,
@@ -421,7 +428,7 @@ impl Runner {
     fn flush(&mut self) {
         while let Some(out) = self.channel.poll_output() {
             match out {
-                Output::MasterWanted => self.attach_server_master(now_ms()),
+                Output::MasterWanted => self.attach_server_master(self.now_ms()),
                 Output::Send(conn, msg) => {
                     let Some(tx) = self.conns.get(&conn) else {
                         continue;

@@ -19,7 +19,7 @@ use kinema_mkv::mux::{Muxer, Piece};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use crate::{Engine, EngineError, IngestEvent, PutMediaSession, TimecodeType, now_ms};
+use crate::{Clock, Engine, EngineError, IngestEvent, PutMediaSession, TimecodeType};
 use kinema_core::sync::lock;
 
 /// The shortest fragment a source writes unless configured otherwise.
@@ -269,7 +269,7 @@ impl Sources {
             transport: cfg.transport,
             origin,
             state: SourceState::Connecting,
-            state_since_ms: now_ms(),
+            state_since_ms: self.engine.clock().now_ms(),
             last_error: None,
             last_error_kind: None,
             retry_in_ms: None,
@@ -386,7 +386,7 @@ async fn run(
     };
     let mut delay = FIRST_RETRY;
     loop {
-        set_state(&status, SourceState::Connecting, None);
+        set_state(&status, engine.clock(), SourceState::Connecting, None);
         let frames_before = lock(&status).frames;
         let ended = pull(&engine, &cfg, &spec, &status, &mut stop).await;
         if lock(&status).frames > frames_before {
@@ -407,21 +407,26 @@ async fn run(
             s.retry_in_ms = Some(delay.as_millis() as u64);
             s.reconnects += 1;
         }
-        set_state(&status, SourceState::Retrying, Some(delay));
+        set_state(&status, engine.clock(), SourceState::Retrying, Some(delay));
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.changed() => break,
         }
         delay = (delay * 2).min(MAX_RETRY);
     }
-    set_state(&status, SourceState::Stopped, None);
+    set_state(&status, engine.clock(), SourceState::Stopped, None);
 }
 
-fn set_state(status: &Mutex<SourceStatus>, state: SourceState, retry: Option<Duration>) {
+fn set_state(
+    status: &Mutex<SourceStatus>,
+    clock: Clock,
+    state: SourceState,
+    retry: Option<Duration>,
+) {
     let mut s = lock(status);
     if s.state != state {
         s.state = state;
-        s.state_since_ms = now_ms();
+        s.state_since_ms = clock.now_ms();
     }
     s.retry_in_ms = retry.map(|d| d.as_millis() as u64);
 }
@@ -456,6 +461,7 @@ async fn pull(
     let mut ingest = SourceIngest {
         cfg,
         status,
+        clock: engine.clock(),
         mux: Muxer::new(cfg.fragment_ms.unwrap_or(DEFAULT_SOURCE_FRAGMENT_MS)),
         session: None,
     };
@@ -513,6 +519,7 @@ async fn pull(
 struct SourceIngest<'a> {
     cfg: &'a SourceConfig,
     status: &'a Mutex<SourceStatus>,
+    clock: Clock,
     mux: Muxer,
     session: Option<PutMediaSession>,
 }
@@ -539,7 +546,7 @@ impl SourceIngest<'_> {
             s.frames += 1;
             s.bytes += bytes;
         }
-        set_state(self.status, SourceState::Streaming, None);
+        set_state(self.status, self.clock, SourceState::Streaming, None);
         self.drain().await
     }
 

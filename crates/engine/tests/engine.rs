@@ -1,5 +1,7 @@
 //! The engine over a real store in a temp directory: persistence, recovery
-//! after reopening, reads by selector and retention with an injected clock.
+//! after reopening, reads by selector and retention with an injected clock,
+//! and the data-stream service's expiries (leases, iterators,
+//! subscriptions) and video retention in tokio's paused (virtual) time.
 
 use std::collections::BTreeMap;
 
@@ -280,4 +282,203 @@ async fn data_stream_retention_deletes_expired_segments_from_disk() {
         100 - removed,
         "the same records after reopening"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Virtual time: the services read a Clock that follows tokio's paused
+// clock, so hours of expiry run in milliseconds.
+// ---------------------------------------------------------------------------
+
+/// 2025-01-01T00:00:00Z, the virtual start of the tests below.
+const T0_MS: i64 = 1_735_689_600_000;
+
+async fn data_streams_in_virtual_time(
+    dir: &std::path::Path,
+) -> kinema_engine::datastreams::DataStreams {
+    use kinema_engine::datastreams::{DataStreams, DataStreamsConfig};
+    let config = DataStreamsConfig {
+        clock: kinema_engine::Clock::following_tokio(T0_MS),
+        ..DataStreamsConfig::default()
+    };
+    let ds = DataStreams::open(Store::open_local(dir).unwrap(), config, [2; 32])
+        .await
+        .unwrap();
+    ds.create("events", 1).await.unwrap();
+    ds
+}
+
+fn entry(data: &str) -> kinema_engine::datastreams::PutEntry {
+    kinema_engine::datastreams::PutEntry {
+        partition_key: "k".into(),
+        explicit_hash_key: None,
+        data: bytes::Bytes::from(data.to_string()),
+    }
+}
+
+/// A consumer that stops heartbeating loses its lease when it expires; a
+/// second consumer then takes the shard over from the last checkpoint,
+/// and the first one's late checkpoint is refused.
+#[tokio::test(start_paused = true)]
+async fn a_lease_expires_in_virtual_time_and_another_consumer_takes_over() {
+    use kinema_datastream::leases::Checkpoint;
+    use kinema_engine::EngineError;
+    let dir = tempfile::tempdir().unwrap();
+    let ds = data_streams_in_virtual_time(dir.path()).await;
+    let lease_ms = 10_000;
+    let got = ds
+        .acquire_leases("events", "g", "a", 4, lease_ms)
+        .await
+        .unwrap();
+    assert_eq!(got, vec![(0, None)]);
+    ds.checkpoint("events", "g", "a", 0, Checkpoint::At(41))
+        .await
+        .unwrap();
+    tokio::time::advance(std::time::Duration::from_millis(9_000)).await;
+    assert!(
+        ds.acquire_leases("events", "g", "b", 4, lease_ms)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the lease is still a's"
+    );
+    // a renews (a heartbeat), then goes silent for longer than the lease.
+    ds.acquire_leases("events", "g", "a", 4, lease_ms)
+        .await
+        .unwrap();
+    tokio::time::advance(std::time::Duration::from_millis(9_000)).await;
+    assert!(
+        ds.acquire_leases("events", "g", "b", 4, lease_ms)
+            .await
+            .unwrap()
+            .is_empty(),
+        "renewed: not expired 18 s after the first acquire"
+    );
+    tokio::time::advance(std::time::Duration::from_millis(1_001)).await;
+    let taken = ds
+        .acquire_leases("events", "g", "b", 4, lease_ms)
+        .await
+        .unwrap();
+    assert_eq!(taken, vec![(0, Some(Checkpoint::At(41)))]);
+    assert!(matches!(
+        ds.checkpoint("events", "g", "a", 0, Checkpoint::At(50))
+            .await,
+        Err(EngineError::LeaseLost(_))
+    ));
+    ds.checkpoint("events", "g", "b", 0, Checkpoint::At(50))
+        .await
+        .unwrap();
+}
+
+/// A shard iterator is good for five minutes of (virtual) time, then
+/// GetRecords answers ExpiredIterator; the records stay readable with a
+/// new iterator.
+#[tokio::test(start_paused = true)]
+async fn shard_iterators_expire_after_five_minutes_of_virtual_time() {
+    use kinema_engine::EngineError;
+    use kinema_engine::datastreams::IteratorStart;
+    let dir = tempfile::tempdir().unwrap();
+    let ds = data_streams_in_virtual_time(dir.path()).await;
+    ds.put("events", vec![entry("one")]).await.unwrap();
+    let it = ds
+        .shard_iterator("events", 0, IteratorStart::TrimHorizon)
+        .unwrap();
+    tokio::time::advance(std::time::Duration::from_secs(299)).await;
+    let page = ds.get_records(&it, 10).await.unwrap();
+    assert_eq!(page.records.len(), 1);
+    assert_eq!(
+        page.records[0].arrival_ms, T0_MS,
+        "arrival on the virtual clock"
+    );
+    let it = ds
+        .shard_iterator("events", 0, IteratorStart::TrimHorizon)
+        .unwrap();
+    tokio::time::advance(std::time::Duration::from_secs(301)).await;
+    assert!(matches!(
+        ds.get_records(&it, 10).await,
+        Err(EngineError::ExpiredIterator(_))
+    ));
+    let it = ds
+        .shard_iterator("events", 0, IteratorStart::TrimHorizon)
+        .unwrap();
+    assert_eq!(ds.get_records(&it, 10).await.unwrap().records.len(), 1);
+}
+
+/// A push subscription delivers what arrives, sends heartbeats while idle,
+/// and ends after five minutes, all in virtual time.
+#[tokio::test(start_paused = true)]
+async fn a_subscription_heartbeats_and_ends_after_five_minutes_of_virtual_time() {
+    use kinema_engine::datastreams::{IteratorStart, SUBSCRIPTION_MS};
+    let dir = tempfile::tempdir().unwrap();
+    let ds = data_streams_in_virtual_time(dir.path()).await;
+    let mut sub = ds
+        .subscribe_by_name("events", 0, IteratorStart::Latest)
+        .unwrap();
+    ds.put("events", vec![entry("first")]).await.unwrap();
+    let heartbeat = std::time::Duration::from_secs(5);
+    let e = sub.next_event(heartbeat).await.unwrap().unwrap();
+    assert_eq!(e.records.len(), 1);
+    let mut heartbeats = 0;
+    while let Some(e) = sub.next_event(heartbeat).await {
+        assert!(e.unwrap().records.is_empty());
+        heartbeats += 1;
+        assert!(heartbeats <= 100, "the subscription must end");
+    }
+    let expected = SUBSCRIPTION_MS / 5_000;
+    assert!(
+        (expected - 1..=expected).contains(&heartbeats),
+        "{heartbeats} heartbeats of 5 s in 5 minutes"
+    );
+}
+
+/// Retention runs on its interval and trims fragments once their
+/// retention period has passed on the engine's (virtual) clock.
+#[tokio::test(start_paused = true)]
+async fn retention_trims_expired_fragments_on_its_interval_in_virtual_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(
+        Store::open_local(dir.path()).unwrap(),
+        EngineConfig {
+            clock: kinema_engine::Clock::following_tokio(T0_MS),
+            ..config()
+        },
+    )
+    .await
+    .unwrap();
+    engine
+        .create_stream("cam", None, None, None, Some(1), BTreeMap::new())
+        .await
+        .unwrap();
+    assert_eq!(ingest(&engine, "cam", 3).await.len(), 3);
+    let stored = |e: &Engine| {
+        e.list_fragments(Some("cam"), None, None, 100, None)
+            .unwrap()
+            .fragments
+            .len()
+    };
+    assert_eq!(stored(&engine), 3);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            engine
+                .run_retention(std::time::Duration::from_secs(60), async {
+                    let _ = stop_rx.await;
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(59 * 60)).await;
+    assert_eq!(stored(&engine), 3, "kept within the hour");
+    // A pass waits on file I/O, during which paused time may run ahead to
+    // the next timer: look again each virtual second, for a bounded while.
+    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    let mut waited_s = 0;
+    while stored(&engine) > 0 && waited_s < 600 {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        waited_s += 1;
+    }
+    assert_eq!(stored(&engine), 0, "trimmed once the hour has passed");
+    assert!(waited_s <= 120, "trimmed within two passes: {waited_s} s");
+    stop_tx.send(()).unwrap();
+    task.await.unwrap();
 }

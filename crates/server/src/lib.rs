@@ -78,6 +78,7 @@ pub async fn run(
         &cfg.engine.region,
         &cfg.engine.account_id,
         MAX_SIGNALING_CHANNELS,
+        cfg.engine.clock,
     )?;
     let w = &cfg.webrtc;
     let hub = kinema_engine::signaling::Hub::new(

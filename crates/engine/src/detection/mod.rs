@@ -138,6 +138,7 @@ impl Detectors {
             sink: Arc::new(EventSink {
                 events: events_tx,
                 public_url: cfg_public_url,
+                clock: engine.clock(),
             }),
             stop: stop_tx,
             threads: Mutex::default(),

@@ -15,7 +15,6 @@ use super::Running;
 use super::publish::Event;
 use super::queues::{Job, WorkQueue};
 use super::status::{DetectorFailure, RECENT};
-use crate::now_ms;
 
 /// One stream's decoder thread: fragments in, sampled RGB frames out to the
 /// work queue. A new codec configuration starts a new decoder.
@@ -65,7 +64,7 @@ pub(super) fn decode_loop(det: Arc<Running>, queue: Arc<WorkQueue>) {
                     det: frame_det.clone(),
                     frame,
                     decoded_at: Instant::now(),
-                    decoded_at_ms: now_ms(),
+                    decoded_at_ms: frame_det.sink.clock.now_ms(),
                 });
             });
             match LiveDecoder::start(codec, config, w, h, keep, on_frame) {

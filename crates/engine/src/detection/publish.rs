@@ -26,6 +26,8 @@ pub(super) struct Event {
 pub(super) struct EventSink {
     pub(super) events: mpsc::Sender<Event>,
     pub(super) public_url: String,
+    /// For the events' `decoded_at_ms`.
+    pub(super) clock: crate::Clock,
 }
 
 /// Writes events onto the data stream in batches, creating the stream if

@@ -10,7 +10,7 @@ use kinema_core::sync::{lock, read, write};
 use tokio::sync::{Mutex, broadcast, watch};
 
 use super::{Engine, LIVE_FRAMES_QUEUE, Stream, StreamInfo, StreamUpdate, valid_name};
-use crate::{EngineError, now_ms};
+use crate::EngineError;
 
 const MAX_TAGS: usize = 50;
 
@@ -37,7 +37,7 @@ impl Engine {
                 "DataRetentionInHours must be between 0 and 87600".into(),
             ));
         }
-        let creation_ms = now_ms();
+        let creation_ms = self.clock().now_ms();
         let info = StreamInfo {
             name: name.to_string(),
             id: format!("{creation_ms}-{name}"),

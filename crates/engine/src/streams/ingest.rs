@@ -10,7 +10,7 @@ use kinema_archive::ingest::{CompletedFragment, IngestEvent, IngestSession, Time
 use kinema_core::sync::{lock, read, write};
 
 use super::{Engine, LiveFragment, LiveFrame, Stream};
-use crate::{EngineError, now_ms};
+use crate::EngineError;
 
 impl Engine {
     /// Starts a PutMedia upload. `start_ns` is the producer start timestamp
@@ -111,14 +111,14 @@ impl PutMediaSession {
         // Frames are tapped only while someone watches the stream live.
         let watched = self.stream.frames.receiver_count() > 0;
         self.session.set_frame_tap(watched);
-        self.session.push(data, now_ms());
+        self.session.push(data, self.engine.clock().now_ms());
         if watched {
             self.send_frames();
         }
     }
 
     pub fn finish(&mut self) {
-        self.session.finish(now_ms());
+        self.session.finish(self.engine.clock().now_ms());
         self.send_frames();
     }
 

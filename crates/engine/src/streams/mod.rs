@@ -25,7 +25,7 @@ use tokio::sync::{Mutex, broadcast, watch};
 pub use ingest::PutMediaSession;
 pub use reads::{FragmentReader, ListFragmentsPage, PlaybackSpan, StartSelector};
 
-use crate::{EngineError, now_ms};
+use crate::{Clock, EngineError};
 
 const META_DOC: &str = "video-streams";
 
@@ -41,6 +41,9 @@ pub struct EngineConfig {
     /// GetMedia ends after this long without a new fragment while a producer is connected.
     pub get_media_live_idle_ms: u64,
     pub max_streams: usize,
+    /// The wall clock the engine reads (server timestamps, versions,
+    /// retention).
+    pub clock: Clock,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +56,7 @@ impl Default for EngineConfig {
             get_media_idle_ms: 3_000,
             get_media_live_idle_ms: 30_000,
             max_streams: 10_000,
+            clock: Clock::system(),
         }
     }
 }
@@ -235,6 +239,11 @@ impl Engine {
         &self.inner.config
     }
 
+    /// The wall clock of this engine (see [`Clock`]).
+    pub fn clock(&self) -> Clock {
+        self.inner.config.clock
+    }
+
     /// The frames of one stream's video as they arrive (see [`LiveFrame`]),
     /// from every producer of the stream.
     pub fn live_frames(&self, name: &str) -> Result<broadcast::Receiver<LiveFrame>, EngineError> {
@@ -247,7 +256,7 @@ impl Engine {
 
     fn new_version(&self) -> String {
         let n = self.inner.versions.fetch_add(1, Ordering::Relaxed);
-        format!("{}{:06}", now_ms(), n % 1_000_000)
+        format!("{}{:06}", self.clock().now_ms(), n % 1_000_000)
     }
 
     async fn save_meta(&self) -> Result<(), EngineError> {

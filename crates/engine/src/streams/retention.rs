@@ -9,7 +9,7 @@ use kinema_archive::index::Record;
 use kinema_core::sync::{read, write};
 
 use super::{Engine, Stream};
-use crate::{EngineError, now_ms};
+use crate::EngineError;
 
 /// After this many trimmed index records the index log is rewritten.
 const COMPACT_AFTER_TRIMS: usize = 256;
@@ -80,7 +80,7 @@ impl Engine {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = tick.tick() => {
-                    if let Err(e) = self.enforce_retention(now_ms()).await {
+                    if let Err(e) = self.enforce_retention(self.clock().now_ms()).await {
                         tracing::error!(error = %e, "retention pass failed");
                     }
                 }
