@@ -1,7 +1,8 @@
 //! The video archive without I/O: which fragments exist and where time maps
 //! to them ([`catalog`]), how the durable index is encoded ([`index`]), how a
 //! PutMedia upload turns into fragments and acknowledgements ([`ingest`]),
-//! and how stored fragments become GetMedia chunks ([`chunks`]).
+//! how stored fragments become GetMedia chunks ([`chunks`]), and which
+//! fragments and frames a clip or stills need ([`plan`]).
 //!
 //! Time is always an input here: callers pass wall-clock milliseconds.
 
@@ -9,6 +10,7 @@ pub mod catalog;
 pub mod chunks;
 pub mod index;
 pub mod ingest;
+pub mod plan;
 
 pub use catalog::{Catalog, FragmentMeta, TimeKind};
 
