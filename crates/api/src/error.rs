@@ -62,6 +62,19 @@ impl From<EngineError> for ApiError {
                 Self::new(S::BAD_REQUEST, "ClientLimitExceededException", m)
             }
             EngineError::LeaseLost(m) => Self::new(S::CONFLICT, "LeaseLostException", m),
+            EngineError::NotAuthorized(m) => Self::new(S::FORBIDDEN, "NotAuthorizedException", m),
+            EngineError::Media(e) => {
+                use kinema_remux::RemuxError as R;
+                let kind = match e {
+                    R::UnsupportedCodec(_) | R::NoVideoTrack => {
+                        "UnsupportedStreamMediaTypeException"
+                    }
+                    R::MissingCodecPrivate => "MissingCodecPrivateDataException",
+                    R::InvalidCodecPrivate => "InvalidCodecPrivateDataException",
+                    R::InvalidFrame(_) | R::Empty | R::Malformed(_) => "InvalidMediaFrameException",
+                };
+                Self::new(S::BAD_REQUEST, kind, e.to_string())
+            }
             EngineError::LimitExceeded(m) => Self::new(S::BAD_REQUEST, "LimitExceededException", m),
             EngineError::ExpiredIterator(m) => {
                 Self::new(S::BAD_REQUEST, "ExpiredIteratorException", m)

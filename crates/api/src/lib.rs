@@ -62,7 +62,7 @@ pub struct AppState {
     pub keys: KeyStore,
     pub metrics: Arc<Metrics>,
     /// HLS and DASH playback sessions.
-    pub playback: playback::Sessions,
+    pub playback: kinema_engine::playback::Playback,
     /// Base URL returned by GetDataEndpoint; derived from `Host` when unset.
     pub public_url: Option<String>,
     /// Flips to `true` when the server shuts down, ending long-lived streams.
@@ -142,12 +142,8 @@ fn playback_routes() -> Router<Arc<AppState>> {
             get(playback::hls_master),
         )
         .route("/hls/v1/getHLSMediaPlaylist.m3u8", get(playback::hls_media))
-        .route("/hls/v1/getMP4InitFragment.mp4", get(playback::hls_init))
-        .route("/hls/v1/getMP4MediaFragment.mp4", get(playback::hls_mp4))
-        .route("/hls/v1/getTSFragment.ts", get(playback::hls_ts))
         .route("/dash/v1/getDASHManifest.mpd", get(playback::dash_manifest))
-        .route("/dash/v1/getMP4InitFragment.mp4", get(playback::dash_init))
-        .route("/dash/v1/getMP4MediaFragment.mp4", get(playback::dash_mp4))
+        .merge(playback::segment_routes())
         .layer(middleware::map_response(|mut resp: Response| async move {
             resp.headers_mut().insert(
                 http::header::ACCESS_CONTROL_ALLOW_ORIGIN,

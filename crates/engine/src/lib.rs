@@ -8,6 +8,7 @@ pub mod clock;
 pub mod datastreams;
 pub mod detection;
 pub mod live;
+pub mod playback;
 pub mod signaling;
 pub mod sources;
 mod streams;
@@ -43,6 +44,13 @@ pub enum EngineError {
     LimitExceeded(String),
     #[error("{0}")]
     LeaseLost(String),
+    /// A playback session token that is missing, forged, expired or for
+    /// the other protocol.
+    #[error("{0}")]
+    NotAuthorized(String),
+    /// A stored fragment whose track or frames cannot be remuxed.
+    #[error("{0}")]
+    Media(#[from] kinema_remux::RemuxError),
     #[error("internal: {0}")]
     Internal(String),
     #[error("storage: {0}")]

@@ -18,20 +18,40 @@ fn config() -> EngineConfig {
     }
 }
 
+/// An `avcC` for 640x360 High profile with one SPS and one PPS.
+const AVCC: [u8; 29] = [
+    1, 0x64, 0x00, 0x1e, 0xff, 0xe1, // version, profile, level, 4-byte lengths, 1 SPS
+    0, 12, 0x67, 0x64, 0x00, 0x1e, 0xac, 0xd9, 0x40, 0xa0, 0x2f, 0xf9, 0x70, 0x11, // SPS
+    1, 0, 6, 0x68, 0xeb, 0xe3, 0xcb, 0x22, 0xc0, // 1 PPS
+];
+
+/// A PutMedia upload of `clusters` one-second fragments of H.264 (ten
+/// frames each, a keyframe first; one NAL unit of 60 bytes per frame).
 fn upload(clusters: u64) -> Vec<u8> {
     let mut entry = Vec::new();
     uint_element(&mut entry, ids::TRACK_NUMBER, 1);
+    uint_element(&mut entry, ids::TRACK_TYPE, 1);
     element(&mut entry, ids::CODEC_ID, b"V_MPEG4/ISO/AVC");
+    element(&mut entry, ids::CODEC_PRIVATE, &AVCC);
     let mut tracks = Vec::new();
     element(&mut tracks, ids::TRACK_ENTRY, &entry);
     let mut doc = kinema_mkv::ebml_header();
     doc.extend(kinema_mkv::segment_header(None));
     element(&mut doc, ids::TRACKS, &tracks);
-    let frame = [7u8; 64];
+    let frame = |nal_type: u8| {
+        let mut f = 60u32.to_be_bytes().to_vec();
+        f.push(nal_type);
+        f.extend([0xAB; 59]);
+        f
+    };
+    let (key, delta) = (frame(0x65), frame(0x41));
     for c in 0..clusters {
         doc.extend(kinema_mkv::cluster(
             c * 1000,
-            (0..10).map(|i| (1, i * 100, if i == 0 { 0x80 } else { 0 }, &frame[..])),
+            (0..10).map(|i| {
+                let (flags, f) = if i == 0 { (0x80, &key) } else { (0, &delta) };
+                (1, i * 100, flags, &f[..])
+            }),
         ));
     }
     doc
@@ -481,4 +501,117 @@ async fn retention_trims_expired_fragments_on_its_interval_in_virtual_time() {
     assert!(waited_s <= 120, "trimmed within two passes: {waited_s} s");
     stop_tx.send(()).unwrap();
     task.await.unwrap();
+}
+
+/// Playback sessions in virtual time: the window each mode lists (LIVE the
+/// newest, ON_DEMAND a closed range, LIVE_REPLAY growing until its end has
+/// passed), tokens bound to their protocol, and expiry after `Expires`.
+#[tokio::test(start_paused = true)]
+async fn playback_sessions_list_their_window_and_expire_in_virtual_time() {
+    use kinema_engine::EngineError;
+    use kinema_engine::playback::{Playback, Protocol, SessionRequest};
+    use kinema_hls::session::Mode;
+    use kinema_hls::{Container, Discontinuity};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(
+        Store::open_local(dir.path()).unwrap(),
+        EngineConfig {
+            clock: kinema_engine::Clock::following_tokio(T0_MS),
+            ..config()
+        },
+    )
+    .await
+    .unwrap();
+    engine
+        .create_stream("cam", None, None, None, Some(24), BTreeMap::new())
+        .await
+        .unwrap();
+    // Fragments of 1 s at producer times P0, P0 + 1 s, ..., made as the
+    // virtual clock starts (a replay's end is still ahead).
+    const P0: i64 = T0_MS;
+    assert_eq!(
+        ingest_at(&engine, "cam", 8, P0 as i128 * 1_000_000)
+            .await
+            .len(),
+        8
+    );
+    let pb = Playback::new(engine.clone(), 10);
+    let req = |mode, start_ms, end_ms, max_fragments| SessionRequest {
+        protocol: Protocol::Hls,
+        name: Some("cam".into()),
+        arn: None,
+        mode,
+        kind: kinema_engine::TimeKind::Producer,
+        start_ms,
+        end_ms,
+        expires_s: Some(300),
+        max_fragments,
+        container: Container::FragmentedMp4,
+        discontinuity: Discontinuity::Always,
+        program_date_time: false,
+    };
+    let starts = |token: &str| {
+        let s = pb.session(token, Protocol::Hls).unwrap();
+        let (w, _) = pb.window(&s).unwrap();
+        let starts: Vec<i64> = w.fragments.iter().map(|f| f.producer_ms - P0).collect();
+        (starts, w.ended)
+    };
+    let live = pb.open(req(Mode::Live, None, None, Some(3))).await.unwrap();
+    assert_eq!(starts(&live), (vec![5_000, 6_000, 7_000], false));
+    let on_demand = pb
+        .open(req(
+            Mode::OnDemand,
+            Some(P0 + 2_500),
+            Some(P0 + 4_500),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(starts(&on_demand), (vec![2_000, 3_000, 4_000], true));
+    let replay = pb
+        .open(req(
+            Mode::LiveReplay,
+            Some(P0 + 6_500),
+            Some(P0 + 9_500),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(starts(&replay), (vec![6_000, 7_000], false));
+    // The camera goes on (a new upload 8 s later): the replay grows, and
+    // ends once a fragment starts after its end.
+    ingest_at(&engine, "cam", 3, (P0 as i128 + 8_000) * 1_000_000).await;
+    assert_eq!(
+        starts(&replay),
+        (vec![6_000, 7_000, 8_000, 9_000], true),
+        "grown to its end, and ended"
+    );
+    assert_eq!(starts(&live), (vec![8_000, 9_000, 10_000], false));
+    // A token is good only for its protocol, and only until it expires.
+    assert!(matches!(
+        pb.session(&live, Protocol::Dash),
+        Err(EngineError::NotAuthorized(_))
+    ));
+    tokio::time::advance(std::time::Duration::from_secs(299)).await;
+    assert!(pb.session(&live, Protocol::Hls).is_ok());
+    tokio::time::advance(std::time::Duration::from_secs(2)).await;
+    assert!(matches!(
+        pb.session(&live, Protocol::Hls),
+        Err(EngineError::NotAuthorized(m)) if m.contains("expired")
+    ));
+    // Requests that contradict their mode are refused.
+    assert!(matches!(
+        pb.open(req(Mode::Live, Some(P0), None, None)).await,
+        Err(EngineError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        pb.open(req(
+            Mode::OnDemand,
+            Some(P0),
+            Some(P0 + 4 * 3_600_000),
+            None
+        ))
+        .await,
+        Err(EngineError::InvalidArgument(_))
+    ));
 }

@@ -182,7 +182,10 @@ pub async fn run(
         keys: KeyStore::new(cfg.keys.clone()),
         metrics: Metrics::new(sources.clone(), detectors.clone(), live.clone()),
         public_url: cfg.public_url.clone(),
-        playback: kinema_api::playback::Sessions::new(cfg.playback_sessions_per_stream),
+        playback: kinema_engine::playback::Playback::new(
+            engine.clone(),
+            cfg.playback_sessions_per_stream,
+        ),
         shutdown: stop_rx.clone(),
     });
     let mut retention_stop = stop_rx.clone();
