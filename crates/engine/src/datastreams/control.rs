@@ -1,0 +1,160 @@
+//! The data-stream control plane: create, delete, describe, list,
+//! retention, tags and resharding (split, merge, UpdateShardCount).
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use kinema_core::sync::lock;
+use kinema_core::sync::read;
+use kinema_core::sync::write;
+use kinema_datastream::ShardMap;
+
+use super::{
+    DEFAULT_RETENTION_HOURS, DataStreamInfo, DataStreams, MAX_RETENTION_HOURS, valid_name,
+};
+use crate::EngineError;
+
+impl DataStreams {
+    pub async fn create(&self, name: &str, shard_count: u32) -> Result<(), EngineError> {
+        if !valid_name(name) {
+            return Err(EngineError::InvalidArgument(format!(
+                "StreamName {name:?} must be 1-128 characters of [a-zA-Z0-9_.-]"
+            )));
+        }
+        if shard_count == 0 || shard_count > self.inner.config.max_shards_per_stream {
+            return Err(EngineError::InvalidArgument(format!(
+                "ShardCount must be between 1 and {}",
+                self.inner.config.max_shards_per_stream
+            )));
+        }
+        if self.get(name).is_ok() {
+            return Err(EngineError::ResourceInUse(format!(
+                "Stream {name} already exists."
+            )));
+        }
+        let now = self.now_ms();
+        let cfg = &self.inner.config;
+        let info = DataStreamInfo {
+            name: name.to_string(),
+            id: format!("{now}-{name}"),
+            arn: format!(
+                "arn:aws:kinesis:{}:{}:stream/{name}",
+                cfg.region, cfg.account_id
+            ),
+            created_ms: now,
+            retention_hours: DEFAULT_RETENTION_HOURS,
+            tags: BTreeMap::new(),
+            shards: ShardMap::new(shard_count, now),
+            consumers: Vec::new(),
+            groups: BTreeMap::new(),
+        };
+        let store = self.inner.store.clone();
+        let id = info.id.clone();
+        let segment_bytes = self.inner.config.segment_bytes;
+        let (log, _) = tokio::task::spawn_blocking(move || store.open_data_log(&id, segment_bytes))
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))??;
+        self.install(info, log, HashMap::new());
+        self.save_meta().await
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<(), EngineError> {
+        let stream = self.get(name)?;
+        write(&self.inner.streams).remove(name);
+        stream.deleted.store(true, Ordering::SeqCst);
+        self.save_meta().await?;
+        let id = lock(&stream.info).id.clone();
+        self.inner.store.delete_data_log(&id)?;
+        Ok(())
+    }
+
+    pub fn describe(&self, name: &str) -> Result<DataStreamInfo, EngineError> {
+        Ok(lock(&self.get(name)?.info).clone())
+    }
+
+    pub fn list(&self) -> Vec<String> {
+        read(&self.inner.streams).keys().cloned().collect()
+    }
+
+    pub async fn set_retention(
+        &self,
+        name: &str,
+        hours: u32,
+        increase: bool,
+    ) -> Result<(), EngineError> {
+        self.update_info(name, |i| {
+            let ok = if increase {
+                hours >= i.retention_hours
+            } else {
+                hours <= i.retention_hours
+            };
+            if !(DEFAULT_RETENTION_HOURS..=MAX_RETENTION_HOURS).contains(&hours) || !ok {
+                return Err(EngineError::InvalidArgument(format!(
+                    "retention {hours} h must be {} the current {} h and within 24-8760",
+                    if increase { "at least" } else { "at most" },
+                    i.retention_hours
+                )));
+            }
+            i.retention_hours = hours;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn add_tags(
+        &self,
+        name: &str,
+        tags: BTreeMap<String, String>,
+    ) -> Result<(), EngineError> {
+        self.update_info(name, |i| {
+            i.tags.extend(tags);
+            if i.tags.len() > 50 {
+                return Err(EngineError::InvalidArgument(
+                    "at most 50 tags per stream".into(),
+                ));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    fn reshard_error(e: kinema_datastream::ShardError) -> EngineError {
+        match e {
+            kinema_datastream::ShardError::UnknownShard(m) => EngineError::ResourceNotFound(m),
+            other => EngineError::InvalidArgument(other.to_string()),
+        }
+    }
+
+    pub async fn split(&self, name: &str, shard: u32, at: u128) -> Result<(), EngineError> {
+        self.update_info(name, |i| {
+            i.shards
+                .split(shard, at, self.now_ms())
+                .map(|_| ())
+                .map_err(Self::reshard_error)
+        })
+        .await
+    }
+
+    pub async fn merge(&self, name: &str, shard: u32, adjacent: u32) -> Result<(), EngineError> {
+        self.update_info(name, |i| {
+            i.shards
+                .merge(shard, adjacent, self.now_ms())
+                .map(|_| ())
+                .map_err(Self::reshard_error)
+        })
+        .await
+    }
+
+    pub async fn update_shard_count(&self, name: &str, target: u32) -> Result<u32, EngineError> {
+        let mut before = 0;
+        self.update_info(name, |i| {
+            before = i.shards.open().len() as u32;
+            i.shards
+                .update_shard_count(target, self.now_ms())
+                .map_err(Self::reshard_error)
+        })
+        .await?;
+        Ok(before)
+    }
+}

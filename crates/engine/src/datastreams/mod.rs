@@ -1,0 +1,319 @@
+//! Data streams: a durable, sharded log in the style of Kinesis Data Streams.
+//!
+//! Each stream has one append-only log file (all shards) written by a single
+//! writer task that batches concurrent puts into one fdatasync (group
+//! commit); a put is acknowledged only after its batch is on disk. Sequence
+//! numbers are assigned by the writer in log order, so recovery replays the
+//! log and finds the same records, in the same order, with the same numbers.
+//!
+//! Here: the service handle, the types it speaks, and opening (log replay).
+//! `control` (the control plane), `writer` (group commit, quotas,
+//! retention), `reads` (iterators, GetRecords), `groups` (leases and
+//! checkpoints) and `consumers` (enhanced fan-out) hold the operations.
+
+mod consumers;
+mod control;
+mod groups;
+mod reads;
+mod writer;
+
+pub use consumers::{SubscribeEvent, Subscription};
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use kinema_datastream::leases::LeaseTable;
+use kinema_datastream::{IteratorKey, ShardMap};
+use kinema_store::{DataLog, DataLogReader, Store};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
+
+use crate::{Clock, EngineError};
+use kinema_core::sync::{lock, read, write};
+
+const META_DOC: &str = "data-streams";
+/// At most this many put requests share one fdatasync.
+const MAX_BATCH_REQUESTS: usize = 256;
+pub const MAX_GET_RECORDS: usize = 10_000;
+const MAX_GET_BYTES: usize = 10 << 20;
+pub const DEFAULT_RETENTION_HOURS: u32 = 24;
+pub const MAX_RETENTION_HOURS: u32 = 8760;
+
+#[derive(Debug, Clone)]
+pub struct DataStreamsConfig {
+    pub region: String,
+    pub account_id: String,
+    /// Largest record data (the original's limit is 1 MiB).
+    pub max_record_bytes: usize,
+    pub max_shards_per_stream: u32,
+    /// Per-shard write quota in bytes per second (0: unlimited).
+    pub shard_write_bytes_per_s: u64,
+    /// Per-shard write quota in records per second (0: unlimited).
+    pub shard_write_records_per_s: u64,
+    /// Size at which the log starts a new segment file; retention deletes
+    /// whole segments whose records are all past the retention period.
+    pub segment_bytes: u64,
+    /// The wall clock the service reads (arrival times, iterator, lease
+    /// and subscription expiry, retention).
+    pub clock: Clock,
+}
+
+impl Default for DataStreamsConfig {
+    fn default() -> Self {
+        DataStreamsConfig {
+            region: kinema_core::aws::DEFAULT_REGION.into(),
+            account_id: kinema_core::aws::DEFAULT_ACCOUNT_ID.into(),
+            max_record_bytes: 1 << 20,
+            max_shards_per_stream: 256,
+            shard_write_bytes_per_s: 0,
+            shard_write_records_per_s: 0,
+            segment_bytes: 64 << 20,
+            clock: Clock::system(),
+        }
+    }
+}
+
+/// What the control plane knows about a data stream; persisted as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DataStreamInfo {
+    pub name: String,
+    pub id: String,
+    pub arn: String,
+    pub created_ms: i64,
+    pub retention_hours: u32,
+    pub tags: BTreeMap<String, String>,
+    pub shards: ShardMap,
+    #[serde(default)]
+    pub consumers: Vec<ConsumerInfo>,
+    /// Server-side consumer groups: leases and checkpoints per group.
+    #[serde(default)]
+    pub groups: BTreeMap<String, LeaseTable>,
+}
+
+/// Default lease duration of a consumer group member.
+pub const DEFAULT_LEASE_MS: i64 = 10_000;
+
+/// A registered enhanced fan-out consumer (for SubscribeToShard).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConsumerInfo {
+    pub name: String,
+    pub arn: String,
+    pub created_ms: i64,
+}
+
+/// How long one SubscribeToShard subscription lasts (as in the original).
+pub const SUBSCRIPTION_MS: i64 = 5 * 60 * 1000;
+
+/// One record to append.
+#[derive(Debug, Clone)]
+pub struct PutEntry {
+    pub partition_key: String,
+    pub explicit_hash_key: Option<u128>,
+    pub data: Bytes,
+}
+
+/// Where an appended record went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutResult {
+    pub shard: u32,
+    pub sequence: u64,
+}
+
+/// A record as read back.
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    pub sequence: u64,
+    pub arrival_ms: i64,
+    pub partition_key: String,
+    pub data: Bytes,
+}
+
+pub struct RecordsPage {
+    pub records: Vec<ReadRecord>,
+    /// `None` once a closed shard is drained.
+    pub next_iterator: Option<String>,
+    pub millis_behind_latest: i64,
+    /// Set when a closed shard is drained: its children.
+    pub child_shards: Vec<kinema_datastream::Shard>,
+}
+
+/// Where a shard iterator starts.
+#[derive(Debug, Clone, Copy)]
+pub enum IteratorStart {
+    TrimHorizon,
+    Latest,
+    AtSequence(u64),
+    AfterSequence(u64),
+    AtTimestamp(i64),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    sequence: u64,
+    arrival_ms: i64,
+    offset: u64,
+    len: u32,
+}
+
+/// Per entry: where it was stored, or `None` when the shard's write quota
+/// refused it (`ProvisionedThroughputExceededException`).
+pub type PutOutcome = Option<PutResult>;
+
+struct WriteRequest {
+    entries: Vec<PutEntry>,
+    reply: oneshot::Sender<Result<Vec<PutOutcome>, EngineError>>,
+}
+
+struct DStream {
+    info: std::sync::Mutex<DataStreamInfo>,
+    index: RwLock<HashMap<u32, Vec<Entry>>>,
+    writer: mpsc::Sender<WriteRequest>,
+    retain: mpsc::Sender<(i64, oneshot::Sender<Result<usize, EngineError>>)>,
+    reader: DataLogReader,
+    live: watch::Sender<u64>,
+    deleted: AtomicBool,
+}
+
+struct Inner {
+    store: Store,
+    config: DataStreamsConfig,
+    streams: RwLock<BTreeMap<String, Arc<DStream>>>,
+    key: IteratorKey,
+    meta_lock: Mutex<()>,
+}
+
+/// The data-stream service handle; cheap to clone.
+#[derive(Clone)]
+pub struct DataStreams {
+    inner: Arc<Inner>,
+}
+
+fn valid_name(name: &str) -> bool {
+    kinema_core::names::valid(name, kinema_core::names::MAX_DATA_NAME)
+}
+
+fn not_found(name: &str) -> EngineError {
+    EngineError::ResourceNotFound(format!("Stream {name} under account not found."))
+}
+
+impl DataStreams {
+    /// Opens the service, replaying every stream's log. `key` signs shard
+    /// iterators (random per process: iterators do not survive a restart).
+    pub async fn open(
+        store: Store,
+        config: DataStreamsConfig,
+        key: [u8; 32],
+    ) -> Result<DataStreams, EngineError> {
+        let infos: Vec<DataStreamInfo> = store.load_meta(META_DOC)?.unwrap_or_default();
+        let inner = Arc::new(Inner {
+            store,
+            config,
+            streams: RwLock::new(BTreeMap::new()),
+            key: IteratorKey::new(key),
+            meta_lock: Mutex::new(()),
+        });
+        let ds = DataStreams { inner };
+        for mut info in infos {
+            let (log, records) = ds
+                .inner
+                .store
+                .open_data_log(&info.id, ds.inner.config.segment_bytes)?;
+            let mut index: HashMap<u32, Vec<Entry>> = HashMap::new();
+            for (offset, r) in &records {
+                info.shards.observe(r.sequence);
+                index.entry(r.shard).or_default().push(Entry {
+                    sequence: r.sequence,
+                    arrival_ms: r.arrival_ms,
+                    offset: *offset,
+                    len: r.encoded_len() as u32,
+                });
+            }
+            tracing::info!(stream = %info.name, records = records.len(), "recovered data stream");
+            ds.install(info, log, index);
+        }
+        Ok(ds)
+    }
+
+    fn install(&self, info: DataStreamInfo, log: DataLog, index: HashMap<u32, Vec<Entry>>) {
+        let (tx, rx) = mpsc::channel(1024);
+        let (retain_tx, retain_rx) = mpsc::channel(4);
+        let stream = Arc::new(DStream {
+            reader: log.reader(),
+            info: std::sync::Mutex::new(info.clone()),
+            index: RwLock::new(index),
+            writer: tx,
+            retain: retain_tx,
+            live: watch::channel(0).0,
+            deleted: AtomicBool::new(false),
+        });
+        let quota = (
+            self.inner.config.shard_write_bytes_per_s,
+            self.inner.config.shard_write_records_per_s,
+        );
+        tokio::spawn(writer::writer_task(
+            Arc::downgrade(&stream),
+            log,
+            rx,
+            retain_rx,
+            quota,
+            self.inner.config.clock,
+        ));
+        write(&self.inner.streams).insert(info.name, stream);
+    }
+
+    fn get(&self, name: &str) -> Result<Arc<DStream>, EngineError> {
+        read(&self.inner.streams)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found(name))
+    }
+
+    /// Resolves a stream by name or ARN (as the API allows either).
+    pub fn resolve_name(
+        &self,
+        name: Option<&str>,
+        arn: Option<&str>,
+    ) -> Result<String, EngineError> {
+        match (name, arn) {
+            (Some(n), _) => Ok(n.to_string()),
+            (None, Some(a)) => a
+                .rsplit_once(":stream/")
+                .map(|(_, n)| n.to_string())
+                .ok_or_else(|| EngineError::InvalidArgument(format!("{a} is not a stream ARN"))),
+            (None, None) => Err(EngineError::InvalidArgument(
+                "StreamName or StreamARN is required".into(),
+            )),
+        }
+    }
+
+    async fn save_meta(&self) -> Result<(), EngineError> {
+        let _g = self.inner.meta_lock.lock().await;
+        let infos: Vec<DataStreamInfo> = read(&self.inner.streams)
+            .values()
+            .map(|s| lock(&s.info).clone())
+            .collect();
+        self.inner.store.save_meta(META_DOC, &infos).await?;
+        Ok(())
+    }
+
+    /// The service's time (see [`Clock`]).
+    fn now_ms(&self) -> i64 {
+        self.inner.config.clock.now_ms()
+    }
+
+    pub fn config(&self) -> &DataStreamsConfig {
+        &self.inner.config
+    }
+
+    async fn update_info(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut DataStreamInfo) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        let stream = self.get(name)?;
+        f(&mut lock(&stream.info))?;
+        self.save_meta().await
+    }
+}

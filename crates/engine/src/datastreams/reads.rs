@@ -1,0 +1,193 @@
+//! Reads: shard iterators (signed tokens) and GetRecords paging from the
+//! in-memory index, with positional reads of the log.
+
+use std::sync::Arc;
+
+use kinema_core::sync::lock;
+use kinema_core::sync::read;
+use kinema_datastream::IteratorError;
+use kinema_datastream::IteratorPosition;
+use kinema_datastream::record;
+
+use super::{
+    DStream, DataStreams, Entry, IteratorStart, MAX_GET_BYTES, MAX_GET_RECORDS, ReadRecord,
+    RecordsPage,
+};
+use crate::EngineError;
+
+impl DataStreams {
+    pub fn shard_iterator(
+        &self,
+        name: &str,
+        shard: u32,
+        start: IteratorStart,
+    ) -> Result<String, EngineError> {
+        let stream = self.get(name)?;
+        let from = start_sequence(&stream, name, shard, start)?;
+        Ok(self.inner.key.encode(&IteratorPosition {
+            stream: lock(&stream.info).created_ms as u64,
+            shard,
+            from_sequence: from,
+            issued_ms: self.now_ms(),
+        }))
+    }
+
+    fn by_stamp(&self, stamp: u64) -> Option<Arc<DStream>> {
+        read(&self.inner.streams)
+            .values()
+            .find(|s| lock(&s.info).created_ms as u64 == stamp)
+            .cloned()
+    }
+
+    pub async fn get_records(
+        &self,
+        iterator: &str,
+        limit: usize,
+    ) -> Result<RecordsPage, EngineError> {
+        let now = self.now_ms();
+        let pos = self.inner.key.decode(iterator, now).map_err(|e| match e {
+            IteratorError::Expired => EngineError::ExpiredIterator(e.to_string()),
+            IteratorError::Invalid => EngineError::InvalidArgument(e.to_string()),
+        })?;
+        let stream = self.by_stamp(pos.stream).ok_or_else(|| {
+            EngineError::ResourceNotFound("the iterator's stream no longer exists".into())
+        })?;
+        let chunk = read_shard(&stream, pos.shard, pos.from_sequence, limit, now).await?;
+        let next_iterator = (!chunk.drained).then(|| {
+            self.inner.key.encode(&IteratorPosition {
+                from_sequence: chunk.next_from,
+                issued_ms: now,
+                ..pos
+            })
+        });
+        Ok(RecordsPage {
+            records: chunk.records,
+            next_iterator,
+            millis_behind_latest: chunk.millis_behind_latest,
+            child_shards: chunk.child_shards,
+        })
+    }
+}
+
+/// The first sequence number an iterator or subscription starting at
+/// `start` in `shard` reads.
+pub(super) fn start_sequence(
+    stream: &DStream,
+    name: &str,
+    shard: u32,
+    start: IteratorStart,
+) -> Result<u64, EngineError> {
+    let info = lock(&stream.info);
+    let s = info
+        .shards
+        .shard(shard)
+        .ok_or_else(|| {
+            EngineError::ResourceNotFound(format!("Shard {shard} in stream {name} does not exist"))
+        })?
+        .clone();
+    let in_shard = |seq: u64| {
+        if seq < s.starting_sequence || s.ending_sequence.is_some_and(|e| seq > e) {
+            Err(EngineError::InvalidArgument(format!(
+                "sequence number {} does not belong to shard {}",
+                kinema_datastream::sequence_string(seq),
+                kinema_datastream::shard_id_string(shard)
+            )))
+        } else {
+            Ok(seq)
+        }
+    };
+    let from = match start {
+        IteratorStart::TrimHorizon => 0,
+        IteratorStart::Latest => info.shards.next_sequence(),
+        IteratorStart::AtSequence(seq) => in_shard(seq)?,
+        IteratorStart::AfterSequence(seq) => in_shard(seq)? + 1,
+        IteratorStart::AtTimestamp(t) => {
+            let index = read(&stream.index);
+            let entries = index.get(&shard).map(Vec::as_slice).unwrap_or_default();
+            let i = entries.partition_point(|e| e.arrival_ms < t);
+            entries
+                .get(i)
+                .map(|e| e.sequence)
+                .unwrap_or(info.shards.next_sequence())
+        }
+    };
+    Ok(from)
+}
+
+/// Records read from one shard position.
+pub(super) struct ShardChunk {
+    pub(super) records: Vec<ReadRecord>,
+    pub(super) next_from: u64,
+    pub(super) drained: bool,
+    pub(super) millis_behind_latest: i64,
+    pub(super) child_shards: Vec<kinema_datastream::Shard>,
+}
+
+pub(super) async fn read_shard(
+    stream: &Arc<DStream>,
+    shard: u32,
+    from: u64,
+    limit: usize,
+    now: i64,
+) -> Result<ShardChunk, EngineError> {
+    let limit = limit.clamp(1, MAX_GET_RECORDS);
+    let (picked, tip) = {
+        let index = read(&stream.index);
+        let entries = index.get(&shard).map(Vec::as_slice).unwrap_or_default();
+        let i = entries.partition_point(|e| e.sequence < from);
+        let mut bytes = 0usize;
+        let picked: Vec<Entry> = entries[i..]
+            .iter()
+            .take(limit)
+            .take_while(|e| {
+                bytes += e.len as usize;
+                bytes <= MAX_GET_BYTES
+            })
+            .copied()
+            .collect();
+        (picked, entries.last().map(|e| e.sequence))
+    };
+    let reader = stream.reader.clone();
+    let raw = tokio::task::spawn_blocking(move || {
+        picked
+            .iter()
+            .map(|e| reader.read_at(e.offset, e.len as usize))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| EngineError::Internal(e.to_string()))??;
+    let mut records = Vec::with_capacity(raw.len());
+    for bytes in raw {
+        let (r, _) = record::decode_one(&bytes)
+            .ok_or_else(|| EngineError::Internal("a stored record is unreadable".into()))?;
+        records.push(ReadRecord {
+            sequence: r.sequence,
+            arrival_ms: r.arrival_ms,
+            partition_key: r.partition_key,
+            data: r.data,
+        });
+    }
+    let next_from = records.last().map(|r| r.sequence + 1).unwrap_or(from);
+    let info = lock(&stream.info);
+    let caught_up = tip.is_none_or(|t| next_from > t);
+    // A closed shard takes no more records: once the reader is past its last
+    // one, it is drained (its last record may be well below the shard's
+    // ending sequence number, which is stream-wide).
+    let drained = caught_up && info.shards.shard(shard).is_some_and(|s| !s.is_open());
+    let millis_behind_latest = match records.last() {
+        Some(r) if !caught_up => (now - r.arrival_ms).max(0),
+        _ => 0,
+    };
+    let child_shards = if drained {
+        info.shards.children(shard).into_iter().cloned().collect()
+    } else {
+        Vec::new()
+    };
+    Ok(ShardChunk {
+        records,
+        next_from,
+        drained,
+        millis_behind_latest,
+        child_shards,
+    })
+}

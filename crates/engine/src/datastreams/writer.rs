@@ -1,0 +1,260 @@
+//! The single writer of a stream's log: puts batched into one write and
+//! one fdatasync (group commit), sequence numbers assigned in log order,
+//! per-shard write quotas, and retention of whole segments.
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use kinema_core::sync::lock;
+use kinema_core::sync::read;
+use kinema_core::sync::write;
+use kinema_datastream::hash_key;
+use kinema_datastream::record;
+use kinema_datastream::record::StoredRecord;
+use kinema_store::DataLog;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+
+use super::{
+    DStream, DataStreams, Entry, MAX_BATCH_REQUESTS, PutEntry, PutOutcome, PutResult, WriteRequest,
+    not_found,
+};
+use crate::Clock;
+use crate::EngineError;
+
+impl DataStreams {
+    /// Appends records durably; results are in request order.
+    pub async fn put(
+        &self,
+        name: &str,
+        entries: Vec<PutEntry>,
+    ) -> Result<Vec<PutOutcome>, EngineError> {
+        let stream = self.get(name)?;
+        let (reply, rx) = oneshot::channel();
+        stream
+            .writer
+            .send(WriteRequest { entries, reply })
+            .await
+            .map_err(|_| not_found(name))?;
+        rx.await.map_err(|_| not_found(name))?
+    }
+
+    /// Deletes, in every stream, the log segments whose records are all
+    /// older than the stream's retention period at `now_ms`. Returns how
+    /// many records went.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize, EngineError> {
+        let streams: Vec<Arc<DStream>> = read(&self.inner.streams).values().cloned().collect();
+        let mut removed = 0;
+        for s in streams {
+            let (tx, rx) = oneshot::channel();
+            if s.retain.send((now_ms, tx)).await.is_ok() {
+                removed += rx.await.unwrap_or(Ok(0))?;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Retention on the writer task (so it never races an append): deletes the
+/// older segments whose newest record is past the retention period, then
+/// drops their records from the index (a prefix of every shard's entries,
+/// since positions follow sequence order).
+async fn retain(
+    stream: &Arc<DStream>,
+    log: DataLog,
+    segment_newest: &mut BTreeMap<u32, i64>,
+    now: i64,
+) -> (DataLog, Result<usize, EngineError>) {
+    let cutoff = now - i64::from(lock(&stream.info).retention_hours) * 3_600_000;
+    let active = log.active_segment();
+    // Only a prefix of segments goes, so the index loses a prefix too.
+    let expired: Vec<u32> = segment_newest
+        .iter()
+        .take_while(|(seg, newest)| **seg != active && **newest < cutoff)
+        .map(|(seg, _)| *seg)
+        .collect();
+    if expired.is_empty() {
+        return (log, Ok(0));
+    }
+    let mut l = log;
+    let gone = expired.clone();
+    let (l, result) = match tokio::task::spawn_blocking(move || {
+        let r = l.delete_segments(&gone);
+        (l, r)
+    })
+    .await
+    {
+        Ok(v) => v,
+        // delete_segments only removes files and returns errors as values.
+        Err(e) => panic!("the segment deletion task panicked: {e}"),
+    };
+    if let Err(e) = result {
+        return (l, Err(e.into()));
+    }
+    let last = *expired.last().expect("not empty");
+    let mut removed = 0;
+    for entries in write(&stream.index).values_mut() {
+        let keep = entries.partition_point(|e| kinema_store::segment_of(e.offset) <= last);
+        removed += keep;
+        entries.drain(..keep);
+    }
+    for seg in expired {
+        segment_newest.remove(&seg);
+    }
+    (l, Ok(removed))
+}
+
+/// The single appender of a stream's log: batches concurrent requests into
+/// one write and one fdatasync, then acknowledges them all.
+pub(super) async fn writer_task(
+    stream: std::sync::Weak<DStream>,
+    log: DataLog,
+    mut rx: mpsc::Receiver<WriteRequest>,
+    mut retain_rx: mpsc::Receiver<(i64, oneshot::Sender<Result<usize, EngineError>>)>,
+    (quota_bytes, quota_records): (u64, u64),
+    clock: Clock,
+) {
+    let mut log = Some(log);
+    let mut quotas: HashMap<u32, kinema_datastream::quota::ShardQuota> = HashMap::new();
+    // The newest arrival time in each segment, for retention.
+    let mut segment_newest: BTreeMap<u32, i64> = BTreeMap::new();
+    if let Some(s) = stream.upgrade() {
+        for entries in read(&s.index).values() {
+            for e in entries {
+                let seg = kinema_store::segment_of(e.offset);
+                let newest = segment_newest.entry(seg).or_insert(i64::MIN);
+                *newest = (*newest).max(e.arrival_ms);
+            }
+        }
+    }
+    loop {
+        let first = tokio::select! {
+            r = rx.recv() => match r {
+                Some(r) => r,
+                None => return,
+            },
+            cmd = retain_rx.recv() => {
+                let Some((now, reply)) = cmd else { return };
+                let Some(s) = stream.upgrade() else { return };
+                let Some(l) = log.take() else { return };
+                let (l, result) = retain(&s, l, &mut segment_newest, now).await;
+                log = Some(l);
+                let _ = reply.send(result);
+                continue;
+            }
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_REQUESTS {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let Some(stream) = stream.upgrade() else {
+            return;
+        };
+        if stream.deleted.load(Ordering::SeqCst) {
+            for r in batch {
+                let _ = r.reply.send(Err(EngineError::ResourceNotFound(
+                    "the stream was deleted".into(),
+                )));
+            }
+            continue;
+        }
+        let now = clock.now_ms();
+        let mut bytes = Vec::new();
+        let mut placed: Vec<(u32, Entry)> = Vec::new();
+        let mut results: Vec<Vec<PutOutcome>> = Vec::with_capacity(batch.len());
+        {
+            let mut info = lock(&stream.info);
+            for req in &batch {
+                let mut out = Vec::with_capacity(req.entries.len());
+                for e in &req.entries {
+                    let hash = e
+                        .explicit_hash_key
+                        .unwrap_or_else(|| hash_key(&e.partition_key));
+                    let shard = info.shards.route(hash).id;
+                    let size = (e.data.len() + e.partition_key.len()) as u64;
+                    let admitted = quotas
+                        .entry(shard)
+                        .or_insert_with(|| {
+                            kinema_datastream::quota::ShardQuota::new(
+                                quota_bytes,
+                                quota_records,
+                                now,
+                            )
+                        })
+                        .admit(size, now);
+                    if !admitted {
+                        out.push(None);
+                        continue;
+                    }
+                    let sequence = info
+                        .shards
+                        .assign(shard)
+                        .expect("route returns an open shard");
+                    let r = StoredRecord {
+                        shard,
+                        sequence,
+                        arrival_ms: now,
+                        partition_key: e.partition_key.clone(),
+                        data: e.data.clone(),
+                    };
+                    let offset = bytes.len() as u64;
+                    record::encode(&r, &mut bytes);
+                    placed.push((
+                        shard,
+                        Entry {
+                            sequence,
+                            arrival_ms: now,
+                            offset,
+                            len: r.encoded_len() as u32,
+                        },
+                    ));
+                    out.push(Some(PutResult { shard, sequence }));
+                }
+                results.push(out);
+            }
+        }
+        let mut l = log.take().expect("the writer owns the log between batches");
+        let (l, written) = match tokio::task::spawn_blocking(move || {
+            let r = l.append(&bytes);
+            (l, r)
+        })
+        .await
+        {
+            Ok(v) => v,
+            Err(_) => return,
+        };
+        log = Some(l);
+        match written {
+            Ok(base) => {
+                let newest = segment_newest
+                    .entry(kinema_store::segment_of(base))
+                    .or_insert(i64::MIN);
+                *newest = (*newest).max(now);
+                {
+                    let mut index = write(&stream.index);
+                    for (shard, mut e) in placed {
+                        e.offset += base;
+                        index.entry(shard).or_default().push(e);
+                    }
+                }
+                stream.live.send_modify(|n| *n += 1);
+                for (req, res) in batch.into_iter().zip(results) {
+                    let _ = req.reply.send(Ok(res));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "data log append failed");
+                for req in batch {
+                    let _ = req.reply.send(Err(EngineError::Internal(
+                        "the record could not be stored".into(),
+                    )));
+                }
+            }
+        }
+    }
+}
