@@ -4,6 +4,13 @@
 //! proves it), because the reader never acts on a partial element header and
 //! reads small elements whole before reporting them. Large elements it does
 //! not need (Cues, attachments) are skipped without buffering.
+//!
+//! Why one file of about 700 lines: the reader is one state machine whose
+//! states (element header, element body, skipping, resynchronising) and the
+//! parsers of the few elements it reads whole (EBML header, Info, Tracks,
+//! blocks, tags) share its buffer and offsets; split apart, each piece
+//! would need that state passed in and the resync rules would be spread
+//! over several files.
 
 use bytes::{Buf, Bytes, BytesMut};
 
