@@ -140,6 +140,92 @@ impl LeaseTable {
     }
 }
 
+impl LeaseTable {
+    /// The leases that differ from `before` (as they are now), for the
+    /// group change log: post-images, so replaying them needs no shard map.
+    pub fn changed_since(&self, before: &LeaseTable) -> Vec<(u32, ShardLease)> {
+        self.shards
+            .iter()
+            .filter(|(shard, lease)| before.shards.get(shard) != Some(lease))
+            .map(|(shard, lease)| (*shard, lease.clone()))
+            .collect()
+    }
+
+    /// Overwrites the given shards' leases.
+    pub fn apply(&mut self, leases: &[(u32, ShardLease)]) {
+        for (shard, lease) in leases {
+            self.shards.insert(*shard, lease.clone());
+        }
+    }
+}
+
+/// One acknowledged change of one group's leases (a heartbeat, acquire,
+/// checkpoint or release), as appended to a stream's group change log.
+/// Changes are numbered (`lsn`) so that replay after a snapshot of the
+/// tables skips those the snapshot already holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupChange {
+    pub lsn: u64,
+    pub group: String,
+    pub leases: Vec<(u32, ShardLease)>,
+}
+
+/// The largest change record accepted when decoding.
+pub const MAX_GROUP_CHANGE: usize = 1 << 20;
+
+/// Appends one change record: length (u32 LE), CRC-32 of the payload
+/// (u32 LE), payload (JSON).
+pub fn encode_change(change: &GroupChange, out: &mut Vec<u8>) {
+    // Serialising strings, integers and enums cannot fail.
+    let payload = serde_json::to_vec(change).unwrap_or_default();
+    out.extend((payload.len() as u32).to_le_bytes());
+    out.extend(crc32fast::hash(&payload).to_le_bytes());
+    out.extend(payload);
+}
+
+/// Decodes the longest valid prefix of a change log: it stops at a torn or
+/// corrupt record, an oversized length, or an `lsn` that does not rise.
+/// Returns the changes and the length of the valid prefix.
+pub fn decode_changes(bytes: &[u8]) -> (Vec<GroupChange>, usize) {
+    let mut out: Vec<GroupChange> = Vec::new();
+    let mut at = 0;
+    while bytes.len() - at >= 8 {
+        let len =
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+        let crc = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
+        if len > MAX_GROUP_CHANGE || bytes.len() - at - 8 < len {
+            break;
+        }
+        let payload = &bytes[at + 8..at + 8 + len];
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        let Ok(change) = serde_json::from_slice::<GroupChange>(payload) else {
+            break;
+        };
+        if out.last().is_some_and(|l| change.lsn <= l.lsn) {
+            break;
+        }
+        out.push(change);
+        at += 8 + len;
+    }
+    (out, at)
+}
+
+/// Applies the changes after `lsn` to `tables`; returns the new last lsn.
+pub fn replay_changes(
+    tables: &mut BTreeMap<String, LeaseTable>,
+    lsn: u64,
+    changes: &[GroupChange],
+) -> u64 {
+    let mut last = lsn;
+    for c in changes.iter().filter(|c| c.lsn > lsn) {
+        tables.entry(c.group.clone()).or_default().apply(&c.leases);
+        last = c.lsn;
+    }
+    last
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +277,70 @@ mod tests {
         );
         t.release("a");
         assert_eq!(t.acquire(&map, "b", 1, LEASE, 6), [l]);
+    }
+
+    fn change(lsn: u64, group: &str, shard: u32, seq: u64) -> GroupChange {
+        GroupChange {
+            lsn,
+            group: group.into(),
+            leases: vec![(
+                shard,
+                ShardLease {
+                    owner: Some("w1".into()),
+                    expires_ms: 1_000 + lsn as i64,
+                    checkpoint: Some(Checkpoint::At(seq)),
+                },
+            )],
+        }
+    }
+
+    #[test]
+    fn the_change_log_decodes_its_longest_valid_prefix() {
+        let changes = [
+            change(1, "g", 0, 5),
+            change(2, "g", 1, 7),
+            change(3, "h", 0, 9),
+        ];
+        let mut bytes = Vec::new();
+        for c in &changes {
+            encode_change(c, &mut bytes);
+        }
+        assert_eq!(decode_changes(&bytes), (changes.to_vec(), bytes.len()));
+        // Every torn tail gives the whole records before it.
+        let second_ends = {
+            let mut b = Vec::new();
+            encode_change(&changes[0], &mut b);
+            encode_change(&changes[1], &mut b);
+            b.len()
+        };
+        for cut in second_ends..bytes.len() {
+            assert_eq!(
+                decode_changes(&bytes[..cut]),
+                (changes[..2].to_vec(), second_ends)
+            );
+        }
+        // A flipped bit stops decoding at its record.
+        let mut bad = bytes.clone();
+        bad[second_ends + 10] ^= 1;
+        assert_eq!(decode_changes(&bad).1, second_ends);
+        // A number that does not rise ends the log too.
+        let mut stale = bytes.clone();
+        encode_change(&change(2, "g", 0, 1), &mut stale);
+        assert_eq!(decode_changes(&stale).1, bytes.len());
+    }
+
+    #[test]
+    fn replay_applies_only_what_the_snapshot_lacks() {
+        let mut before = LeaseTable::default();
+        before.apply(&change(1, "g", 0, 5).leases);
+        let mut after = before.clone();
+        after.apply(&change(2, "g", 1, 7).leases);
+        assert_eq!(after.changed_since(&before), change(2, "g", 1, 7).leases);
+        assert!(after.changed_since(&after).is_empty());
+        let mut tables = BTreeMap::new();
+        tables.insert("g".to_string(), before.clone());
+        let log = [change(1, "g", 0, 99), change(2, "g", 1, 7)];
+        assert_eq!(replay_changes(&mut tables, 1, &log), 2);
+        assert_eq!(tables["g"], after, "change 1 is already in the snapshot");
     }
 }

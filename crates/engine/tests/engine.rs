@@ -265,6 +265,7 @@ async fn data_stream_retention_deletes_expired_segments_from_disk() {
         std::fs::read_dir(dir.path().join("data"))
             .unwrap()
             .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+            .filter(|f| f.as_ref().unwrap().path().extension() == Some("log".as_ref()))
             .count()
     };
     let before = segments();
@@ -614,4 +615,90 @@ async fn playback_sessions_list_their_window_and_expire_in_virtual_time() {
         .await,
         Err(EngineError::InvalidArgument(_))
     ));
+}
+
+/// Lease heartbeats and checkpoints go to the stream's group change log,
+/// not to the metadata document (which is rewritten only at compaction);
+/// after reopening, the group is as acknowledged, a torn tail of the log
+/// loses only the unacknowledged change, and compaction loses nothing.
+#[tokio::test]
+async fn group_changes_are_logged_cheaply_and_survive_reopening() {
+    use kinema_datastream::leases::{Checkpoint, LeaseTable};
+    use kinema_engine::datastreams::{DataStreams, DataStreamsConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let config = DataStreamsConfig {
+        group_compact_after: 8,
+        ..DataStreamsConfig::default()
+    };
+    let open = || async {
+        DataStreams::open(
+            Store::open_local(dir.path()).unwrap(),
+            config.clone(),
+            [3; 32],
+        )
+        .await
+        .unwrap()
+    };
+    let meta = dir.path().join("meta/data-streams.json");
+    let ds = open().await;
+    ds.create("events", 2).await.unwrap();
+    let saved = std::fs::read(&meta).unwrap();
+    let lease_ms = 60_000;
+    assert_eq!(
+        ds.acquire_leases("events", "g", "a", 2, lease_ms)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    for seq in 1..=5 {
+        ds.checkpoint("events", "g", "a", 0, Checkpoint::At(seq))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        std::fs::read(&meta).unwrap(),
+        saved,
+        "six changes, no rewrite of the metadata document"
+    );
+    let wal = std::fs::read_dir(dir.path().join("data"))
+        .unwrap()
+        .map(|d| d.unwrap().path().join("groups.wal"))
+        .next()
+        .unwrap();
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+    let acknowledged: LeaseTable = ds.group("events", "g").unwrap();
+    drop(ds);
+    // A change torn by a crash mid-append was never acknowledged.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&wal).unwrap();
+    std::io::Write::write_all(&mut f, &[200, 0, 0, 0, 1, 2, 3]).unwrap();
+    drop(f);
+    let ds = open().await;
+    assert_eq!(ds.group("events", "g").unwrap(), acknowledged);
+    // Two more changes reach the compaction point: the document takes the
+    // changes in and the log empties; nothing is lost on reopening.
+    ds.checkpoint("events", "g", "a", 0, Checkpoint::At(6))
+        .await
+        .unwrap();
+    ds.checkpoint("events", "g", "a", 1, Checkpoint::At(7))
+        .await
+        .unwrap();
+    assert_ne!(std::fs::read(&meta).unwrap(), saved, "compacted");
+    assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+    ds.checkpoint("events", "g", "a", 0, Checkpoint::At(8))
+        .await
+        .unwrap();
+    let acknowledged = ds.group("events", "g").unwrap();
+    assert_eq!(acknowledged.shards[&0].checkpoint, Some(Checkpoint::At(8)));
+    drop(ds);
+    let ds = open().await;
+    assert_eq!(ds.group("events", "g").unwrap(), acknowledged);
+    // A lost lease is still refused after all this.
+    assert!(
+        ds.acquire_leases("events", "g", "b", 2, lease_ms)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a's leases are still a's"
+    );
 }

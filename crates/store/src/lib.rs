@@ -374,6 +374,15 @@ pub struct IndexLog {
     path: PathBuf,
 }
 
+/// An append-only file of framed records whose appends return once they
+/// are on disk: the index logs and the data streams' group change logs.
+/// Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppendLog {
+    file: Arc<Mutex<LogFile>>,
+    path: PathBuf,
+}
+
 #[derive(Debug)]
 struct LogFile {
     file: File,
@@ -385,39 +394,67 @@ struct LogFile {
 impl IndexLog {
     /// Appends a record and returns once it is on disk.
     pub async fn append(&self, record: Record) -> Result<(), StoreError> {
-        let file = self.file.clone();
-        let path = self.path.clone();
+        let mut bytes = Vec::with_capacity(64);
+        index::encode(&record, &mut bytes);
+        append_durably(self.file.clone(), self.path.clone(), bytes).await
+    }
+}
+
+impl AppendLog {
+    /// Appends encoded records and returns once they are on disk.
+    pub async fn append(&self, bytes: Vec<u8>) -> Result<(), StoreError> {
+        append_durably(self.file.clone(), self.path.clone(), bytes).await
+    }
+
+    /// Empties the log (its records are saved elsewhere) durably.
+    pub async fn truncate(&self) -> Result<(), StoreError> {
+        let (file, path) = (self.file.clone(), self.path.clone());
         blocking(move || {
-            let mut bytes = Vec::with_capacity(64);
-            index::encode(&record, &mut bytes);
-            // The lock only serialises appends; a poisoned lock still guards a valid file.
             let mut log = lock(&file);
-            if log.broken {
-                return Err(StoreError::Io {
-                    path: path.clone(),
-                    source: std::io::Error::other(
-                        "the index log failed earlier and takes no more records",
-                    ),
-                });
-            }
-            let f = &mut log.file;
-            let before = f.seek(SeekFrom::End(0)).map_err(io(&path))?;
-            let result = f.write_all(&bytes).and_then(|_| f.sync_data());
-            if let Err(e) = result {
-                // A partial record must not stay in front of later appends:
-                // recovery stops at the first bad record and would drop
-                // everything after it. Cut back; if even that fails, refuse
-                // further appends rather than acknowledge unrecoverable ones.
-                let cut = f.set_len(before).and_then(|_| f.sync_data());
-                if cut.is_err() {
-                    log.broken = true;
-                }
-                return Err(io(&path)(e));
-            }
+            log.file
+                .set_len(0)
+                .and_then(|_| log.file.sync_data())
+                .map_err(io(&path))?;
+            log.broken = false;
             Ok(())
         })
         .await
     }
+}
+
+/// Appends `bytes` at the end of a log file and syncs them; a failed
+/// append is cut back so that no partial record precedes later ones.
+async fn append_durably(
+    file: Arc<Mutex<LogFile>>,
+    path: PathBuf,
+    bytes: Vec<u8>,
+) -> Result<(), StoreError> {
+    blocking(move || {
+        // The lock only serialises appends; a poisoned lock still guards a valid file.
+        let mut log = lock(&file);
+        if log.broken {
+            return Err(StoreError::Io {
+                path: path.clone(),
+                source: std::io::Error::other("the log failed earlier and takes no more records"),
+            });
+        }
+        let f = &mut log.file;
+        let before = f.seek(SeekFrom::End(0)).map_err(io(&path))?;
+        let result = f.write_all(&bytes).and_then(|_| f.sync_data());
+        if let Err(e) = result {
+            // A partial record must not stay in front of later appends:
+            // recovery stops at the first bad record and would drop
+            // everything after it. Cut back; if even that fails, refuse
+            // further appends rather than acknowledge unrecoverable ones.
+            let cut = f.set_len(before).and_then(|_| f.sync_data());
+            if cut.is_err() {
+                log.broken = true;
+            }
+            return Err(io(&path)(e));
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Bits of a data-log position that hold the offset inside a segment; the
@@ -449,6 +486,29 @@ pub struct DataLog {
 impl Store {
     fn data_log_dir(&self, stream_id: &str) -> PathBuf {
         self.root.join("data").join(stream_id)
+    }
+
+    /// Opens a data stream's group change log (`data/<id>/groups.wal`),
+    /// cutting a torn or corrupt tail, and returns the changes it holds.
+    pub fn open_group_log(
+        &self,
+        stream_id: &str,
+    ) -> Result<(AppendLog, Vec<kinema_datastream::leases::GroupChange>), StoreError> {
+        let dir = self.data_log_dir(stream_id);
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let path = dir.join("groups.wal");
+        let (mut file, changes, _) =
+            open_recovering(&path, kinema_datastream::leases::decode_changes)?;
+        file.seek(SeekFrom::End(0)).map_err(io(&path))?;
+        sync_dir(&dir)?;
+        let log = AppendLog {
+            file: Arc::new(Mutex::new(LogFile {
+                file,
+                broken: false,
+            })),
+            path,
+        };
+        Ok((log, changes))
     }
 
     /// Opens a data stream's log, cutting a torn tail of the newest segment

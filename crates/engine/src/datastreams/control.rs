@@ -48,14 +48,19 @@ impl DataStreams {
             shards: ShardMap::new(shard_count, now),
             consumers: Vec::new(),
             groups: BTreeMap::new(),
+            groups_lsn: 0,
         };
         let store = self.inner.store.clone();
         let id = info.id.clone();
         let segment_bytes = self.inner.config.segment_bytes;
-        let (log, _) = tokio::task::spawn_blocking(move || store.open_data_log(&id, segment_bytes))
-            .await
-            .map_err(|e| EngineError::Internal(e.to_string()))??;
-        self.install(info, log, HashMap::new());
+        let (log, group_log) = tokio::task::spawn_blocking(move || {
+            let (log, _) = store.open_data_log(&id, segment_bytes)?;
+            let (group_log, _) = store.open_group_log(&id)?;
+            Ok::<_, kinema_store::StoreError>((log, group_log))
+        })
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))??;
+        self.install(info, log, HashMap::new(), (group_log, 0));
         self.save_meta().await
     }
 

@@ -1,9 +1,11 @@
-//! Server-side consumer groups: shard leases and checkpoints, kept in the
-//! stream's metadata.
+//! Server-side consumer groups: shard leases and checkpoints. Each change
+//! is appended to the stream's group change log (`groups.wal`) before it is
+//! acknowledged; the metadata document takes the changes in every
+//! `group_compact_after` of them, and opening replays the rest.
 
 use kinema_core::sync::lock;
-use kinema_datastream::leases::Checkpoint;
-use kinema_datastream::leases::LeaseTable;
+use kinema_datastream::ShardMap;
+use kinema_datastream::leases::{Checkpoint, GroupChange, LeaseTable, encode_change};
 
 use super::{DataStreams, valid_name};
 use crate::EngineError;
@@ -20,16 +22,15 @@ impl DataStreams {
         lease_ms: i64,
     ) -> Result<Vec<(u32, Option<Checkpoint>)>, EngineError> {
         check_member(group, consumer)?;
-        let mut out = Vec::new();
-        self.update_info(name, |i| {
-            let table = i.groups.entry(group.to_string()).or_default();
-            for shard in table.acquire(&i.shards, consumer, max, lease_ms, self.now_ms()) {
-                out.push((shard, table.shards.get(&shard).and_then(|l| l.checkpoint)));
-            }
-            Ok(())
+        let now = self.now_ms();
+        self.change_group(name, group, |shards, table| {
+            Ok(table
+                .acquire(shards, consumer, max, lease_ms, now)
+                .into_iter()
+                .map(|shard| (shard, table.shards.get(&shard).and_then(|l| l.checkpoint)))
+                .collect())
         })
-        .await?;
-        Ok(out)
+        .await
     }
 
     /// Records a checkpoint durably; only the lease owner may.
@@ -42,10 +43,10 @@ impl DataStreams {
         at: Checkpoint,
     ) -> Result<(), EngineError> {
         check_member(group, consumer)?;
-        self.update_info(name, |i| {
-            let table = i.groups.entry(group.to_string()).or_default();
+        let now = self.now_ms();
+        self.change_group(name, group, |shards, table| {
             table
-                .checkpoint(&i.shards, consumer, shard, at, self.now_ms())
+                .checkpoint(shards, consumer, shard, at, now)
                 .map_err(|e| EngineError::LeaseLost(e.to_string()))
         })
         .await
@@ -57,13 +58,59 @@ impl DataStreams {
         group: &str,
         consumer: &str,
     ) -> Result<(), EngineError> {
-        self.update_info(name, |i| {
-            if let Some(t) = i.groups.get_mut(group) {
-                t.release(consumer);
-            }
+        self.change_group(name, group, |_, table| {
+            table.release(consumer);
             Ok(())
         })
         .await
+    }
+
+    /// Applies `f` to a copy of the group's lease table and makes the
+    /// result durable as one record of the stream's group change log (one
+    /// small fdatasync, not a rewrite of the metadata document) before it
+    /// is installed and acknowledged: a failed write changes nothing. Every
+    /// `group_compact_after` changes the metadata document takes them in
+    /// and the log is emptied.
+    async fn change_group<T>(
+        &self,
+        name: &str,
+        group: &str,
+        f: impl FnOnce(&ShardMap, &mut LeaseTable) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let stream = self.get(name)?;
+        let mut wal = stream.groups_wal.lock().await;
+        let (table, out, change) = {
+            let info = lock(&stream.info);
+            let before = info.groups.get(group).cloned().unwrap_or_default();
+            let mut table = before.clone();
+            let out = f(&info.shards, &mut table)?;
+            let change = GroupChange {
+                lsn: info.groups_lsn + 1,
+                group: group.to_string(),
+                leases: table.changed_since(&before),
+            };
+            (table, out, change)
+        };
+        if change.leases.is_empty() {
+            return Ok(out);
+        }
+        let mut bytes = Vec::new();
+        encode_change(&change, &mut bytes);
+        wal.log.append(bytes).await?;
+        {
+            let mut info = lock(&stream.info);
+            info.groups.insert(group.to_string(), table);
+            info.groups_lsn = change.lsn;
+        }
+        wal.since_compaction += 1;
+        if wal.since_compaction >= self.inner.config.group_compact_after.max(1) {
+            // The document now holds every change up to groups_lsn; a crash
+            // before the truncation replays none of them twice.
+            self.save_meta().await?;
+            wal.log.truncate().await?;
+            wal.since_compaction = 0;
+        }
+        Ok(out)
     }
 
     pub fn group(&self, name: &str, group: &str) -> Result<LeaseTable, EngineError> {

@@ -24,9 +24,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use kinema_datastream::leases::LeaseTable;
+use kinema_datastream::leases::{LeaseTable, replay_changes};
 use kinema_datastream::{IteratorKey, ShardMap};
-use kinema_store::{DataLog, DataLogReader, Store};
+use kinema_store::{AppendLog, DataLog, DataLogReader, Store};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
@@ -58,6 +58,9 @@ pub struct DataStreamsConfig {
     /// The wall clock the service reads (arrival times, iterator, lease
     /// and subscription expiry, retention).
     pub clock: Clock,
+    /// Group changes (lease heartbeats, checkpoints) a stream's change log
+    /// holds before the metadata document takes them in.
+    pub group_compact_after: usize,
 }
 
 impl Default for DataStreamsConfig {
@@ -71,6 +74,7 @@ impl Default for DataStreamsConfig {
             shard_write_records_per_s: 0,
             segment_bytes: 64 << 20,
             clock: Clock::system(),
+            group_compact_after: 1024,
         }
     }
 }
@@ -90,6 +94,9 @@ pub struct DataStreamInfo {
     /// Server-side consumer groups: leases and checkpoints per group.
     #[serde(default)]
     pub groups: BTreeMap<String, LeaseTable>,
+    /// The last group change (`groups.wal`) the `groups` above include.
+    #[serde(default)]
+    pub groups_lsn: u64,
 }
 
 /// Default lease duration of a consumer group member.
@@ -174,6 +181,15 @@ struct DStream {
     reader: DataLogReader,
     live: watch::Sender<u64>,
     deleted: AtomicBool,
+    /// The group change log; its lock orders group changes.
+    groups_wal: Mutex<GroupWal>,
+}
+
+/// A stream's group change log and how many changes it holds since the
+/// metadata document last took them in.
+struct GroupWal {
+    log: AppendLog,
+    since_compaction: usize,
 }
 
 struct Inner {
@@ -230,13 +246,22 @@ impl DataStreams {
                     len: r.encoded_len() as u32,
                 });
             }
-            tracing::info!(stream = %info.name, records = records.len(), "recovered data stream");
-            ds.install(info, log, index);
+            // Group changes acknowledged after the document was last saved.
+            let (group_log, changes) = ds.inner.store.open_group_log(&info.id)?;
+            info.groups_lsn = replay_changes(&mut info.groups, info.groups_lsn, &changes);
+            tracing::info!(stream = %info.name, records = records.len(), group_changes = changes.len(), "recovered data stream");
+            ds.install(info, log, index, (group_log, changes.len()));
         }
         Ok(ds)
     }
 
-    fn install(&self, info: DataStreamInfo, log: DataLog, index: HashMap<u32, Vec<Entry>>) {
+    fn install(
+        &self,
+        info: DataStreamInfo,
+        log: DataLog,
+        index: HashMap<u32, Vec<Entry>>,
+        (group_log, changes): (AppendLog, usize),
+    ) {
         let (tx, rx) = mpsc::channel(1024);
         let (retain_tx, retain_rx) = mpsc::channel(4);
         let stream = Arc::new(DStream {
@@ -247,6 +272,10 @@ impl DataStreams {
             retain: retain_tx,
             live: watch::channel(0).0,
             deleted: AtomicBool::new(false),
+            groups_wal: Mutex::new(GroupWal {
+                log: group_log,
+                since_compaction: changes,
+            }),
         });
         let quota = (
             self.inner.config.shard_write_bytes_per_s,
