@@ -422,6 +422,11 @@ async fn shard_iterators_expire_after_five_minutes_of_virtual_time() {
         .shard_iterator("events", 0, IteratorStart::TrimHorizon)
         .unwrap();
     assert_eq!(ds.get_records(&it, 10).await.unwrap().records.len(), 1);
+    // A client's AFTER_SEQUENCE_NUMBER of the largest number is no panic.
+    let it = ds
+        .shard_iterator("events", 0, IteratorStart::AfterSequence(u64::MAX))
+        .unwrap();
+    assert!(ds.get_records(&it, 10).await.unwrap().records.is_empty());
 }
 
 /// A push subscription delivers what arrives, sends heartbeats while idle,

@@ -100,7 +100,8 @@ pub(super) fn start_sequence(
         IteratorStart::TrimHorizon => 0,
         IteratorStart::Latest => info.shards.next_sequence(),
         IteratorStart::AtSequence(seq) => in_shard(seq)?,
-        IteratorStart::AfterSequence(seq) => in_shard(seq)? + 1,
+        // The largest sequence number has nothing after it (no overflow).
+        IteratorStart::AfterSequence(seq) => in_shard(seq)?.saturating_add(1),
         IteratorStart::AtTimestamp(t) => {
             let index = read(&stream.index);
             let entries = index.get(&shard).map(Vec::as_slice).unwrap_or_default();
