@@ -313,6 +313,32 @@ async fn data_stream_retention_deletes_expired_segments_from_disk() {
 /// 2025-01-01T00:00:00Z, the virtual start of the tests below.
 const T0_MS: i64 = 1_735_689_600_000;
 
+/// An engine on a clock following tokio's, with a stream `cam` that keeps
+/// `retention_hours` of video.
+async fn engine_in_virtual_time(dir: &std::path::Path, retention_hours: u32) -> Engine {
+    let engine = Engine::open(
+        Store::open_local(dir).unwrap(),
+        EngineConfig {
+            clock: kinema_engine::Clock::following_tokio(T0_MS),
+            ..config()
+        },
+    )
+    .await
+    .unwrap();
+    engine
+        .create_stream(
+            "cam",
+            None,
+            None,
+            None,
+            Some(retention_hours),
+            BTreeMap::new(),
+        )
+        .await
+        .unwrap();
+    engine
+}
+
 async fn data_streams_in_virtual_time(
     dir: &std::path::Path,
 ) -> kinema_engine::datastreams::DataStreams {
@@ -461,19 +487,7 @@ async fn a_subscription_heartbeats_and_ends_after_five_minutes_of_virtual_time()
 #[tokio::test(start_paused = true)]
 async fn retention_trims_expired_fragments_on_its_interval_in_virtual_time() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(
-        Store::open_local(dir.path()).unwrap(),
-        EngineConfig {
-            clock: kinema_engine::Clock::following_tokio(T0_MS),
-            ..config()
-        },
-    )
-    .await
-    .unwrap();
-    engine
-        .create_stream("cam", None, None, None, Some(1), BTreeMap::new())
-        .await
-        .unwrap();
+    let engine = engine_in_virtual_time(dir.path(), 1).await;
     assert_eq!(ingest(&engine, "cam", 3).await.len(), 3);
     let stored = |e: &Engine| {
         e.list_fragments(Some("cam"), None, None, 100, None)
@@ -519,19 +533,7 @@ async fn playback_sessions_list_their_window_and_expire_in_virtual_time() {
     use kinema_hls::session::Mode;
     use kinema_hls::{Container, Discontinuity};
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(
-        Store::open_local(dir.path()).unwrap(),
-        EngineConfig {
-            clock: kinema_engine::Clock::following_tokio(T0_MS),
-            ..config()
-        },
-    )
-    .await
-    .unwrap();
-    engine
-        .create_stream("cam", None, None, None, Some(24), BTreeMap::new())
-        .await
-        .unwrap();
+    let engine = engine_in_virtual_time(dir.path(), 24).await;
     // Fragments of 1 s at producer times P0, P0 + 1 s, ..., made as the
     // virtual clock starts (a replay's end is still ahead).
     const P0: i64 = T0_MS;
