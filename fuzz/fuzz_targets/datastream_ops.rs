@@ -1,5 +1,6 @@
 //! Stateful fuzzing of the data-stream core: a byte string is read as a
-//! sequence of operations (puts, splits, merges, scaling, iterator tokens)
+//! sequence of operations (puts, batches through the log model with write
+//! quotas, splits, merges, scaling, iterator tokens)
 //! on one stream; after every step the open shards must cover the hash
 //! space exactly, sequence numbers must rise within each shard and past
 //! every parent's last one, and iterator tokens must round-trip or be refused.
@@ -7,7 +8,8 @@
 
 use std::collections::HashMap;
 
-use kinema_datastream::{IteratorKey, IteratorPosition, ShardMap};
+use kinema_datastream::log::{PutEntry, ShardQuotas, admit};
+use kinema_datastream::{IteratorKey, IteratorPosition, ShardMap, record};
 use libfuzzer_sys::fuzz_target;
 
 fn take_u128(data: &mut &[u8]) -> u128 {
@@ -26,11 +28,42 @@ fuzz_target!(|input: &[u8]| {
     let key = IteratorKey::new([3; 32]);
     let mut last: HashMap<u32, u64> = HashMap::new();
     let mut now = 0i64;
+    let mut quotas = ShardQuotas::new(64, 3);
     while let Some((&op, rest)) = data.split_first() {
         data = rest;
         now += 1;
         match op % 6 {
-            0 | 1 => {
+            1 => {
+                // A batch of up to 8 records through the log model: the
+                // admitted ones are numbered in log order, the refused
+                // ones use no number, and the encoded bytes decode to
+                // exactly what the commit indexes.
+                let n = (take_u128(&mut data) % 8) as usize + 1;
+                let entries: Vec<PutEntry> = (0..n)
+                    .map(|i| PutEntry {
+                        partition_key: format!("k{}", take_u128(&mut data) % 16),
+                        explicit_hash_key: (i % 3 == 0).then(|| take_u128(&mut data)),
+                        data: vec![0u8; (take_u128(&mut data) % 40) as usize].into(),
+                    })
+                    .collect();
+                let before = map.next_sequence();
+                let batch = admit(&mut map, &mut quotas, &[&entries], now);
+                let bytes = batch.bytes.clone();
+                let (placed, outcomes) = batch.commit(1_000);
+                let admitted = outcomes[0].iter().flatten().count();
+                assert_eq!(map.next_sequence() - before, admitted as u64);
+                assert_eq!(placed.len(), admitted);
+                let (decoded, valid) = record::decode_log(&bytes);
+                assert_eq!(valid, bytes.len());
+                for ((shard, e), (offset, r)) in placed.iter().zip(&decoded) {
+                    assert_eq!((*shard, e.sequence), (r.shard, r.sequence));
+                    assert_eq!(e.offset, 1_000 + offset);
+                    if let Some(prev) = last.insert(*shard, e.sequence) {
+                        assert!(e.sequence > prev);
+                    }
+                }
+            }
+            0 => {
                 let shard = map.route(take_u128(&mut data)).id;
                 let seq = map.assign(shard).expect("routed shards are open");
                 if let Some(prev) = last.insert(shard, seq) {

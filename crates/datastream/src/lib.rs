@@ -9,6 +9,7 @@
 pub mod eventstream;
 mod iterator;
 pub mod leases;
+pub mod log;
 pub mod quota;
 pub mod record;
 mod shards;

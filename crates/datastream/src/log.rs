@@ -1,0 +1,219 @@
+//! The write side of a data stream's log, shared by every backend: a batch
+//! of puts is admitted (each record routed to its shard and charged to the
+//! shard's write quota) and numbered in log order, encoded as one append,
+//! and, once that append is durable, turned into the index entries readers
+//! use. The shell owns the file (or the JetStream subject) and the fsync;
+//! nothing here does I/O or reads a clock.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use crate::quota::ShardQuota;
+use crate::record::{self, StoredRecord};
+use crate::{ShardMap, hash_key};
+
+/// One record to append.
+#[derive(Debug, Clone)]
+pub struct PutEntry {
+    pub partition_key: String,
+    pub explicit_hash_key: Option<u128>,
+    pub data: Bytes,
+}
+
+/// Where an appended record went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutResult {
+    pub shard: u32,
+    pub sequence: u64,
+}
+
+/// Per entry: where it was stored, or `None` when the shard's write quota
+/// refused it (`ProvisionedThroughputExceededException`).
+pub type PutOutcome = Option<PutResult>;
+
+/// Where one stored record is: what a shard's index holds, in sequence
+/// order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub sequence: u64,
+    pub arrival_ms: i64,
+    /// Position in the log (the backend's own addressing).
+    pub offset: u64,
+    /// Encoded length (`record::encode`).
+    pub len: u32,
+}
+
+/// The write quotas of a stream's shards; a zero rate disables a limit.
+#[derive(Debug, Clone)]
+pub struct ShardQuotas {
+    bytes_per_s: u64,
+    records_per_s: u64,
+    by_shard: HashMap<u32, ShardQuota>,
+}
+
+impl ShardQuotas {
+    pub fn new(bytes_per_s: u64, records_per_s: u64) -> ShardQuotas {
+        ShardQuotas {
+            bytes_per_s,
+            records_per_s,
+            by_shard: HashMap::new(),
+        }
+    }
+
+    fn admit(&mut self, shard: u32, size: u64, now_ms: i64) -> bool {
+        let (b, r) = (self.bytes_per_s, self.records_per_s);
+        self.by_shard
+            .entry(shard)
+            .or_insert_with(|| ShardQuota::new(b, r, now_ms))
+            .admit(size, now_ms)
+    }
+}
+
+/// A batch admitted and numbered: its bytes are to be written as one
+/// append, and only once they are durable may [`Batch::commit`] publish it.
+#[derive(Debug)]
+pub struct Batch {
+    /// The encoded records, in sequence order.
+    pub bytes: Vec<u8>,
+    /// Every record's arrival time (one per batch).
+    pub arrival_ms: i64,
+    placed: Vec<(u32, IndexEntry)>,
+    outcomes: Vec<Vec<PutOutcome>>,
+}
+
+impl Batch {
+    /// The outcome of each request of the batch, without committing it
+    /// (what a failed write would have stored).
+    pub fn outcomes(&self) -> &[Vec<PutOutcome>] {
+        &self.outcomes
+    }
+
+    /// After the batch's bytes are durable at log position `base`: the
+    /// index entries it adds (by shard, in sequence order) and each
+    /// request's outcomes.
+    pub fn commit(self, base: u64) -> (Vec<(u32, IndexEntry)>, Vec<Vec<PutOutcome>>) {
+        let placed = self
+            .placed
+            .into_iter()
+            .map(|(shard, mut e)| {
+                e.offset += base;
+                (shard, e)
+            })
+            .collect();
+        (placed, self.outcomes)
+    }
+}
+
+/// Admits the records of `requests` (several callers' puts, in arrival
+/// order) at `now_ms`: each is routed to the open shard holding its hash
+/// key, refused if that shard's quota is spent (using no sequence number),
+/// or numbered from the stream's sequence counter, so sequence numbers
+/// rise in log order.
+pub fn admit(
+    shards: &mut ShardMap,
+    quotas: &mut ShardQuotas,
+    requests: &[&[PutEntry]],
+    now_ms: i64,
+) -> Batch {
+    let mut batch = Batch {
+        bytes: Vec::new(),
+        arrival_ms: now_ms,
+        placed: Vec::new(),
+        outcomes: Vec::with_capacity(requests.len()),
+    };
+    for entries in requests {
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries.iter() {
+            let hash = e
+                .explicit_hash_key
+                .unwrap_or_else(|| hash_key(&e.partition_key));
+            let shard = shards.route(hash).id;
+            let size = (e.data.len() + e.partition_key.len()) as u64;
+            if !quotas.admit(shard, size, now_ms) {
+                out.push(None);
+                continue;
+            }
+            let sequence = shards
+                .assign(shard)
+                .expect("route returns an open shard, which assign accepts");
+            let r = StoredRecord {
+                shard,
+                sequence,
+                arrival_ms: now_ms,
+                partition_key: e.partition_key.clone(),
+                data: e.data.clone(),
+            };
+            let offset = batch.bytes.len() as u64;
+            record::encode(&r, &mut batch.bytes);
+            batch.placed.push((
+                shard,
+                IndexEntry {
+                    sequence,
+                    arrival_ms: now_ms,
+                    offset,
+                    len: r.encoded_len() as u32,
+                },
+            ));
+            out.push(Some(PutResult { shard, sequence }));
+        }
+        batch.outcomes.push(out);
+    }
+    batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str, data: &str) -> PutEntry {
+        PutEntry {
+            partition_key: key.into(),
+            explicit_hash_key: None,
+            data: Bytes::from(data.to_string()),
+        }
+    }
+
+    #[test]
+    fn a_batch_numbers_records_in_log_order_and_commits_at_its_base() {
+        let mut shards = ShardMap::new(4, 0);
+        let mut quotas = ShardQuotas::new(0, 0);
+        let a: Vec<PutEntry> = (0..5).map(|i| entry(&format!("k{i}"), "x")).collect();
+        let b = vec![entry("k9", "yy")];
+        let batch = admit(&mut shards, &mut quotas, &[&a, &b], 1_000);
+        let decoded = record::decode_log(&batch.bytes).0;
+        assert_eq!(decoded.len(), 6);
+        let seqs: Vec<u64> = decoded.iter().map(|(_, r)| r.sequence).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        let (placed, outcomes) = batch.commit(500);
+        assert_eq!(outcomes[0].len(), 5);
+        assert_eq!(outcomes[1][0].unwrap().sequence, seqs[5]);
+        for ((shard, e), (offset, r)) in placed.iter().zip(&decoded) {
+            assert_eq!(
+                (*shard, e.sequence, e.arrival_ms),
+                (r.shard, r.sequence, 1_000)
+            );
+            assert_eq!(e.offset, 500 + offset, "positions shift by the base");
+            assert_eq!(e.len as usize, r.encoded_len());
+        }
+    }
+
+    #[test]
+    fn a_spent_quota_refuses_records_without_using_sequence_numbers() {
+        let mut shards = ShardMap::new(1, 0);
+        let mut quotas = ShardQuotas::new(0, 2);
+        let entries: Vec<PutEntry> = (0..4).map(|i| entry("k", &format!("{i}"))).collect();
+        let batch = admit(&mut shards, &mut quotas, &[&entries], 0);
+        let got: Vec<Option<u64>> = batch.outcomes()[0]
+            .iter()
+            .map(|o| o.map(|r| r.sequence))
+            .collect();
+        assert_eq!(got[2..], [None, None]);
+        let next = admit(&mut shards, &mut quotas, &[&entries[..1]], 1_000);
+        assert_eq!(
+            next.outcomes()[0][0].unwrap().sequence,
+            got[1].unwrap() + 1,
+            "refused records left no gap"
+        );
+    }
+}
