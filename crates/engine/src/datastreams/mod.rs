@@ -18,6 +18,10 @@ mod reads;
 mod writer;
 
 pub use consumers::{SubscribeEvent, Subscription};
+pub use kinema_datastream::log::{PutEntry, PutOutcome, PutResult};
+
+/// Where a stored record is, as a shard's index holds it.
+type Entry = kinema_datastream::log::IndexEntry;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicBool;
@@ -113,21 +117,6 @@ pub struct ConsumerInfo {
 /// How long one SubscribeToShard subscription lasts (as in the original).
 pub const SUBSCRIPTION_MS: i64 = 5 * 60 * 1000;
 
-/// One record to append.
-#[derive(Debug, Clone)]
-pub struct PutEntry {
-    pub partition_key: String,
-    pub explicit_hash_key: Option<u128>,
-    pub data: Bytes,
-}
-
-/// Where an appended record went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PutResult {
-    pub shard: u32,
-    pub sequence: u64,
-}
-
 /// A record as read back.
 #[derive(Debug, Clone)]
 pub struct ReadRecord {
@@ -155,18 +144,6 @@ pub enum IteratorStart {
     AfterSequence(u64),
     AtTimestamp(i64),
 }
-
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    sequence: u64,
-    arrival_ms: i64,
-    offset: u64,
-    len: u32,
-}
-
-/// Per entry: where it was stored, or `None` when the shard's write quota
-/// refused it (`ProvisionedThroughputExceededException`).
-pub type PutOutcome = Option<PutResult>;
 
 struct WriteRequest {
     entries: Vec<PutEntry>,

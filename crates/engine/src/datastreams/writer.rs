@@ -3,23 +3,19 @@
 //! per-shard write quotas, and retention of whole segments.
 
 use std::collections::BTreeMap;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use kinema_core::sync::lock;
 use kinema_core::sync::read;
 use kinema_core::sync::write;
-use kinema_datastream::hash_key;
-use kinema_datastream::record;
-use kinema_datastream::record::StoredRecord;
+use kinema_datastream::log::{ShardQuotas, admit};
 use kinema_store::DataLog;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 
 use super::{
-    DStream, DataStreams, Entry, MAX_BATCH_REQUESTS, PutEntry, PutOutcome, PutResult, WriteRequest,
-    not_found,
+    DStream, DataStreams, MAX_BATCH_REQUESTS, PutEntry, PutOutcome, WriteRequest, not_found,
 };
 use crate::Clock;
 use crate::EngineError;
@@ -117,7 +113,7 @@ pub(super) async fn writer_task(
     clock: Clock,
 ) {
     let mut log = Some(log);
-    let mut quotas: HashMap<u32, kinema_datastream::quota::ShardQuota> = HashMap::new();
+    let mut quotas = ShardQuotas::new(quota_bytes, quota_records);
     // The newest arrival time in each segment, for retention.
     let mut segment_newest: BTreeMap<u32, i64> = BTreeMap::new();
     if let Some(s) = stream.upgrade() {
@@ -164,60 +160,12 @@ pub(super) async fn writer_task(
             continue;
         }
         let now = clock.now_ms();
-        let mut bytes = Vec::new();
-        let mut placed: Vec<(u32, Entry)> = Vec::new();
-        let mut results: Vec<Vec<PutOutcome>> = Vec::with_capacity(batch.len());
-        {
+        let mut admitted = {
             let mut info = lock(&stream.info);
-            for req in &batch {
-                let mut out = Vec::with_capacity(req.entries.len());
-                for e in &req.entries {
-                    let hash = e
-                        .explicit_hash_key
-                        .unwrap_or_else(|| hash_key(&e.partition_key));
-                    let shard = info.shards.route(hash).id;
-                    let size = (e.data.len() + e.partition_key.len()) as u64;
-                    let admitted = quotas
-                        .entry(shard)
-                        .or_insert_with(|| {
-                            kinema_datastream::quota::ShardQuota::new(
-                                quota_bytes,
-                                quota_records,
-                                now,
-                            )
-                        })
-                        .admit(size, now);
-                    if !admitted {
-                        out.push(None);
-                        continue;
-                    }
-                    let sequence = info
-                        .shards
-                        .assign(shard)
-                        .expect("route returns an open shard");
-                    let r = StoredRecord {
-                        shard,
-                        sequence,
-                        arrival_ms: now,
-                        partition_key: e.partition_key.clone(),
-                        data: e.data.clone(),
-                    };
-                    let offset = bytes.len() as u64;
-                    record::encode(&r, &mut bytes);
-                    placed.push((
-                        shard,
-                        Entry {
-                            sequence,
-                            arrival_ms: now,
-                            offset,
-                            len: r.encoded_len() as u32,
-                        },
-                    ));
-                    out.push(Some(PutResult { shard, sequence }));
-                }
-                results.push(out);
-            }
-        }
+            let requests: Vec<&[PutEntry]> = batch.iter().map(|r| &r.entries[..]).collect();
+            admit(&mut info.shards, &mut quotas, &requests, now)
+        };
+        let bytes = std::mem::take(&mut admitted.bytes);
         let mut l = log.take().expect("the writer owns the log between batches");
         let (l, written) = match tokio::task::spawn_blocking(move || {
             let r = l.append(&bytes);
@@ -235,10 +183,10 @@ pub(super) async fn writer_task(
                     .entry(kinema_store::segment_of(base))
                     .or_insert(i64::MIN);
                 *newest = (*newest).max(now);
+                let (placed, results) = admitted.commit(base);
                 {
                     let mut index = write(&stream.index);
-                    for (shard, mut e) in placed {
-                        e.offset += base;
+                    for (shard, e) in placed {
                         index.entry(shard).or_default().push(e);
                     }
                 }
