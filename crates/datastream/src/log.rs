@@ -162,6 +162,73 @@ pub fn admit(
     batch
 }
 
+/// At most this many records per GetRecords.
+pub const MAX_GET_RECORDS: usize = 10_000;
+/// At most this many bytes of records per GetRecords.
+pub const MAX_GET_BYTES: usize = 10 << 20;
+
+/// Which of a shard's index entries a read from sequence `from` takes: at
+/// most `limit` (clamped to 1..=[`MAX_GET_RECORDS`]) and
+/// [`MAX_GET_BYTES`], and the shard's newest sequence number (the tip).
+pub fn plan_read(
+    entries: &[IndexEntry],
+    from: u64,
+    limit: usize,
+) -> (Vec<IndexEntry>, Option<u64>) {
+    let limit = limit.clamp(1, MAX_GET_RECORDS);
+    let i = entries.partition_point(|e| e.sequence < from);
+    let mut bytes = 0usize;
+    let picked = entries[i..]
+        .iter()
+        .take(limit)
+        .take_while(|e| {
+            bytes += e.len as usize;
+            bytes <= MAX_GET_BYTES
+        })
+        .copied()
+        .collect();
+    (picked, entries.last().map(|e| e.sequence))
+}
+
+/// Where a read left a shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadEnd {
+    /// The sequence number the next read starts from.
+    pub next_from: u64,
+    /// The shard is closed and the reader is past its last record.
+    pub drained: bool,
+    /// How far the last record read is behind `now` (0 when caught up).
+    pub millis_behind_latest: i64,
+}
+
+/// Ends a read from `from` in `shard` that returned records up to `last`
+/// (its sequence number and arrival time), given the tip from
+/// [`plan_read`].
+pub fn finish_read(
+    shards: &ShardMap,
+    shard: u32,
+    from: u64,
+    tip: Option<u64>,
+    last: Option<(u64, i64)>,
+    now_ms: i64,
+) -> ReadEnd {
+    let next_from = last.map(|(seq, _)| seq + 1).unwrap_or(from);
+    let caught_up = tip.is_none_or(|t| next_from > t);
+    // A closed shard takes no more records: once the reader is past its last
+    // one, it is drained (its last record may be well below the shard's
+    // ending sequence number, which is stream-wide).
+    let drained = caught_up && shards.shard(shard).is_some_and(|s| !s.is_open());
+    let millis_behind_latest = match last {
+        Some((_, arrival)) if !caught_up => (now_ms - arrival).max(0),
+        _ => 0,
+    };
+    ReadEnd {
+        next_from,
+        drained,
+        millis_behind_latest,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +282,56 @@ mod tests {
             got[1].unwrap() + 1,
             "refused records left no gap"
         );
+    }
+
+    fn index(seqs: &[u64], len: u32) -> Vec<IndexEntry> {
+        seqs.iter()
+            .map(|&sequence| IndexEntry {
+                sequence,
+                arrival_ms: sequence as i64 * 10,
+                offset: sequence * 100,
+                len,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_read_takes_from_its_position_within_the_count_and_byte_limits() {
+        let entries = index(&[3, 5, 8, 13], 10);
+        let (picked, tip) = plan_read(&entries, 4, 2);
+        assert_eq!(
+            picked.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            [5, 8]
+        );
+        assert_eq!(tip, Some(13));
+        assert_eq!(plan_read(&entries, 0, 0).0.len(), 1, "at least one");
+        assert!(plan_read(&entries, 14, 10).0.is_empty());
+        let big = index(&[1, 2, 3], (MAX_GET_BYTES / 2) as u32);
+        assert_eq!(plan_read(&big, 0, 10).0.len(), 2, "the byte limit");
+    }
+
+    #[test]
+    fn a_closed_shard_is_drained_once_its_last_record_is_read() {
+        let mut shards = ShardMap::new(1, 0);
+        for _ in 0..3 {
+            shards.assign(0).unwrap();
+        }
+        let behind = finish_read(&shards, 0, 0, Some(2), Some((1, 100)), 250);
+        assert_eq!(
+            behind,
+            ReadEnd {
+                next_from: 2,
+                drained: false,
+                millis_behind_latest: 150
+            }
+        );
+        let caught_up = finish_read(&shards, 0, 0, Some(2), Some((2, 100)), 250);
+        assert_eq!(
+            (caught_up.drained, caught_up.millis_behind_latest),
+            (false, 0)
+        );
+        shards.split(0, 1 << 127, 300).unwrap();
+        assert!(finish_read(&shards, 0, 3, Some(2), None, 400).drained);
+        assert!(!finish_read(&shards, 0, 0, Some(2), Some((1, 100)), 400).drained);
     }
 }
