@@ -18,7 +18,7 @@ mod reads;
 mod writer;
 
 pub use consumers::{SubscribeEvent, Subscription};
-pub use kinema_datastream::log::{PutEntry, PutOutcome, PutResult};
+pub use kinema_datastream::log::{MAX_GET_RECORDS, PutEntry, PutOutcome, PutResult};
 
 /// Where a stored record is, as a shard's index holds it.
 type Entry = kinema_datastream::log::IndexEntry;
@@ -40,8 +40,6 @@ use kinema_core::sync::{lock, read, write};
 const META_DOC: &str = "data-streams";
 /// At most this many put requests share one fdatasync.
 const MAX_BATCH_REQUESTS: usize = 256;
-pub const MAX_GET_RECORDS: usize = 10_000;
-const MAX_GET_BYTES: usize = 10 << 20;
 pub const DEFAULT_RETENTION_HOURS: u32 = 24;
 pub const MAX_RETENTION_HOURS: u32 = 8760;
 

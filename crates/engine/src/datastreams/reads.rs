@@ -7,12 +7,10 @@ use kinema_core::sync::lock;
 use kinema_core::sync::read;
 use kinema_datastream::IteratorError;
 use kinema_datastream::IteratorPosition;
+use kinema_datastream::log::{ReadEnd, finish_read, plan_read};
 use kinema_datastream::record;
 
-use super::{
-    DStream, DataStreams, Entry, IteratorStart, MAX_GET_BYTES, MAX_GET_RECORDS, ReadRecord,
-    RecordsPage,
-};
+use super::{DStream, DataStreams, IteratorStart, ReadRecord, RecordsPage};
 use crate::EngineError;
 
 impl DataStreams {
@@ -131,22 +129,13 @@ pub(super) async fn read_shard(
     limit: usize,
     now: i64,
 ) -> Result<ShardChunk, EngineError> {
-    let limit = limit.clamp(1, MAX_GET_RECORDS);
     let (picked, tip) = {
         let index = read(&stream.index);
-        let entries = index.get(&shard).map(Vec::as_slice).unwrap_or_default();
-        let i = entries.partition_point(|e| e.sequence < from);
-        let mut bytes = 0usize;
-        let picked: Vec<Entry> = entries[i..]
-            .iter()
-            .take(limit)
-            .take_while(|e| {
-                bytes += e.len as usize;
-                bytes <= MAX_GET_BYTES
-            })
-            .copied()
-            .collect();
-        (picked, entries.last().map(|e| e.sequence))
+        plan_read(
+            index.get(&shard).map(Vec::as_slice).unwrap_or_default(),
+            from,
+            limit,
+        )
     };
     let reader = stream.reader.clone();
     let raw = tokio::task::spawn_blocking(move || {
@@ -168,17 +157,19 @@ pub(super) async fn read_shard(
             data: r.data,
         });
     }
-    let next_from = records.last().map(|r| r.sequence + 1).unwrap_or(from);
     let info = lock(&stream.info);
-    let caught_up = tip.is_none_or(|t| next_from > t);
-    // A closed shard takes no more records: once the reader is past its last
-    // one, it is drained (its last record may be well below the shard's
-    // ending sequence number, which is stream-wide).
-    let drained = caught_up && info.shards.shard(shard).is_some_and(|s| !s.is_open());
-    let millis_behind_latest = match records.last() {
-        Some(r) if !caught_up => (now - r.arrival_ms).max(0),
-        _ => 0,
-    };
+    let ReadEnd {
+        next_from,
+        drained,
+        millis_behind_latest,
+    } = finish_read(
+        &info.shards,
+        shard,
+        from,
+        tip,
+        records.last().map(|r| (r.sequence, r.arrival_ms)),
+        now,
+    );
     let child_shards = if drained {
         info.shards.children(shard).into_iter().cloned().collect()
     } else {
