@@ -5,7 +5,7 @@
 //! use. The shell owns the file (or the JetStream subject) and the fsync;
 //! nothing here does I/O or reads a clock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 
@@ -229,6 +229,34 @@ pub fn finish_read(
     }
 }
 
+/// Retention: the units of the log (segments of the local log) that go at
+/// `now_ms` for a retention of `retention_hours`: the oldest ones whose
+/// newest record is older than the retention period, stopping at the
+/// first that is not and never taking the `active` one, so only a prefix
+/// of the log (and of every shard's index) goes.
+pub fn plan_expiry(
+    newest_by_unit: &BTreeMap<u32, i64>,
+    active: u32,
+    retention_hours: u32,
+    now_ms: i64,
+) -> Vec<u32> {
+    let cutoff = now_ms - i64::from(retention_hours) * 3_600_000;
+    newest_by_unit
+        .iter()
+        .take_while(|(unit, newest)| **unit != active && **newest < cutoff)
+        .map(|(unit, _)| *unit)
+        .collect()
+}
+
+/// Drops from a shard's index the entries stored in units up to and
+/// including `last` (`unit_of` maps a position to its unit); returns how
+/// many went.
+pub fn trim_index(entries: &mut Vec<IndexEntry>, last: u32, unit_of: impl Fn(u64) -> u32) -> usize {
+    let gone = entries.partition_point(|e| unit_of(e.offset) <= last);
+    entries.drain(..gone);
+    gone
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,5 +361,34 @@ mod tests {
         shards.split(0, 1 << 127, 300).unwrap();
         assert!(finish_read(&shards, 0, 3, Some(2), None, 400).drained);
         assert!(!finish_read(&shards, 0, 0, Some(2), Some((1, 100)), 400).drained);
+    }
+
+    #[test]
+    fn expiry_takes_an_old_prefix_of_the_log_and_of_the_index() {
+        let hour = 3_600_000;
+        let newest: BTreeMap<u32, i64> = [
+            (0, hour),
+            (1, 2 * hour),
+            (2, 30 * hour),
+            (3, 3 * hour),
+            (4, 4 * hour),
+        ]
+        .into();
+        // 24 h retention at 28 h: segments 0 and 1 go; 3 is old but follows
+        // a young one, and 4 is active anyway.
+        assert_eq!(plan_expiry(&newest, 4, 24, 28 * hour), [0, 1]);
+        assert_eq!(
+            plan_expiry(&newest, 1, 24, 28 * hour),
+            [0],
+            "never the active one"
+        );
+        assert!(plan_expiry(&newest, 4, 24, 24 * hour).is_empty());
+        let mut entries = index(&[1, 2, 3, 4], 10);
+        // Unit of a position: its hundreds (positions 100..400).
+        assert_eq!(trim_index(&mut entries, 2, |o| (o / 100) as u32), 2);
+        assert_eq!(
+            entries.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            [3, 4]
+        );
     }
 }
