@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use kinema_core::sync::lock;
 use kinema_core::sync::read;
 use kinema_core::sync::write;
-use kinema_datastream::log::{ShardQuotas, admit};
+use kinema_datastream::log::{ShardQuotas, admit, plan_expiry, trim_index};
 use kinema_store::DataLog;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
@@ -63,14 +63,9 @@ async fn retain(
     segment_newest: &mut BTreeMap<u32, i64>,
     now: i64,
 ) -> (DataLog, Result<usize, EngineError>) {
-    let cutoff = now - i64::from(lock(&stream.info).retention_hours) * 3_600_000;
-    let active = log.active_segment();
+    let retention_hours = lock(&stream.info).retention_hours;
     // Only a prefix of segments goes, so the index loses a prefix too.
-    let expired: Vec<u32> = segment_newest
-        .iter()
-        .take_while(|(seg, newest)| **seg != active && **newest < cutoff)
-        .map(|(seg, _)| *seg)
-        .collect();
+    let expired = plan_expiry(segment_newest, log.active_segment(), retention_hours, now);
     if expired.is_empty() {
         return (log, Ok(0));
     }
@@ -92,9 +87,7 @@ async fn retain(
     let last = *expired.last().expect("not empty");
     let mut removed = 0;
     for entries in write(&stream.index).values_mut() {
-        let keep = entries.partition_point(|e| kinema_store::segment_of(e.offset) <= last);
-        removed += keep;
-        entries.drain(..keep);
+        removed += trim_index(entries, last, kinema_store::segment_of);
     }
     for seg in expired {
         segment_newest.remove(&seg);
