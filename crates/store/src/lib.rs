@@ -13,6 +13,13 @@
 //! directory entry are on disk (fsync), and [`IndexLog::append`] only once
 //! the record is (fdatasync). Callers append the index record after the
 //! object is durable, so an index entry always names a readable object.
+//!
+//! Why one file of about 660 lines: every kind of file above shares the
+//! same few durable-write primitives (open with torn-tail recovery, append
+//! and cut back on failure, fsync of file and directory, atomic replace),
+//! which stay private here so that no other code can write the data
+//! directory without them. The data log (segments, positional reads) is
+//! the part that would move out first if this grows.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
