@@ -771,3 +771,211 @@ async fn concurrent_puts_are_group_committed_and_recovered_in_order() {
         "the same after reopening"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Detection with a stand-in model: the real decoder, queues, tracker and
+// publisher, and a model that blocks until the test lets it run.
+// ---------------------------------------------------------------------------
+
+mod gated {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::Duration;
+
+    use kinema_detect::{BBox, Detection};
+    use kinema_engine::detection::{DetectorFailure, Inference, Model, Models};
+    use kinema_infer::ModelSpec;
+
+    /// A model that finds one bicycle in every frame, but only once the
+    /// gate is open; until then every call to `detect` waits.
+    #[derive(Default)]
+    pub struct GatedModel {
+        open: Mutex<bool>,
+        opened: Condvar,
+        pub calls: AtomicUsize,
+    }
+
+    impl GatedModel {
+        pub fn open(&self) {
+            *self.open.lock().unwrap() = true;
+            self.opened.notify_all();
+        }
+    }
+
+    impl Model for GatedModel {
+        fn input_size(&self) -> (u32, u32) {
+            (64, 48)
+        }
+        fn classes(&self) -> usize {
+            kinema_detect::coco::ssd_labels().len()
+        }
+        fn detect(
+            &self,
+            rgb: &[u8],
+            wanted: &[usize],
+            _threshold: f32,
+            _iou: f32,
+        ) -> Result<Inference, String> {
+            assert_eq!(rgb.len(), 64 * 48 * 3, "frames come scaled to the input");
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                open = self.opened.wait(open).unwrap();
+            }
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Ok(Inference {
+                detections: vec![Detection {
+                    class: wanted[0],
+                    score: 0.9,
+                    bbox: BBox {
+                        x0: 0.4,
+                        y0: 0.4,
+                        x1: 0.6,
+                        y1: 0.6,
+                    },
+                }],
+                run_time: Duration::from_millis(1),
+            })
+        }
+    }
+
+    pub struct GatedModels(pub Arc<GatedModel>);
+
+    impl Models for GatedModels {
+        fn load(&self, _spec: &ModelSpec) -> Result<Arc<dyn Model>, DetectorFailure> {
+            Ok(self.0.clone())
+        }
+    }
+}
+
+/// A detector that cannot keep up never slows ingest: with the model
+/// stuck, every fragment of a fast camera is still acknowledged, the
+/// detector sheds the oldest fragments (and counts them), and once the
+/// model runs again the events of the frames it analysed are published,
+/// in frame order, none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_detector_sheds_fragments_without_slowing_ingest() {
+    use kinema_engine::datastreams::{DataStreams, DataStreamsConfig, IteratorStart};
+    use kinema_engine::detection::{DetectionConfig, DetectorSettings, Detectors};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    const FRAGMENTS: u64 = 30;
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("camera.mkv");
+    kinema_media::rtsp_server::write_test_mkv(&clip, FRAGMENTS as u32 * 10, 10).unwrap();
+    let upload = std::fs::read(&clip).unwrap();
+    let engine = Engine::open(Store::open_local(dir.path()).unwrap(), config())
+        .await
+        .unwrap();
+    engine
+        .create_stream("cam", None, None, None, Some(1), BTreeMap::new())
+        .await
+        .unwrap();
+    let ds = DataStreams::open(
+        Store::open_local(dir.path()).unwrap(),
+        DataStreamsConfig::default(),
+        [5; 32],
+    )
+    .await
+    .unwrap();
+    let model = Arc::new(gated::GatedModel::default());
+    let settings: DetectorSettings = serde_json::from_value(serde_json::json!({
+        "classes": ["bicycle"],
+        "detections_per_second": 240.0,
+        "min_hits": 1,
+        "detection_events": true,
+    }))
+    .unwrap();
+    let detectors = Detectors::start_with(
+        engine.clone(),
+        ds.clone(),
+        DetectionConfig {
+            runtime_library: "unused".into(),
+            default_model: "stand-in.onnx".into(),
+            intra_threads: 1,
+            workers: 1,
+            queue_frames: 1,
+            events_stream: "events".into(),
+            events_shards: 1,
+            public_url: "http://127.0.0.1:1".into(),
+        },
+        vec![("cam".into(), settings)],
+        Arc::new(gated::GatedModels(model.clone())),
+    )
+    .await
+    .unwrap();
+
+    let mut s = engine
+        .begin_put_media(
+            Some("cam"),
+            None,
+            TimecodeType::Relative,
+            1_700_000_000_000_000_000,
+        )
+        .unwrap();
+    s.push(&upload);
+    s.finish();
+    let mut acked = 0;
+    while let Some(ev) = s.poll() {
+        if let IngestEvent::Fragment(f) = ev {
+            s.persist(f).await.unwrap();
+            acked += 1;
+        }
+    }
+    assert_eq!(acked, FRAGMENTS, "every fragment acknowledged, model stuck");
+
+    let status = || detectors.get("cam").unwrap();
+    for _ in 0..200 {
+        if status().fragments == FRAGMENTS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let stuck = status();
+    assert_eq!(stuck.fragments, FRAGMENTS, "the router saw every fragment");
+    assert_eq!(stuck.frames_inferred, 0);
+    // One fragment at the decoder and four waiting: the rest were shed.
+    assert!(
+        stuck.fragments_dropped >= FRAGMENTS - 6,
+        "dropped {} of {FRAGMENTS}",
+        stuck.fragments_dropped
+    );
+    assert!(stuck.frames_dropped >= 10 * stuck.fragments_dropped);
+
+    model.open();
+    for _ in 0..400 {
+        if status().frames_inferred >= 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let ran = status();
+    assert!(ran.frames_inferred >= 10, "{ran:?}");
+    detectors.shutdown().await;
+
+    let it = ds
+        .shard_iterator("events", 0, IteratorStart::TrimHorizon)
+        .unwrap();
+    let records = ds.get_records(&it, 10_000).await.unwrap().records;
+    let events: Vec<serde_json::Value> = records
+        .iter()
+        .map(|r| serde_json::from_slice(&r.data).unwrap())
+        .collect();
+    assert!(
+        events.len() as u64 >= ran.events,
+        "{} published, {} made before shutdown",
+        events.len(),
+        ran.events
+    );
+    let frames: Vec<i64> = events
+        .iter()
+        .filter(|e| e["kind"] == "detection")
+        .map(|e| e["producer_timestamp_ms"].as_i64().unwrap())
+        .collect();
+    assert!(frames.len() >= 10);
+    assert!(
+        frames.windows(2).all(|w| w[0] < w[1]),
+        "one detection event per frame, in frame order"
+    );
+    assert!(events.iter().all(|e| e["stream"] == "cam"));
+}

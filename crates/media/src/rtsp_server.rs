@@ -110,11 +110,26 @@ impl Drop for RtspServer {
 /// Writes a small H.264 MP4 (176x144, 30 fps, constrained baseline) of
 /// `frames` frames with a keyframe every `gop`: a file to loop as a camera.
 pub fn write_test_clip(path: &std::path::Path, frames: u32, gop: u32) -> Result<(), String> {
+    write_test_file(path, frames, gop, "mp4mux")
+}
+
+/// The same video as [`write_test_clip`] as a Matroska upload, a cluster
+/// per keyframe: what a camera sends to `PutMedia`.
+pub fn write_test_mkv(path: &std::path::Path, frames: u32, gop: u32) -> Result<(), String> {
+    write_test_file(
+        path,
+        frames,
+        gop,
+        "h264parse ! video/x-h264,stream-format=avc ! matroskamux min-cluster-duration=0",
+    )
+}
+
+fn write_test_file(path: &std::path::Path, frames: u32, gop: u32, mux: &str) -> Result<(), String> {
     use gstreamer::prelude::*;
     crate::init().map_err(|e| e.to_string())?;
     let launch = format!(
         "videotestsrc num-buffers={frames} ! video/x-raw,format=I420,width=176,height=144,framerate=30/1 \
-         ! x264enc key-int-max={gop} ! video/x-h264,profile=constrained-baseline ! mp4mux \
+         ! x264enc key-int-max={gop} ! video/x-h264,profile=constrained-baseline ! {mux} \
          ! filesink name=out"
     );
     let pipeline = gstreamer::parse::launch(&launch).map_err(|e| e.to_string())?;

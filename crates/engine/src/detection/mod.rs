@@ -5,7 +5,7 @@
 //! ```text
 //! Engine::persist ─broadcast─▶ router task ─▶ Backlog (per stream, drops oldest fragments)
 //!   decode thread: media::decode::LiveDecoder (keeps frames by budget) ─▶ WorkQueue (small, waits)
-//!   worker threads: infer::Detector ─▶ detect::Analyzer ─▶ event JSON ─▶ publisher task ─▶ DataStreams::put
+//!   worker threads: Model (ONNX Runtime) ─▶ detect::Analyzer ─▶ event JSON ─▶ publisher task ─▶ DataStreams::put
 //! ```
 //!
 //! Ingest never waits for any of this: the broadcast drops for a lagging
@@ -16,11 +16,13 @@
 //! entries, so an event that was produced is not lost while the server runs.
 //!
 //! Here: the `Detectors` handle (start, run-time changes, shutdown) and the
-//! router. `settings` (validation), `queues` (backlog and work queue),
+//! router. `model` (the model seam), `settings` (validation), `queues`
+//! (backlog and work queue),
 //! `pipeline` (decoder and worker threads), `publish` (the publisher) and
 //! `status` (states, failures, figures) hold the rest; the budget sampler
 //! and the event record are sans-IO, in `kinema-detect`.
 
+mod model;
 mod pipeline;
 mod publish;
 mod queues;
@@ -35,9 +37,11 @@ use std::time::Duration;
 
 use kinema_core::sync::lock;
 use kinema_detect::Analyzer;
-use kinema_infer::{Detector, Layout, ModelSpec, Runtime};
+use kinema_infer::{Layout, ModelSpec};
 use tokio::sync::{broadcast, mpsc};
 
+pub use kinema_infer::Inference;
+pub use model::{Model, Models, OnnxModels};
 pub use settings::{DetectorSettings, LayoutName, LineSettings, SettingsError};
 pub use status::{DetectorFailure, DetectorState, DetectorStatus, Origin};
 
@@ -75,7 +79,7 @@ struct Running {
     settings: DetectorSettings,
     origin: Origin,
     model_name: String,
-    detector: Option<Arc<Detector>>,
+    detector: Option<Arc<dyn Model>>,
     error: Mutex<Option<DetectorFailure>>,
     wanted: Vec<usize>,
     labels: Vec<String>,
@@ -91,7 +95,7 @@ struct Running {
 struct Inner {
     engine: Engine,
     cfg: DetectionConfig,
-    runtime: Mutex<Option<Result<Arc<Runtime>, DetectorFailure>>>,
+    models: Arc<dyn Models>,
     running: Mutex<BTreeMap<String, Arc<Running>>>,
     /// Serialises run-time changes (replace, delete, save).
     changes: tokio::sync::Mutex<()>,
@@ -110,12 +114,25 @@ pub struct Detectors {
 
 impl Detectors {
     /// Starts the worker threads, the publisher and the detectors saved by
-    /// earlier API calls and those of the configuration file.
+    /// earlier API calls and those of the configuration file, with models
+    /// from ONNX Runtime.
     pub async fn start(
         engine: Engine,
         datastreams: DataStreams,
         cfg: DetectionConfig,
         configured: Vec<(String, DetectorSettings)>,
+    ) -> Result<Detectors, EngineError> {
+        let models = Arc::new(OnnxModels::new(cfg.runtime_library.clone()));
+        Detectors::start_with(engine, datastreams, cfg, configured, models).await
+    }
+
+    /// [`Detectors::start`] with models from `models`.
+    pub async fn start_with(
+        engine: Engine,
+        datastreams: DataStreams,
+        cfg: DetectionConfig,
+        configured: Vec<(String, DetectorSettings)>,
+        models: Arc<dyn Models>,
     ) -> Result<Detectors, EngineError> {
         for (stream, s) in &configured {
             s.validate()
@@ -131,7 +148,7 @@ impl Detectors {
         let inner = Arc::new(Inner {
             engine: engine.clone(),
             cfg,
-            runtime: Mutex::new(None),
+            models,
             running: Mutex::default(),
             changes: tokio::sync::Mutex::new(()),
             queue: queue.clone(),
@@ -180,15 +197,6 @@ impl Detectors {
         &self.inner.cfg.events_stream
     }
 
-    fn runtime(&self) -> Result<Arc<Runtime>, DetectorFailure> {
-        let mut rt = lock(&self.inner.runtime);
-        rt.get_or_insert_with(|| {
-            Runtime::load(&self.inner.cfg.runtime_library)
-                .map_err(|e| DetectorFailure::Model(e.to_string()))
-        })
-        .clone()
-    }
-
     /// Starts (or replaces) one stream's detector. A detector whose model
     /// cannot be loaded stays listed as `failed` with the reason.
     fn launch(&self, stream: &str, settings: DetectorSettings, origin: Origin) -> Arc<Running> {
@@ -221,13 +229,10 @@ impl Detectors {
         let detector = if !settings.enabled || error.is_some() {
             None
         } else {
-            match self.runtime().and_then(|rt| {
-                rt.detector(&ModelSpec {
-                    path,
-                    layout,
-                    intra_threads: self.inner.cfg.intra_threads,
-                })
-                .map_err(|e| DetectorFailure::Model(e.to_string()))
+            match self.inner.models.load(&ModelSpec {
+                path,
+                layout,
+                intra_threads: self.inner.cfg.intra_threads,
             }) {
                 Ok(d) if d.classes() != labels.len() => {
                     error = Some(DetectorFailure::LabelCount {
