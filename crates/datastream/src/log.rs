@@ -201,12 +201,13 @@ pub struct ReadEnd {
     pub millis_behind_latest: i64,
 }
 
-/// Ends a read from `from` in `shard` that returned records up to `last`
-/// (its sequence number and arrival time), given the tip from
-/// [`plan_read`].
+/// Ends a read from `from` that returned records up to `last` (its
+/// sequence number and arrival time), given the tip from [`plan_read`].
+/// `closed` is whether the shard was already closed when the index was
+/// read for that plan: a shard that closed after it may hold records the
+/// plan did not see, so it is not drained yet.
 pub fn finish_read(
-    shards: &ShardMap,
-    shard: u32,
+    closed: bool,
     from: u64,
     tip: Option<u64>,
     last: Option<(u64, i64)>,
@@ -217,7 +218,7 @@ pub fn finish_read(
     // A closed shard takes no more records: once the reader is past its last
     // one, it is drained (its last record may be well below the shard's
     // ending sequence number, which is stream-wide).
-    let drained = caught_up && shards.shard(shard).is_some_and(|s| !s.is_open());
+    let drained = caught_up && closed;
     let millis_behind_latest = match last {
         Some((_, arrival)) if !caught_up => (now_ms - arrival).max(0),
         _ => 0,
@@ -344,7 +345,8 @@ mod tests {
         for _ in 0..3 {
             shards.assign(0).unwrap();
         }
-        let behind = finish_read(&shards, 0, 0, Some(2), Some((1, 100)), 250);
+        let closed = |m: &ShardMap| m.shard(0).is_some_and(|s| !s.is_open());
+        let behind = finish_read(closed(&shards), 0, Some(2), Some((1, 100)), 250);
         assert_eq!(
             behind,
             ReadEnd {
@@ -353,14 +355,18 @@ mod tests {
                 millis_behind_latest: 150
             }
         );
-        let caught_up = finish_read(&shards, 0, 0, Some(2), Some((2, 100)), 250);
+        let caught_up = finish_read(closed(&shards), 0, Some(2), Some((2, 100)), 250);
         assert_eq!(
             (caught_up.drained, caught_up.millis_behind_latest),
             (false, 0)
         );
         shards.split(0, 1 << 127, 300).unwrap();
-        assert!(finish_read(&shards, 0, 3, Some(2), None, 400).drained);
-        assert!(!finish_read(&shards, 0, 0, Some(2), Some((1, 100)), 400).drained);
+        assert!(finish_read(closed(&shards), 3, Some(2), None, 400).drained);
+        assert!(!finish_read(closed(&shards), 0, Some(2), Some((1, 100)), 400).drained);
+        assert!(
+            !finish_read(false, 3, Some(2), None, 400).drained,
+            "closed after the plan: not drained yet"
+        );
     }
 
     #[test]

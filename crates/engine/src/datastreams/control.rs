@@ -8,10 +8,13 @@ use std::sync::atomic::Ordering;
 use kinema_core::sync::lock;
 use kinema_core::sync::read;
 use kinema_core::sync::write;
-use kinema_datastream::ShardMap;
+use kinema_datastream::{ShardError, ShardMap};
+use tokio::sync::oneshot;
 
+use super::writer::{Command, Reshard};
 use super::{
-    DEFAULT_RETENTION_HOURS, DataStreamInfo, DataStreams, MAX_RETENTION_HOURS, valid_name,
+    DEFAULT_RETENTION_HOURS, DataStreamInfo, DataStreams, MAX_RETENTION_HOURS, not_found,
+    valid_name,
 };
 use crate::EngineError;
 
@@ -124,42 +127,58 @@ impl DataStreams {
         .await
     }
 
-    fn reshard_error(e: kinema_datastream::ShardError) -> EngineError {
-        match e {
-            kinema_datastream::ShardError::UnknownShard(m) => EngineError::ResourceNotFound(m),
-            other => EngineError::InvalidArgument(other.to_string()),
-        }
-    }
-
     pub async fn split(&self, name: &str, shard: u32, at: u128) -> Result<(), EngineError> {
-        self.update_info(name, |i| {
-            i.shards
-                .split(shard, at, self.now_ms())
-                .map(|_| ())
-                .map_err(Self::reshard_error)
-        })
-        .await
+        self.reshard(name, move |m, now| m.split(shard, at, now).map(|_| ()))
+            .await
     }
 
     pub async fn merge(&self, name: &str, shard: u32, adjacent: u32) -> Result<(), EngineError> {
-        self.update_info(name, |i| {
-            i.shards
-                .merge(shard, adjacent, self.now_ms())
-                .map(|_| ())
-                .map_err(Self::reshard_error)
+        self.reshard(name, move |m, now| {
+            m.merge(shard, adjacent, now).map(|_| ())
         })
         .await
     }
 
+    /// Returns the number of open shards before the change.
     pub async fn update_shard_count(&self, name: &str, target: u32) -> Result<u32, EngineError> {
-        let mut before = 0;
-        self.update_info(name, |i| {
-            before = i.shards.open().len() as u32;
-            i.shards
-                .update_shard_count(target, self.now_ms())
-                .map_err(Self::reshard_error)
+        self.reshard(name, move |m, now| {
+            let before = m.open().len() as u32;
+            m.update_shard_count(target, now).map(|_| before)
         })
-        .await?;
-        Ok(before)
+        .await
+    }
+
+    /// Changes the shard map on the stream's writer task, between batches:
+    /// a shard closes only after every record admitted to it is indexed,
+    /// and no record goes to a new shard before the new map is saved.
+    async fn reshard<T: Send + 'static>(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut ShardMap, i64) -> Result<T, ShardError> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let stream = self.get(name)?;
+        let (value_tx, value_rx) = oneshot::channel();
+        let apply: Reshard = Box::new(move |map, now| {
+            let v = change(map, now).map_err(reshard_error)?;
+            let _ = value_tx.send(v);
+            Ok(())
+        });
+        let (reply, saved) = oneshot::channel();
+        stream
+            .commands
+            .send(Command::Reshard(apply, reply))
+            .await
+            .map_err(|_| not_found(name))?;
+        saved.await.map_err(|_| not_found(name))??;
+        value_rx
+            .await
+            .map_err(|_| EngineError::Internal("resharding ended without a result".into()))
+    }
+}
+
+fn reshard_error(e: ShardError) -> EngineError {
+    match e {
+        ShardError::UnknownShard(m) => EngineError::ResourceNotFound(m),
+        other => EngineError::InvalidArgument(other.to_string()),
     }
 }

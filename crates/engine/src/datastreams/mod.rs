@@ -152,7 +152,8 @@ struct DStream {
     info: std::sync::Mutex<DataStreamInfo>,
     index: RwLock<HashMap<u32, Vec<Entry>>>,
     writer: mpsc::Sender<WriteRequest>,
-    retain: mpsc::Sender<(i64, oneshot::Sender<Result<usize, EngineError>>)>,
+    /// Retention and resharding, run on the writer task between batches.
+    commands: mpsc::Sender<writer::Command>,
     reader: DataLogReader,
     live: watch::Sender<u64>,
     deleted: AtomicBool,
@@ -238,13 +239,13 @@ impl DataStreams {
         (group_log, changes): (AppendLog, usize),
     ) {
         let (tx, rx) = mpsc::channel(1024);
-        let (retain_tx, retain_rx) = mpsc::channel(4);
+        let (command_tx, command_rx) = mpsc::channel(4);
         let stream = Arc::new(DStream {
             reader: log.reader(),
             info: std::sync::Mutex::new(info.clone()),
             index: RwLock::new(index),
             writer: tx,
-            retain: retain_tx,
+            commands: command_tx,
             live: watch::channel(0).0,
             deleted: AtomicBool::new(false),
             groups_wal: Mutex::new(GroupWal {
@@ -258,9 +259,10 @@ impl DataStreams {
         );
         tokio::spawn(writer::writer_task(
             Arc::downgrade(&stream),
+            Arc::downgrade(&self.inner),
             log,
             rx,
-            retain_rx,
+            command_rx,
             quota,
             self.inner.config.clock,
         ));

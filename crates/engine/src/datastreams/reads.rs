@@ -9,6 +9,7 @@ use kinema_datastream::IteratorError;
 use kinema_datastream::IteratorPosition;
 use kinema_datastream::log::{ReadEnd, finish_read, plan_read};
 use kinema_datastream::record;
+use kinema_store::StoreError;
 
 use super::{DStream, DataStreams, IteratorStart, ReadRecord, RecordsPage};
 use crate::EngineError;
@@ -129,23 +130,40 @@ pub(super) async fn read_shard(
     limit: usize,
     now: i64,
 ) -> Result<ShardChunk, EngineError> {
-    let (picked, tip) = {
-        let index = read(&stream.index);
-        plan_read(
-            index.get(&shard).map(Vec::as_slice).unwrap_or_default(),
-            from,
-            limit,
-        )
+    // Retention trims the index before it deletes segments, so a read
+    // planned just before finds its segment gone: it plans again.
+    let mut attempts = 0;
+    let (raw, tip, closed) = loop {
+        // Whether the shard was closed before the index is read: the writer
+        // indexes every record of a shard before closing it, so a plan made
+        // after sees them all.
+        let closed = lock(&stream.info)
+            .shards
+            .shard(shard)
+            .is_some_and(|s| !s.is_open());
+        let (picked, tip) = {
+            let index = read(&stream.index);
+            plan_read(
+                index.get(&shard).map(Vec::as_slice).unwrap_or_default(),
+                from,
+                limit,
+            )
+        };
+        let reader = stream.reader.clone();
+        let raw = tokio::task::spawn_blocking(move || {
+            picked
+                .iter()
+                .map(|e| reader.read_at(e.offset, e.len as usize))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))?;
+        attempts += 1;
+        match raw {
+            Err(StoreError::NotFound(_)) if attempts < 3 => continue,
+            raw => break (raw?, tip, closed),
+        }
     };
-    let reader = stream.reader.clone();
-    let raw = tokio::task::spawn_blocking(move || {
-        picked
-            .iter()
-            .map(|e| reader.read_at(e.offset, e.len as usize))
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(|e| EngineError::Internal(e.to_string()))??;
     let mut records = Vec::with_capacity(raw.len());
     for bytes in raw {
         let (r, _) = record::decode_one(&bytes)
@@ -163,8 +181,7 @@ pub(super) async fn read_shard(
         drained,
         millis_behind_latest,
     } = finish_read(
-        &info.shards,
-        shard,
+        closed,
         from,
         tip,
         records.last().map(|r| (r.sequence, r.arrival_ms)),

@@ -1,6 +1,7 @@
 //! The single writer of a stream's log: puts batched into one write and
 //! one fdatasync (group commit), sequence numbers assigned in log order,
-//! per-shard write quotas, and retention of whole segments.
+//! per-shard write quotas; and, between batches, retention of whole
+//! segments and resharding (so neither races an append).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,13 +10,14 @@ use std::sync::atomic::Ordering;
 use kinema_core::sync::lock;
 use kinema_core::sync::read;
 use kinema_core::sync::write;
+use kinema_datastream::ShardMap;
 use kinema_datastream::log::{ShardQuotas, admit, plan_expiry, trim_index};
 use kinema_store::DataLog;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 
 use super::{
-    DStream, DataStreams, MAX_BATCH_REQUESTS, PutEntry, PutOutcome, WriteRequest, not_found,
+    DStream, DataStreams, Inner, MAX_BATCH_REQUESTS, PutEntry, PutOutcome, WriteRequest, not_found,
 };
 use crate::Clock;
 use crate::EngineError;
@@ -45,7 +47,7 @@ impl DataStreams {
         let mut removed = 0;
         for s in streams {
             let (tx, rx) = oneshot::channel();
-            if s.retain.send((now_ms, tx)).await.is_ok() {
+            if s.commands.send(Command::Retain(now_ms, tx)).await.is_ok() {
                 removed += rx.await.unwrap_or(Ok(0))?;
             }
         }
@@ -53,55 +55,100 @@ impl DataStreams {
     }
 }
 
-/// Retention on the writer task (so it never races an append): deletes the
-/// older segments whose newest record is past the retention period, then
-/// drops their records from the index (a prefix of every shard's entries,
-/// since positions follow sequence order).
+/// A change the writer task makes between batches.
+pub(super) enum Command {
+    /// Retention at a time; replies with how many records went.
+    Retain(i64, oneshot::Sender<Result<usize, EngineError>>),
+    /// A change of the shard map (at a time), saved before the reply.
+    Reshard(Reshard, oneshot::Sender<Result<(), EngineError>>),
+}
+
+/// A split, merge or shard-count change of a stream's map.
+pub(super) type Reshard = Box<dyn FnOnce(&mut ShardMap, i64) -> Result<(), EngineError> + Send>;
+
+/// Retention on the writer task (so it never races an append): drops from
+/// the index the records of the older segments whose newest record is past
+/// the retention period (a prefix of every shard's entries, since
+/// positions follow sequence order), then deletes those segments' files.
+/// A read planned before the trim finds its segment gone and plans again.
+/// Returns no log if the deletion task died with it.
 async fn retain(
     stream: &Arc<DStream>,
     log: DataLog,
     segment_newest: &mut BTreeMap<u32, i64>,
     now: i64,
-) -> (DataLog, Result<usize, EngineError>) {
+) -> (Option<DataLog>, Result<usize, EngineError>) {
     let retention_hours = lock(&stream.info).retention_hours;
     // Only a prefix of segments goes, so the index loses a prefix too.
     let expired = plan_expiry(segment_newest, log.active_segment(), retention_hours, now);
-    if expired.is_empty() {
-        return (log, Ok(0));
+    let Some(&last) = expired.last() else {
+        return (Some(log), Ok(0));
+    };
+    let mut removed = 0;
+    for entries in write(&stream.index).values_mut() {
+        removed += trim_index(entries, last, kinema_store::segment_of);
     }
     let mut l = log;
     let gone = expired.clone();
-    let (l, result) = match tokio::task::spawn_blocking(move || {
+    match tokio::task::spawn_blocking(move || {
         let r = l.delete_segments(&gone);
         (l, r)
     })
     .await
     {
-        Ok(v) => v,
-        // delete_segments only removes files and returns errors as values.
-        Err(e) => panic!("the segment deletion task panicked: {e}"),
+        Ok((l, Ok(()))) => {
+            for seg in &expired {
+                segment_newest.remove(seg);
+            }
+            (Some(l), Ok(removed))
+        }
+        // The index no longer points there; the next run deletes again.
+        Ok((l, Err(e))) => (Some(l), Err(e.into())),
+        Err(e) => (
+            None,
+            Err(EngineError::Internal(format!(
+                "the segment deletion task failed: {e}"
+            ))),
+        ),
+    }
+}
+
+/// Applies a shard-map change and saves it before any record is admitted
+/// under the new map (this task is the only one that admits); on failure
+/// the old map is restored.
+async fn reshard(
+    stream: &DStream,
+    service: &std::sync::Weak<Inner>,
+    apply: Reshard,
+    now: i64,
+) -> Result<(), EngineError> {
+    let before = {
+        let mut info = lock(&stream.info);
+        let before = info.shards.clone();
+        if let Err(e) = apply(&mut info.shards, now) {
+            info.shards = before;
+            return Err(e);
+        }
+        before
     };
-    if let Err(e) = result {
-        return (l, Err(e.into()));
+    let saved = match service.upgrade() {
+        Some(inner) => DataStreams { inner }.save_meta().await,
+        None => Err(EngineError::Internal("the service is shutting down".into())),
+    };
+    if saved.is_err() {
+        lock(&stream.info).shards = before;
     }
-    let last = *expired.last().expect("not empty");
-    let mut removed = 0;
-    for entries in write(&stream.index).values_mut() {
-        removed += trim_index(entries, last, kinema_store::segment_of);
-    }
-    for seg in expired {
-        segment_newest.remove(&seg);
-    }
-    (l, Ok(removed))
+    saved
 }
 
 /// The single appender of a stream's log: batches concurrent requests into
 /// one write and one fdatasync, then acknowledges them all.
 pub(super) async fn writer_task(
     stream: std::sync::Weak<DStream>,
+    service: std::sync::Weak<Inner>,
     log: DataLog,
     mut rx: mpsc::Receiver<WriteRequest>,
-    mut retain_rx: mpsc::Receiver<(i64, oneshot::Sender<Result<usize, EngineError>>)>,
+    mut commands: mpsc::Receiver<Command>,
     (quota_bytes, quota_records): (u64, u64),
     clock: Clock,
 ) {
@@ -118,19 +165,33 @@ pub(super) async fn writer_task(
             }
         }
     }
+    // Arrival times never go back, even when the clock does: reads by
+    // timestamp search each shard's entries in arrival order.
+    let mut last_arrival = segment_newest.values().copied().max().unwrap_or(i64::MIN);
     loop {
         let first = tokio::select! {
             r = rx.recv() => match r {
                 Some(r) => r,
                 None => return,
             },
-            cmd = retain_rx.recv() => {
-                let Some((now, reply)) = cmd else { return };
+            cmd = commands.recv() => {
+                let Some(cmd) = cmd else { return };
                 let Some(s) = stream.upgrade() else { return };
-                let Some(l) = log.take() else { return };
-                let (l, result) = retain(&s, l, &mut segment_newest, now).await;
-                log = Some(l);
-                let _ = reply.send(result);
+                match cmd {
+                    Command::Retain(now, reply) => {
+                        let Some(l) = log.take() else { return };
+                        let (l, result) = retain(&s, l, &mut segment_newest, now).await;
+                        let _ = reply.send(result);
+                        match l {
+                            Some(l) => log = Some(l),
+                            None => return,
+                        }
+                    }
+                    Command::Reshard(apply, reply) => {
+                        let now = clock.now_ms();
+                        let _ = reply.send(reshard(&s, &service, apply, now).await);
+                    }
+                }
                 continue;
             }
         };
@@ -152,7 +213,8 @@ pub(super) async fn writer_task(
             }
             continue;
         }
-        let now = clock.now_ms();
+        let now = clock.now_ms().max(last_arrival);
+        last_arrival = now;
         let mut admitted = {
             let mut info = lock(&stream.info);
             let requests: Vec<&[PutEntry]> = batch.iter().map(|r| &r.entries[..]).collect();
