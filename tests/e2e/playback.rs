@@ -105,6 +105,9 @@ fn stored_video_plays_as_hls_dash_clips_and_images() {
         )),
         300
     );
+    // A session token opens only its own window (issue 15, finding 3).
+    let scope = run_python(&server, "playback.py", &["token-scope", "cam"]);
+    assert_eq!(scope.trim(), "ok");
 }
 
 /// LIVE sessions opened while a camera streams: ffmpeg follows the growing

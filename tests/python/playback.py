@@ -329,5 +329,52 @@ def cmd_errors(name, empty, vp8, limit):
     print("ok")
 
 
+def cmd_token_scope(name):
+    """A session token serves only the fragments its mode and range allow:
+    fragment numbers are guessable, so asking for one outside the session
+    gets NotAuthorizedException."""
+    frs = fragments(name)
+    first, last = frs[0], frs[-1]
+
+    def sel(start, end=None):
+        rng = {"StartTimestamp": start}
+        if end is not None:
+            rng["EndTimestamp"] = end
+        return {"FragmentSelectorType": "PRODUCER_TIMESTAMP", "TimestampRange": rng}
+
+    def segment(url, number):
+        base = url.split("?")[0].rsplit("/", 1)[0]
+        token = url.split("SessionToken=")[1]
+        return status_of(f"{base}/getMP4MediaFragment.mp4?SessionToken={token}&FragmentNumber={number}")
+
+    def refused(url, number):
+        code, body = segment(url, number)
+        assert code == 403 and json.loads(body)["__type"] == "NotAuthorizedException", (number, code, body)
+
+    def served(url, number):
+        code, body = segment(url, number)
+        assert code == 200, (number, code, body)
+
+    # ON_DEMAND over the first second: what its playlist lists, nothing else.
+    start = whole_seconds(first["ProducerTimestamp"])
+    url = hls_url(name, PlaybackMode="ON_DEMAND",
+                  HLSFragmentSelector=sel(start, start + datetime.timedelta(seconds=1)))
+    _, playlist = fetch(media_playlist_url(url))
+    listed = [int(n) for n in re.findall(r"FragmentNumber=(\d+)", playlist.decode())]
+    assert listed and int(last["FragmentNumber"]) not in listed, listed
+    served(url, listed[0])
+    refused(url, last["FragmentNumber"])
+    # LIVE showing the newest fragment: older ones are not its to serve.
+    url = hls_url(name, PlaybackMode="LIVE", MaxMediaPlaylistFragmentResults=1)
+    served(url, last["FragmentNumber"])
+    refused(url, first["FragmentNumber"])
+    # LIVE_REPLAY from the last fragment: the first is before its range.
+    url = hls_url(name, PlaybackMode="LIVE_REPLAY",
+                  HLSFragmentSelector=sel(whole_seconds(last["ProducerTimestamp"])))
+    served(url, last["FragmentNumber"])
+    refused(url, first["FragmentNumber"])
+    print("ok")
+
+
 if __name__ == "__main__":
     globals()["cmd_" + sys.argv[1].replace("-", "_")](*sys.argv[2:])

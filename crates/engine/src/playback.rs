@@ -363,6 +363,37 @@ impl Playback {
         })
     }
 
+    /// A token serves only what its session may list: a LIVE session the
+    /// fragments from the first it listed on, a LIVE_REPLAY session those
+    /// in its range, an ON_DEMAND session those of its (fixed) window.
+    fn check_servable(&self, s: &Session, meta: &FragmentMeta) -> Result<(), EngineError> {
+        let candidate = Candidate {
+            number: meta.number,
+            start_ms: meta.time(s.kind),
+            duration_ms: meta.duration_ms,
+        };
+        let servable = match s.selection.mode {
+            Mode::Live => meta.number >= s.init_fragment,
+            Mode::LiveReplay => s.selection.covers(&candidate),
+            Mode::OnDemand => {
+                s.selection.covers(&candidate)
+                    && self
+                        .window_of(&s.stream, s.kind, &s.selection, self.now_ms())?
+                        .fragments
+                        .iter()
+                        .any(|m| m.number == meta.number)
+            }
+        };
+        if servable {
+            Ok(())
+        } else {
+            Err(EngineError::NotAuthorized(format!(
+                "the session does not include fragment {}",
+                crate::fragment_number_string(meta.number)
+            )))
+        }
+    }
+
     /// Loads one stored fragment and parses it off the async threads.
     async fn load(
         &self,
@@ -401,6 +432,7 @@ impl Playback {
             return Err(invalid("the session uses the other container format"));
         }
         let (meta, frag) = self.load(&s.stream, number).await?;
+        self.check_servable(s, &meta)?;
         let start = meta.time(s.kind) - s.origin_ms;
         blocking(move || {
             let times = kinema_remux::timing(&frag, start, meta.duration_ms);

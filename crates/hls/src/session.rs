@@ -59,6 +59,19 @@ pub fn default_max_fragments(mode: Mode) -> usize {
 }
 
 impl Selection {
+    /// Whether a fragment lies in the session's range (LIVE_REPLAY,
+    /// ON_DEMAND: the same test as [`Selection::window`]); a LIVE session
+    /// has no range.
+    pub fn covers(&self, c: &Candidate) -> bool {
+        match self.mode {
+            Mode::Live => true,
+            Mode::LiveReplay | Mode::OnDemand => {
+                c.end_ms() > self.start_ms.unwrap_or(i64::MIN)
+                    && c.start_ms <= self.end_ms.unwrap_or(i64::MAX)
+            }
+        }
+    }
+
     /// The window for `candidates`, which must be sorted by start time and
     /// cover at least the session's range (earlier and later fragments are
     /// filtered here). `now_ms` ends a LIVE_REPLAY whose end has passed.
@@ -73,13 +86,12 @@ impl Selection {
                 }
             }
             Mode::LiveReplay | Mode::OnDemand => {
-                let start = self.start_ms.unwrap_or(i64::MIN);
                 let end = self.end_ms.unwrap_or(i64::MAX);
                 // A fragment that starts before the range but runs into it
                 // is included, so playback can start at the requested time.
                 let in_range: Vec<Candidate> = candidates
                     .iter()
-                    .filter(|c| c.end_ms() > start && c.start_ms <= end)
+                    .filter(|c| self.covers(c))
                     .copied()
                     .collect();
                 if self.mode == Mode::OnDemand {
