@@ -8,6 +8,7 @@ mod detection;
 mod groups;
 mod kinemasink;
 mod playback;
+mod security;
 mod sources;
 mod support;
 mod video;

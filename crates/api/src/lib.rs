@@ -1,7 +1,8 @@
-//! The HTTP edge of Kinema: the only crate that knows axum, HTTP and the AWS
-//! wire shapes. Every request but `/health` and `/metrics` is verified with
-//! SigV4 before it reaches a handler; handlers translate JSON into engine
-//! calls and engine errors into AWS error shapes.
+//! The HTTP edge of Kinema: the only crate that knows axum, hyper and the
+//! AWS wire shapes. `serve` runs the connections under their limits; every
+//! request but `/health`, `/metrics`, the web pages and session-token reads
+//! is verified with SigV4 before it reaches a handler; handlers translate
+//! JSON into engine calls and engine errors into AWS error shapes.
 
 mod channels;
 mod detectors;
@@ -10,6 +11,7 @@ mod kinesis;
 pub mod metrics;
 pub mod playback;
 mod push;
+pub mod serve;
 pub mod signaling;
 pub mod sigv4;
 mod sources;
@@ -21,7 +23,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
@@ -38,9 +40,11 @@ pub use sigv4::KeyStore;
 
 /// Largest non-streaming request body accepted.
 const MAX_JSON_BODY: usize = 1 << 20;
-/// Largest streaming upload whose body hash (rather than an empty or
-/// `UNSIGNED-PAYLOAD` hash) is verified by reading it whole first.
-const MAX_HASHED_UPLOAD: usize = 64 << 20;
+/// Largest streaming upload signed with its body's hash but without
+/// claiming it in `x-amz-content-sha256` (curl's `--data-binary @file`):
+/// such a body is read whole, within the unauthenticated body budget,
+/// before its signature can be checked.
+const MAX_HASHED_UPLOAD: usize = 8 << 20;
 
 /// Shared state of all handlers.
 pub struct AppState {
@@ -60,6 +64,8 @@ pub struct AppState {
     /// `wss://`).
     pub tls: bool,
     pub keys: KeyStore,
+    /// Connection caps, timeouts and the unauthenticated body budget.
+    pub limits: Arc<serve::Limits>,
     pub metrics: Arc<Metrics>,
     /// HLS and DASH playback sessions.
     pub playback: kinema_engine::playback::Playback,
@@ -144,6 +150,7 @@ fn playback_routes() -> Router<Arc<AppState>> {
         .route("/hls/v1/getHLSMediaPlaylist.m3u8", get(playback::hls_media))
         .route("/dash/v1/getDASHManifest.mpd", get(playback::dash_manifest))
         .merge(playback::segment_routes())
+        .layer(middleware::from_fn(session_authenticates))
         .layer(middleware::map_response(|mut resp: Response| async move {
             resp.headers_mut().insert(
                 http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
@@ -151,6 +158,19 @@ fn playback_routes() -> Router<Arc<AppState>> {
             );
             resp
         }))
+}
+
+/// A request whose session token served it authenticates its connection
+/// (a player keeps it open for the next segment).
+async fn session_authenticates(req: Request, next: Next) -> Response {
+    let conn = req.extensions().get::<Arc<serve::Connection>>().cloned();
+    let resp = next.run(req).await;
+    if resp.status().is_success()
+        && let Some(c) = conn
+    {
+        c.authenticated();
+    }
+    resp
 }
 
 async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -176,26 +196,12 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let app = router(state);
-    match tls {
-        None => {
-            // Small messages (signaling, ACK lines) go out at once.
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        Some(identity) => {
-            let listener =
-                tls::TlsListener::new(listener, identity).map_err(std::io::Error::other)?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-    }
+    let acceptor = match tls {
+        Some(identity) => Some(identity.acceptor().map_err(std::io::Error::other)?),
+        None => None,
+    };
+    let limits = state.limits.clone();
+    serve::serve(listener, acceptor, router(state), limits, shutdown).await
 }
 
 /// Routes whose request body is a long-lived stream: their payload is
@@ -207,88 +213,205 @@ fn is_streaming_upload(path: &str) -> bool {
 
 async fn authenticate(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
-    let claimed = parts
-        .headers
-        .get("x-amz-content-sha256")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let streaming = is_streaming_upload(parts.uri.path());
-    // A streaming upload's body may be hashed only when its whole length is
-    // declared and bounded; otherwise it is signed as UNSIGNED-PAYLOAD or,
-    // as `curl -T -` does, over an empty payload.
-    let hashable_length = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .filter(|n| *n <= MAX_HASHED_UPLOAD);
-    let verify = |hash: &str| {
-        sigv4::verify(
-            &state.keys,
-            &sigv4::RequestParts {
-                method: parts.method.as_str(),
-                path: parts.uri.path(),
-                query: parts.uri.query(),
-                headers: &parts.headers,
-                payload_hash: hash,
-            },
-            SystemTime::now(),
-        )
-    };
-    let read_hashed = |body: Body, limit: usize| async move {
-        let bytes = axum::body::to_bytes(body, limit).await.ok()?;
-        let hash = hex::encode(Sha256::digest(&bytes));
-        Some((bytes, hash))
-    };
-    let (verdict, body) = match (streaming, claimed.as_deref()) {
-        (true, Some(sigv4::UNSIGNED_PAYLOAD)) => (verify(sigv4::UNSIGNED_PAYLOAD), body),
-        (true, Some(claimed)) => {
-            // A signed body hash: check the body really has it before use.
-            let Some(limit) = hashable_length else {
-                return ApiError::invalid(
-                    "a streaming upload with a body hash needs a Content-Length up to 64 MiB; \
-                     sign streams with x-amz-content-sha256: UNSIGNED-PAYLOAD",
-                )
-                .into_response();
-            };
-            match read_hashed(body, limit).await {
-                Some((bytes, actual)) if actual == claimed => (verify(&actual), Body::from(bytes)),
-                _ => return ApiError::from(sigv4::AuthError::BadSignature).into_response(),
+    let conn = parts.extensions.get::<Arc<serve::Connection>>().cloned();
+    match check_request(&state, &parts, body).await {
+        Ok((principal, body)) => {
+            if let Some(c) = conn {
+                c.authenticated();
             }
-        }
-        (true, None) => match verify(sigv4::EMPTY_SHA256) {
-            Err(sigv4::AuthError::BadSignature) if hashable_length.is_some() => {
-                // A producer that knew its whole body (curl --data-binary
-                // @file) signed the body's real hash.
-                let limit = hashable_length.unwrap_or_default();
-                match read_hashed(body, limit).await {
-                    Some((bytes, actual)) => (verify(&actual), Body::from(bytes)),
-                    None => return ApiError::from(sigv4::AuthError::BadSignature).into_response(),
-                }
-            }
-            verdict => (verdict, body),
-        },
-        (false, claimed) => {
-            let Some((bytes, actual)) = read_hashed(body, MAX_JSON_BODY).await else {
-                return ApiError::invalid("request body too large or unreadable").into_response();
-            };
-            match claimed {
-                Some(c) if c == sigv4::UNSIGNED_PAYLOAD => (verify(c), Body::from(bytes)),
-                Some(c) if c != actual => {
-                    return ApiError::from(sigv4::AuthError::BadSignature).into_response();
-                }
-                _ => (verify(&actual), Body::from(bytes)),
-            }
-        }
-    };
-    match verdict {
-        Ok(principal) => {
             let mut req = Request::from_parts(parts, body);
             req.extensions_mut().insert(principal);
             next.run(req).await
         }
         Err(e) => {
-            tracing::info!(path = %parts.uri.path(), error = %e, "refused unauthenticated request");
-            ApiError::from(e).into_response()
+            let peer = conn.map(|c| c.peer.to_string()).unwrap_or_default();
+            tracing::info!(path = %parts.uri.path(), %peer, error = %e.message, "refused unauthenticated request");
+            e.into_response()
         }
     }
+}
+
+/// Checks a request's signature, reading as little of its body as that
+/// needs: when the body's hash is claimed in `x-amz-content-sha256` (a
+/// signed value), the signature over the headers is checked first and the
+/// body only then, against the claim (a streaming upload as it arrives).
+/// Only requests that do not claim a hash (the SDKs' JSON protocols) have
+/// their bodies read first, after every check that needs no body, within
+/// the server-wide budget for such reads and in bounded time.
+async fn check_request(
+    state: &AppState,
+    parts: &http::request::Parts,
+    body: Body,
+) -> Result<(sigv4::Principal, Body), ApiError> {
+    let claimed = parts
+        .headers
+        .get("x-amz-content-sha256")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    let streaming = is_streaming_upload(parts.uri.path());
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let keys = &state.keys;
+    let verify = |hash: &str| {
+        let req = sigv4::RequestParts {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            payload_hash: hash,
+        };
+        sigv4::verify(keys, &req, SystemTime::now())
+    };
+    // A request with neither a length nor a chunked body has none.
+    let has_body = declared.is_some_and(|n| n > 0)
+        || parts.headers.contains_key(http::header::TRANSFER_ENCODING);
+    let unsigned = sigv4::UNSIGNED_PAYLOAD.to_ascii_lowercase();
+    match claimed {
+        Some(c) if c == unsigned => {
+            if !streaming && has_body {
+                return Err(ApiError::invalid(
+                    "x-amz-content-sha256: UNSIGNED-PAYLOAD is accepted only on streaming \
+                     uploads and requests without a body; sign the hash of the body",
+                ));
+            }
+            Ok((verify(sigv4::UNSIGNED_PAYLOAD)?, body))
+        }
+        Some(claimed) => {
+            let principal = verify(&claimed)?;
+            if streaming {
+                return Ok((principal, hash_checked(body, claimed)));
+            }
+            let bytes = read_body(state, body, MAX_JSON_BODY).await?;
+            if hex::encode(Sha256::digest(&bytes)) != claimed {
+                return Err(content_mismatch());
+            }
+            Ok((principal, Body::from(bytes)))
+        }
+        None if streaming => match verify(sigv4::EMPTY_SHA256) {
+            // A producer that knew its whole body (curl --data-binary
+            // @file) signed the body's real hash without claiming it.
+            Err(sigv4::AuthError::BadSignature) => match declared {
+                Some(n) if n <= MAX_HASHED_UPLOAD => {
+                    let bytes = read_unauthenticated(state, parts, body, n).await?;
+                    Ok((
+                        verify(&hex::encode(Sha256::digest(&bytes)))?,
+                        Body::from(bytes),
+                    ))
+                }
+                _ => Err(sigv4::AuthError::BadSignature.into()),
+            },
+            verdict => Ok((verdict?, body)),
+        },
+        None if !has_body => Ok((verify(sigv4::EMPTY_SHA256)?, Body::empty())),
+        None => {
+            let bytes = read_unauthenticated(state, parts, body, MAX_JSON_BODY).await?;
+            Ok((
+                verify(&hex::encode(Sha256::digest(&bytes)))?,
+                Body::from(bytes),
+            ))
+        }
+    }
+}
+
+fn content_mismatch() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "XAmzContentSHA256Mismatch",
+        "the body does not match its x-amz-content-sha256",
+    )
+}
+
+/// Reads a body of at most `limit` bytes in the body timeout.
+async fn read_body(state: &AppState, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(
+        state.limits.config.body_read_timeout,
+        axum::body::to_bytes(body, limit),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "InvalidArgumentException",
+            format!("the request body is unreadable or over {limit} bytes"),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeoutException",
+            "the request body did not arrive in time",
+        )),
+    }
+}
+
+/// Reads the body of a request whose signature cannot be checked without
+/// it: only once everything else about the signature checks out, within
+/// the server-wide budget for such bodies.
+async fn read_unauthenticated(
+    state: &AppState,
+    parts: &http::request::Parts,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    sigv4::precheck(
+        &state.keys,
+        &sigv4::RequestParts {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            payload_hash: sigv4::EMPTY_SHA256,
+        },
+        SystemTime::now(),
+    )?;
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "InvalidArgumentException",
+            format!("the request body is over {limit} bytes"),
+        ));
+    }
+    let _room = state
+        .limits
+        .reserve_unauthenticated_body(declared.unwrap_or(limit))
+        .await
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailableException",
+                "too many requests are being authenticated; retry",
+            )
+        })?;
+    read_body(state, body, limit).await
+}
+
+/// A streaming body checked against its claimed SHA-256 as it arrives: a
+/// mismatch ends it with an error after the last byte.
+fn hash_checked(body: Body, claimed: String) -> Body {
+    use futures::StreamExt;
+    let stream = async_stream::stream! {
+        let mut hasher = Sha256::new();
+        let mut data = body.into_data_stream();
+        while let Some(chunk) = data.next().await {
+            match chunk {
+                Ok(b) => {
+                    hasher.update(&b);
+                    yield Ok(b);
+                }
+                Err(e) => {
+                    yield Err(e);
+                    return;
+                }
+            }
+        }
+        if hex::encode(hasher.finalize()) != claimed {
+            yield Err(axum::Error::new("the body does not match its x-amz-content-sha256"));
+        }
+    };
+    Body::from_stream(stream)
 }

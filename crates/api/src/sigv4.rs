@@ -166,6 +166,27 @@ pub fn verify(
     req: &RequestParts<'_>,
     now: SystemTime,
 ) -> Result<Principal, AuthError> {
+    check(keys, req, now, true)
+}
+
+/// Everything [`verify`] checks but the signature itself: the form of the
+/// credential, a known key, the date and expiry. For deciding whether a
+/// request whose body must be read before its signature can be checked is
+/// worth reading at all.
+pub fn precheck(
+    keys: &KeyStore,
+    req: &RequestParts<'_>,
+    now: SystemTime,
+) -> Result<Principal, AuthError> {
+    check(keys, req, now, false)
+}
+
+fn check(
+    keys: &KeyStore,
+    req: &RequestParts<'_>,
+    now: SystemTime,
+    signature: bool,
+) -> Result<Principal, AuthError> {
     let auth = req
         .headers
         .get(http::header::AUTHORIZATION)
@@ -174,8 +195,8 @@ pub fn verify(
         .query
         .is_some_and(|q| q.split('&').any(|p| p.starts_with("X-Amz-Signature=")));
     match (auth, presigned) {
-        (Some(auth), _) => verify_header(keys, req, auth, now),
-        (None, true) => verify_presigned(keys, req, now),
+        (Some(auth), _) => verify_header(keys, req, auth, now, signature),
+        (None, true) => verify_presigned(keys, req, now, signature),
         (None, false) => Err(AuthError::Missing(
             "the Authorization header or a presigned query",
         )),
@@ -187,6 +208,7 @@ fn verify_header(
     req: &RequestParts<'_>,
     auth: &str,
     now: SystemTime,
+    check_signature: bool,
 ) -> Result<Principal, AuthError> {
     let rest = auth
         .strip_prefix("AWS4-HMAC-SHA256 ")
@@ -223,13 +245,14 @@ fn verify_header(
     }
     check_skew(time, now)?;
     let secret = keys.secret(scope.key).ok_or(AuthError::UnknownKey)?;
-
-    let mut settings = SigningSettings::default();
-    settings.excluded_headers = Some(Vec::new());
-    settings.signature_location = SignatureLocation::Headers;
-    let query = req.query.map(Cow::Borrowed);
-    let expected = compute(req, query, signed_headers, &scope, secret, time, settings)?;
-    compare(&expected, signature)?;
+    if check_signature {
+        let mut settings = SigningSettings::default();
+        settings.excluded_headers = Some(Vec::new());
+        settings.signature_location = SignatureLocation::Headers;
+        let query = req.query.map(Cow::Borrowed);
+        let expected = compute(req, query, signed_headers, &scope, secret, time, settings)?;
+        compare(&expected, signature)?;
+    }
     Ok(Principal {
         access_key_id: scope.key.to_string(),
         region: scope.region.to_string(),
@@ -241,6 +264,7 @@ fn verify_presigned(
     keys: &KeyStore,
     req: &RequestParts<'_>,
     now: SystemTime,
+    check_signature: bool,
 ) -> Result<Principal, AuthError> {
     let query = req.query.unwrap_or_default();
     let mut params: HashMap<&str, String> = HashMap::new();
@@ -290,21 +314,23 @@ fn verify_presigned(
         return Err(AuthError::Expired);
     }
     let secret = keys.secret(scope.key).ok_or(AuthError::UnknownKey)?;
-    let mut settings = SigningSettings::default();
-    settings.excluded_headers = Some(Vec::new());
-    settings.signature_location = SignatureLocation::QueryParams;
-    settings.expires_in = Some(Duration::from_secs(expires));
-    let remaining = (!rest.is_empty()).then(|| Cow::Owned(rest.join("&")));
-    let expected = compute(
-        req,
-        remaining,
-        signed_headers,
-        &scope,
-        secret,
-        time,
-        settings,
-    )?;
-    compare(&expected, signature)?;
+    if check_signature {
+        let mut settings = SigningSettings::default();
+        settings.excluded_headers = Some(Vec::new());
+        settings.signature_location = SignatureLocation::QueryParams;
+        settings.expires_in = Some(Duration::from_secs(expires));
+        let remaining = (!rest.is_empty()).then(|| Cow::Owned(rest.join("&")));
+        let expected = compute(
+            req,
+            remaining,
+            signed_headers,
+            &scope,
+            secret,
+            time,
+            settings,
+        )?;
+        compare(&expected, signature)?;
+    }
     Ok(Principal {
         access_key_id: scope.key.to_string(),
         region: scope.region.to_string(),

@@ -1,24 +1,13 @@
 //! HTTPS (and so `wss://` signaling, which the Kinesis Video WebRTC SDK
-//! insists on): a listener that completes TLS handshakes with rustls and
-//! hands finished connections to axum. Handshakes run concurrently, each
-//! bounded in time, so one slow client cannot hold up the others.
+//! insists on): the certificate and the rustls acceptor. Handshakes run in
+//! each connection's own task, bounded in time (`serve`).
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-
-/// How long a client may take to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Finished handshakes waiting for the server to take them.
-const ACCEPTED_QUEUE: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -78,7 +67,7 @@ impl TlsIdentity {
         pem
     }
 
-    fn acceptor(self) -> Result<TlsAcceptor, TlsError> {
+    pub(crate) fn acceptor(self) -> Result<TlsAcceptor, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -88,66 +77,5 @@ impl TlsIdentity {
             .map_err(|e| TlsError::Config(e.to_string()))?;
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(TlsAcceptor::from(Arc::new(cfg)))
-    }
-}
-
-/// A TCP listener whose connections come out TLS-terminated.
-pub struct TlsListener {
-    accepted: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    addr: SocketAddr,
-}
-
-impl TlsListener {
-    pub fn new(listener: TcpListener, identity: TlsIdentity) -> Result<TlsListener, TlsError> {
-        let addr = listener
-            .local_addr()
-            .map_err(|e| TlsError::Config(e.to_string()))?;
-        let acceptor = identity.acceptor()?;
-        let (tx, accepted) = mpsc::channel(ACCEPTED_QUEUE);
-        tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait, retry.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                if tx.is_closed() {
-                    return;
-                }
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let _ = tcp.set_nodelay(true);
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(TlsListener { accepted, addr })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.accepted.recv().await {
-            Some(c) => c,
-            // The accept task ends only when this listener is dropped.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.addr)
     }
 }

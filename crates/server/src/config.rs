@@ -53,6 +53,63 @@ pub struct Config {
     pub detectors: std::collections::BTreeMap<String, kinema_engine::detection::DetectorSettings>,
     #[serde(default)]
     pub webrtc: WebRtcConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// The HTTP edge's limits (`[limits]`); unset values take the defaults of
+/// `kinema_api::serve::LimitsConfig`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_connections: Option<usize>,
+    pub max_unauthenticated_connections: Option<usize>,
+    pub header_read_timeout_seconds: Option<u64>,
+    pub body_read_timeout_seconds: Option<u64>,
+    pub max_header_kib: Option<usize>,
+    pub unauthenticated_body_mib: Option<usize>,
+    pub put_media_idle_timeout_seconds: Option<u64>,
+    pub put_media_max_duration_seconds: Option<u64>,
+}
+
+impl LimitsConfig {
+    fn resolve(&self) -> kinema_api::serve::LimitsConfig {
+        use std::time::Duration;
+        let d = kinema_api::serve::LimitsConfig::default();
+        let secs =
+            |v: Option<u64>, default: Duration| v.map(Duration::from_secs).unwrap_or(default);
+        kinema_api::serve::LimitsConfig {
+            max_connections: self.max_connections.unwrap_or(d.max_connections).max(1),
+            max_unauthenticated: self
+                .max_unauthenticated_connections
+                .unwrap_or(d.max_unauthenticated)
+                .max(1),
+            header_read_timeout: secs(self.header_read_timeout_seconds, d.header_read_timeout)
+                .max(Duration::from_secs(1)),
+            body_read_timeout: secs(self.body_read_timeout_seconds, d.body_read_timeout)
+                .max(Duration::from_secs(1)),
+            max_header_bytes: self
+                .max_header_kib
+                .map(|k| k << 10)
+                .unwrap_or(d.max_header_bytes)
+                .max(8 << 10),
+            unauthenticated_body_bytes: self
+                .unauthenticated_body_mib
+                .map(|m| m << 20)
+                .unwrap_or(d.unauthenticated_body_bytes)
+                .max(1 << 20),
+            put_media_idle_timeout: secs(
+                self.put_media_idle_timeout_seconds,
+                d.put_media_idle_timeout,
+            )
+            .max(Duration::from_secs(1)),
+            put_media_max_duration: secs(
+                self.put_media_max_duration_seconds,
+                d.put_media_max_duration,
+            )
+            .max(Duration::from_secs(1)),
+        }
+    }
 }
 
 /// Live WebRTC: signaling limits, TURN, and the server as master.
@@ -167,6 +224,7 @@ pub struct Resolved {
     pub detectors: Vec<(String, kinema_engine::detection::DetectorSettings)>,
     pub tls: Tls,
     pub webrtc: WebRtc,
+    pub limits: kinema_api::serve::LimitsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -319,6 +377,7 @@ impl Config {
                 _ => Tls::Off,
             },
             webrtc: self.webrtc.resolve(listen.or(self.server.listen))?,
+            limits: self.limits.resolve(),
         })
     }
 }

@@ -180,6 +180,7 @@ pub async fn run(
         }),
         tls: tls.is_some(),
         keys: KeyStore::new(cfg.keys.clone()),
+        limits: Arc::new(kinema_api::serve::Limits::new(cfg.limits.clone())),
         metrics: Metrics::new(sources.clone(), detectors.clone(), live.clone()),
         public_url: cfg.public_url.clone(),
         playback: kinema_engine::playback::Playback::new(

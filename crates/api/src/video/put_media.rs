@@ -124,11 +124,16 @@ async fn ingest(
     let mut idle = tokio::time::interval(IDLE_ACK_PERIOD);
     idle.tick().await;
     let mut active = false;
+    let limits = &st.limits.config;
+    let mut last_data = tokio::time::Instant::now();
+    let ends = tokio::time::sleep(limits.put_media_max_duration);
+    tokio::pin!(ends);
     loop {
         tokio::select! {
             chunk = body.next() => match chunk {
                 Some(Ok(data)) => {
                     active = true;
+                    last_data = tokio::time::Instant::now();
                     st.metrics.incoming_bytes.get_or_create(&labels).inc_by(data.len() as u64);
                     session.push(&data);
                     if !drain(&st, &mut session, &tx, &stream).await {
@@ -148,10 +153,19 @@ async fn ingest(
                 }
             },
             _ = idle.tick() => {
+                if last_data.elapsed() >= limits.put_media_idle_timeout {
+                    // Complete fragments are stored; the partial one is not.
+                    tracing::info!(%stream, "PutMedia upload sent nothing for too long; ended");
+                    break;
+                }
                 if !active && tx.send(ack("IDLE", None, None, None)).await.is_err() {
                     break;
                 }
                 active = false;
+            }
+            _ = &mut ends => {
+                tracing::info!(%stream, "PutMedia upload reached its maximum duration; ended");
+                break;
             }
             _ = shutdown.changed() => break,
         }

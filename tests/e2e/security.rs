@@ -1,0 +1,273 @@
+//! The server as an attacker finds it: clients that do not authenticate
+//! cannot pin memory or hold sockets, and what they send costs no more
+//! than its headers (issue 15). Raw sockets, so nothing is hidden by a
+//! well-behaved client library.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// The server process's resident memory, KiB.
+fn rss_kib(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn connect(server: &Server) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+/// Reads a response head (to the blank line), or what came before the
+/// connection closed or the read timed out.
+fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Whether the server closed the connection (a read ends with EOF or a
+/// reset) within the read timeout.
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => {
+                return !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                );
+            }
+        }
+    }
+}
+
+/// A request head with a claimed body, sent without its body.
+fn claim_body(server: &Server, path: &str, length: usize, extra: &str) -> TcpStream {
+    let mut s = connect(server);
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {length}\r\n\
+         x-amzn-stream-name: cam\r\nx-amzn-fragment-timecode-type: RELATIVE\r\n{extra}\r\n",
+        server.port
+    )
+    .unwrap();
+    s
+}
+
+/// An Authorization header in the right form for the test key, with a
+/// signature that is not the request's.
+fn forged_authorization() -> String {
+    let now = std::time::SystemTime::now();
+    let date = kinema_client_date(now);
+    format!(
+        "X-Amz-Date: {date}\r\nAuthorization: AWS4-HMAC-SHA256 Credential={KEY_ID}/{}/us-east-1/kinesisvideo/aws4_request, \
+         SignedHeaders=host;x-amz-date, Signature={}\r\n",
+        &date[..8],
+        "0".repeat(64)
+    )
+}
+
+/// `YYYYMMDD'T'HHMMSS'Z'` for `t`.
+fn kinema_client_date(t: std::time::SystemTime) -> String {
+    let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Finding 1: a PutMedia claiming a 64 MiB body (with any hash, and no
+/// signature, or a signature that does not check out) is refused on its
+/// headers; the body is never read into memory, so three such uploads
+/// pushing 32 MiB each leave the server's memory where it was.
+#[test]
+fn unauthenticated_bodies_are_refused_on_their_headers_and_pin_no_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    create_stream(&server, "cam", 1);
+    let hash = format!("x-amz-content-sha256: {}\r\n", "ab".repeat(32));
+    let before = rss_kib(&server);
+    let mut uploads: Vec<TcpStream> = Vec::new();
+    for extra in [
+        hash.clone(),
+        format!("{hash}{}", forged_authorization()),
+        hash.clone(),
+    ] {
+        let mut s = claim_body(&server, "/putMedia", 64 << 20, &extra);
+        let head = read_head(&mut s);
+        assert!(
+            head.starts_with("HTTP/1.1 403"),
+            "refused at once: {head:?}"
+        );
+        uploads.push(s);
+    }
+    // The JSON protocols do not claim a hash: an unknown key is refused
+    // before the body is read.
+    let mut json = claim_body(
+        &server,
+        "/listStreams",
+        1 << 20,
+        &forged_authorization().replace(KEY_ID, "AKIDUNKNOWN"),
+    );
+    let head = read_head(&mut json);
+    assert!(head.starts_with("HTTP/1.1 403"), "{head:?}");
+
+    // Push the claimed bodies anyway, as far as the server lets us.
+    let chunk = vec![0u8; 1 << 20];
+    for s in &mut uploads {
+        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        for _ in 0..32 {
+            if s.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    }
+    let after = rss_kib(&server);
+    eprintln!("server RSS: {before} KiB before, {after} KiB after 3 x 32 MiB pushed");
+    assert!(
+        after < before + 24 * 1024,
+        "memory grew from {before} KiB to {after} KiB"
+    );
+    assert!(api(&server, "GET", "/health", None).0 == 200);
+}
+
+/// Finding 2: partial headers, a partial body and an idle keep-alive
+/// connection are each cut off after their timeout; when the cap on
+/// unauthenticated connections is reached, the oldest idle one makes room
+/// for the newcomer instead of locking it out.
+#[test]
+fn slow_and_idle_clients_are_cut_off_and_make_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_config(
+        &dir.path().join("data"),
+        "[limits]\nheader_read_timeout_seconds = 1\nbody_read_timeout_seconds = 1\n\
+         max_unauthenticated_connections = 4\n",
+    );
+    let started = Instant::now();
+    // Partial headers.
+    let mut partial = connect(&server);
+    write!(partial, "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n").unwrap();
+    assert!(
+        closed_by_server(&mut partial),
+        "partial headers were cut off"
+    );
+    // A partial body on a route whose signature needs the body.
+    let mut slow = claim_body(&server, "/listStreams", 100, &forged_authorization());
+    slow.write_all(b"{\"a\":").unwrap();
+    let head = read_head(&mut slow);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head:?}");
+    // An idle keep-alive connection after one request.
+    let mut idle = connect(&server);
+    write!(idle, "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    assert!(read_head(&mut idle).starts_with("HTTP/1.1 200"));
+    assert!(closed_by_server(&mut idle), "an idle connection was closed");
+    eprintln!(
+        "three slow clients cut off in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    drop(server);
+
+    // With a long header timeout, four silent connections fill the cap on
+    // unauthenticated connections; newcomers still get answers, and the
+    // silent ones, oldest first, are closed to make room.
+    let server = Server::start_with_config(
+        &dir.path().join("data2"),
+        "[limits]\nheader_read_timeout_seconds = 60\nmax_unauthenticated_connections = 4\n",
+    );
+    let mut silent: Vec<TcpStream> = (0..4).map(|_| connect(&server)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // Newcomers stay open too (keep-alive), so each one takes a place.
+    let mut newcomers = Vec::new();
+    for _ in 0..4 {
+        let mut s = connect(&server);
+        write!(s, "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+        let head = read_head(&mut s);
+        assert!(
+            head.starts_with("HTTP/1.1 200"),
+            "a newcomer is served: {head:?}\n{}",
+            server.log()
+        );
+        newcomers.push(s);
+    }
+    for s in &mut silent {
+        assert!(closed_by_server(s), "a silent connection made room");
+    }
+}
+
+/// Sends `body` to `path` signed with the test key; `unsigned` signs it as
+/// `UNSIGNED-PAYLOAD` instead of its hash. Returns the status and body.
+fn signed_post(server: &Server, path: &str, body: &[u8], unsigned: bool) -> (u16, String) {
+    let mut req = http::Request::post(format!("{}{path}", server.url()))
+        .header("host", format!("127.0.0.1:{}", server.port))
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
+    kinema_server::put_media::sign_request(
+        &mut req,
+        KEY_ID,
+        SECRET,
+        "us-east-1",
+        "kinesisvideo",
+        (!unsigned).then_some(body),
+    )
+    .unwrap();
+    let mut s = connect(server);
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    )
+    .unwrap();
+    for (k, v) in req.headers() {
+        write!(s, "{k}: {}\r\n", v.to_str().unwrap()).unwrap();
+    }
+    write!(s, "\r\n").unwrap();
+    s.write_all(body).unwrap();
+    let resp = read_to_string(&mut s);
+    let status = resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, resp)
+}
+
+/// Finding 8: a control-plane call must sign its body; `UNSIGNED-PAYLOAD`
+/// is for streaming uploads (and bodiless requests) only.
+#[test]
+fn control_plane_bodies_must_be_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (status, resp) = signed_post(&server, "/listStreams", b"{}", false);
+    assert_eq!(status, 200, "{resp}");
+    let (status, resp) = signed_post(&server, "/listStreams", b"{}", true);
+    assert_eq!(status, 400, "{resp}");
+    assert!(resp.contains("InvalidArgumentException"), "{resp}");
+}
