@@ -30,36 +30,16 @@ mod peers {
     use webrtc::turn::relay::RelayAddressGenerator;
     use webrtc::util::{Conn, Error};
 
-    fn private(ip: IpAddr) -> bool {
-        match ip {
-            IpAddr::V4(v4) => v4.is_private(),
-            IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,
-        }
-    }
-
-    fn never(ip: IpAddr) -> bool {
-        match ip {
-            IpAddr::V4(v4) => {
-                v4.is_link_local() || v4.is_multicast() || v4.is_broadcast() || v4.is_unspecified()
-            }
-            IpAddr::V6(v6) => {
-                (v6.segments()[0] & 0xffc0) == 0xfe80 || v6.is_multicast() || v6.is_unspecified()
-            }
-        }
-    }
-
-    /// Whether a relay at `relay` may send to `peer`.
+    /// Whether a relay at `relay` may send to `peer` (IPv4 written as IPv6
+    /// is judged as IPv4; carrier-grade NAT counts as private).
     pub(super) fn allowed(relay: IpAddr, peer: IpAddr) -> bool {
-        if never(peer) {
-            return false;
+        use kinema_core::net::{Reach, reach};
+        match reach(peer) {
+            Reach::Never => false,
+            Reach::Loopback => reach(relay) == Reach::Loopback,
+            Reach::Private => matches!(reach(relay), Reach::Loopback | Reach::Private),
+            Reach::Public => true,
         }
-        if peer.is_loopback() {
-            return relay.is_loopback();
-        }
-        if private(peer) {
-            return relay.is_loopback() || private(relay);
-        }
-        true
     }
 
     pub(super) struct Guarded<G> {
@@ -152,6 +132,13 @@ mod peers {
             assert!(allowed(lo, ip("10.0.0.5")));
             assert!(!allowed(lo, ip("224.0.0.1")));
             assert!(!allowed(lo, ip("0.0.0.0")));
+            // IPv4 written as IPv6 is judged as IPv4; carrier-grade NAT
+            // is a private network.
+            assert!(!allowed(public, ip("::ffff:127.0.0.1")));
+            assert!(!allowed(public, ip("::ffff:10.0.0.5")));
+            assert!(!allowed(public, ip("64:ff9b::a9fe:a9fe")));
+            assert!(!allowed(public, ip("100.64.0.1")));
+            assert!(allowed(lan, ip("100.64.0.1")));
         }
     }
 }
