@@ -20,6 +20,10 @@ fn camera(port: u16, credentials: Option<(&str, &str)>) -> RtspServer {
     .unwrap()
 }
 
+/// The cameras of these tests run on loopback, which API-created sources
+/// may reach only when the configuration allows it.
+const LOOPBACK_CAMERAS: &str = "[source_access]\nallow_networks = [\"127.0.0.0/8\"]\n";
+
 fn status(server: &Server, name: &str) -> Value {
     let (code, v) = api(server, "GET", &format!("/v1/sources/{name}"), None);
     assert_eq!(code, 200, "{v}");
@@ -62,7 +66,7 @@ fn get_media_frames(server: &Server, stream: &str, dir: &std::path::Path) -> (u6
 #[test]
 fn an_rtsp_camera_is_ingested_and_resumes_after_the_camera_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"));
+    let server = Server::start_with_config(&dir.path().join("data"), LOOPBACK_CAMERAS);
     let cam = camera(0, None);
     let port = cam.port();
     let body = json!({
@@ -112,7 +116,7 @@ fn an_rtsp_camera_is_ingested_and_resumes_after_the_camera_restarts() {
 #[test]
 fn camera_errors_show_in_the_status_and_bad_requests_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"));
+    let server = Server::start_with_config(&dir.path().join("data"), LOOPBACK_CAMERAS);
     let cam = camera(0, Some(("alice", "s3cret")));
     let vp8 = RtspServer::start(
         0,
@@ -157,21 +161,40 @@ fn camera_errors_show_in_the_status_and_bad_requests_are_refused() {
         201
     );
     assert_eq!(create("vp8", vp8.url("/vp8"), json!({})).0, 201);
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    assert_eq!(
+        create(
+            "noport",
+            format!("rtsp://127.0.0.1:{closed_port}/cam"),
+            json!({})
+        )
+        .0,
+        201
+    );
 
     wait_status(&server, "good", "streaming", |s| {
         s["state"] == "streaming" && s["fragments"].as_u64() >= Some(1)
     });
+    let mut errors = std::collections::BTreeMap::new();
     for (name, kind) in [
         ("badpass", "unauthorized"),
-        ("nopath", "not_found"),
+        ("nopath", "unavailable"),
+        ("noport", "unavailable"),
         ("vp8", "unsupported_codec"),
     ] {
         let s = wait_status(&server, name, kind, |s| s["last_error_kind"] == kind);
         assert_eq!(s["frames"], 0, "{s}");
+        errors.insert(name, s["last_error"].clone());
     }
+    // A closed port and a missing path on an open one look the same:
+    // sources are not a port scanner (issue 15, finding 5).
+    assert_eq!(errors["nopath"], errors["noport"]);
     // The password never comes back.
     let (_, list) = api(&server, "GET", "/v1/sources", None);
-    assert_eq!(list["sources"].as_array().unwrap().len(), 4);
+    assert_eq!(list["sources"].as_array().unwrap().len(), 5);
     assert!(!list.to_string().contains("s3cret"), "{list}");
 
     let (code, err) = create("web", "http://example.invalid/x".into(), json!({}));
@@ -207,7 +230,9 @@ fn a_configured_file_source_loops_and_api_sources_survive_a_restart() {
     let clip = dir.path().join("clip.mp4");
     make_mp4(&clip, 30, 15);
     let config = format!(
-        "[[sources]]\nname = \"loop\"\nurl = \"file://{}\"\nstream = \"loop\"\nfragment_ms = 500\n",
+        "[source_access]\nmedia_dirs = [\"{}\"]\n\
+         [[sources]]\nname = \"loop\"\nurl = \"file://{}\"\nstream = \"loop\"\nfragment_ms = 500\n",
+        dir.path().display(),
         clip.display()
     );
     let data = dir.path().join("data");
@@ -289,4 +314,60 @@ fn the_demo_camera_streams_the_market_street_clip() {
     assert!(fragments >= 2, "{fragments}");
     // A GOP holds 60 frames (2 s at 29.97 fps).
     assert!(frames >= 60, "{frames}");
+}
+
+/// Sources created through the API reach only what the configuration
+/// allows, and their refusals tell nothing about the server's files or
+/// network (issue 15, findings 4 and 5). Sources from the configuration
+/// file are the operator's and are not restricted.
+#[test]
+fn api_sources_reach_only_media_folders_and_allowed_networks() {
+    let dir = tempfile::tempdir().unwrap();
+    let media = dir.path().join("media");
+    std::fs::create_dir(&media).unwrap();
+    let inside = media.join("clip.mp4");
+    make_mp4(&inside, 30, 15);
+    let outside = dir.path().join("private.mp4");
+    std::fs::copy(&inside, &outside).unwrap();
+    let config = format!("[source_access]\nmedia_dirs = [\"{}\"]\n", media.display());
+    let server = Server::start_with_config(&dir.path().join("data"), &config);
+    let cam = camera(0, None);
+    let create = |name: &str, url: String| {
+        let body = json!({ "name": name, "url": url, "stream": name });
+        api(&server, "POST", "/v1/sources", Some(&body.to_string()))
+    };
+    let refusal = |name: &str, url: String| {
+        let (code, err) = create(name, url);
+        assert_eq!(
+            (code, err["__type"].as_str()),
+            (400, Some("InvalidArgumentException")),
+            "{name}: {err}"
+        );
+        err["message"].as_str().unwrap().to_string()
+    };
+    // Files: inside the media folder only, however the path is spelled;
+    // a missing file, a system file and a video outside are refused alike.
+    let outside_msg = refusal("outside", format!("file://{}", outside.display()));
+    let escape = format!("file://{}/../private.mp4", media.display());
+    assert_eq!(refusal("escape", escape), outside_msg);
+    assert_eq!(refusal("shadow", "file:///etc/shadow".into()), outside_msg);
+    assert_eq!(
+        refusal("missing", "file:///no/such/file.mp4".into()),
+        outside_msg
+    );
+    assert!(!outside_msg.contains("/etc") && !outside_msg.contains("text"));
+    assert_eq!(
+        create("inside", format!("file://{}", inside.display())).0,
+        201
+    );
+    // Cameras: loopback, link-local and the metadata address are refused
+    // unless allowed; the refusal is the same for an open and a closed port.
+    let open = refusal("loop-open", cam.url("/cam"));
+    let closed = refusal("loop-closed", "rtsp://127.0.0.1:9/cam".into());
+    assert_eq!(open, closed);
+    refusal("metadata", "rtsp://169.254.169.254/latest".into());
+    refusal("mapped", "rtsp://[::ffff:127.0.0.1]:554/cam".into());
+    refusal("v6-loop", "rtsp://[::1]/cam".into());
+    let (_, list) = api(&server, "GET", "/v1/sources", None);
+    assert_eq!(list["sources"].as_array().unwrap().len(), 1, "{list}");
 }

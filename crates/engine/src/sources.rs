@@ -32,6 +32,22 @@ const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 const META_DOC: &str = "sources";
 
+/// Which sources the API may create (the `[source_access]` config). A
+/// source from the configuration file is the operator's and is not
+/// checked; one created through the API (and restored at start) is.
+#[derive(Debug, Clone, Default)]
+pub struct SourceAccess {
+    /// Folders whose files an API-created `file://` source may loop
+    /// (compared canonicalised, so `..` and links cannot leave them).
+    /// None: API-created file sources are refused.
+    pub media_dirs: Vec<std::path::PathBuf>,
+    /// Networks an API-created `rtsp://` source may reach although they are
+    /// loopback (or otherwise off limits); link-local, the metadata
+    /// addresses, multicast and unspecified addresses are refused unless
+    /// listed here.
+    pub allow_networks: Vec<kinema_core::net::Cidr>,
+}
+
 /// How a source reaches its camera.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -107,7 +123,8 @@ pub struct SourceStatus {
     /// The error that ended the last attempt.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
-    /// Its kind: `unauthorized`, `not_found`, `unsupported_codec`, `connect`, ...
+    /// Its kind: `unauthorized`, `unsupported_codec`, `timeout`, or
+    /// `unavailable` for every way of not reaching the stream.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error_kind: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -129,6 +146,7 @@ struct Running {
 #[derive(Clone)]
 pub struct Sources {
     engine: Engine,
+    access: Arc<SourceAccess>,
     running: Arc<tokio::sync::Mutex<BTreeMap<String, Running>>>,
 }
 
@@ -138,16 +156,24 @@ impl Sources {
     pub async fn start(
         engine: Engine,
         configured: Vec<SourceConfig>,
+        access: SourceAccess,
     ) -> Result<Sources, EngineError> {
         let saved: Vec<SourceConfig> = engine.store().load_meta(META_DOC)?.unwrap_or_default();
         let sources = Sources {
             engine,
+            access: Arc::new(access),
             running: Arc::default(),
         };
         for cfg in saved {
-            if !configured.iter().any(|c| c.name == cfg.name) {
-                sources.launch(cfg, "api").await?;
+            if configured.iter().any(|c| c.name == cfg.name) {
+                continue;
             }
+            // The access rules may have changed since it was created.
+            if let Err(e) = sources.check_access(&cfg).await {
+                tracing::warn!(source = %cfg.name, error = %e, "saved source not started");
+                continue;
+            }
+            sources.launch(cfg, "api").await?;
         }
         for cfg in configured {
             sources.launch(cfg, "config").await?;
@@ -157,6 +183,8 @@ impl Sources {
 
     /// Adds a source at run time and saves it so it survives a restart.
     pub async fn create(&self, cfg: SourceConfig) -> Result<SourceStatus, EngineError> {
+        validate(&cfg)?;
+        self.check_access(&cfg).await?;
         let status = self.launch(cfg, "api").await?;
         self.save().await?;
         Ok(status)
@@ -214,6 +242,63 @@ impl Sources {
         }
         for r in all {
             let _ = r.task.await;
+        }
+    }
+
+    /// Whether the API may create this source: a file inside a media
+    /// folder, a camera on an address it may reach. The refusals say what
+    /// the rule is, not what exists on the server or the network.
+    async fn check_access(&self, cfg: &SourceConfig) -> Result<(), EngineError> {
+        use kinema_core::net::{Reach, reach};
+        if let Some(path) = cfg.url.strip_prefix("file://") {
+            let path = std::path::PathBuf::from(path);
+            let dirs = self.access.media_dirs.clone();
+            let inside = tokio::task::spawn_blocking(move || {
+                let Ok(file) = std::fs::canonicalize(&path) else {
+                    return false;
+                };
+                file.is_file()
+                    && dirs
+                        .iter()
+                        .filter_map(|d| std::fs::canonicalize(d).ok())
+                        .any(|d| file.starts_with(d))
+            })
+            .await
+            .unwrap_or(false);
+            return if inside {
+                Ok(())
+            } else {
+                Err(EngineError::InvalidArgument(
+                    "a file:// source created through the API must name a file inside one of \
+                     the configured media folders ([source_access] media_dirs)"
+                        .into(),
+                ))
+            };
+        }
+        let (host, port) = camera_host(&cfg.url).ok_or_else(|| {
+            EngineError::InvalidArgument("the source url has no camera host".into())
+        })?;
+        let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        if addrs.is_empty() {
+            return Err(EngineError::InvalidArgument(
+                "the camera's host name does not resolve".into(),
+            ));
+        }
+        let allowed = |ip: std::net::IpAddr| {
+            matches!(reach(ip), Reach::Public | Reach::Private)
+                || self.access.allow_networks.iter().any(|n| n.contains(ip))
+        };
+        if addrs.iter().all(|a| allowed(a.ip())) {
+            Ok(())
+        } else {
+            Err(EngineError::InvalidArgument(
+                "the camera's address is not one sources may reach: loopback, link-local, \
+                 metadata and multicast addresses need [source_access] allow_networks"
+                    .into(),
+            ))
         }
     }
 
@@ -340,13 +425,54 @@ fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
+    if scheme == "file" {
+        return url.to_string();
+    }
+    // A password may hold a '/' (unescaped, as people type it): the
+    // credentials end at the last '@'.
+    match rest.rfind('@') {
         Some(at) => {
             let user = rest[..at].split(':').next().unwrap_or("");
             format!("{scheme}://{user}:***@{}", &rest[at + 1..])
         }
         None => url.to_string(),
+    }
+}
+
+/// The host and port of an `rtsp://` or `rtsps://` URL.
+fn camera_host(url: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let default_port = if scheme == "rtsps" { 322 } else { 554 };
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next()?;
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse().ok()?,
+        None => default_port,
+    };
+    (!host.is_empty()).then(|| (host.to_string(), port))
+}
+
+/// What a failure is called in a source's status. Whether a host, a port
+/// or a path exists is not told apart (sources are not a scanner); the
+/// detail goes to the server's log.
+fn public_failure(kind: &'static str, detail: &str) -> (&'static str, String) {
+    match kind {
+        "unauthorized" => (kind, "the camera refused the credentials".into()),
+        "unsupported_codec" => (kind, detail.to_string()),
+        "timeout" | "storage" | "stream" => (kind, detail.to_string()),
+        _ => (
+            "unavailable",
+            "the camera could not be reached, or did not serve the stream".into(),
+        ),
     }
 }
 
@@ -397,9 +523,12 @@ async fn run(
             // A file source loops: play it again at once.
             Ended::EndOfFile if cfg.url.starts_with("file://") => continue,
             Ended::EndOfFile => ("ended", "the camera ended the stream".to_string()),
-            Ended::Failed(kind, error) => (kind, error),
+            Ended::Failed(kind, error) => {
+                tracing::warn!(source = %cfg.name, kind, %error, "camera source failed");
+                public_failure(kind, &error)
+            }
         };
-        tracing::warn!(source = %cfg.name, %error, retry_in_ms = delay.as_millis() as u64, "camera source failed");
+        tracing::info!(source = %cfg.name, retry_in_ms = delay.as_millis() as u64, "camera source retrying");
         {
             let mut s = lock(&status);
             s.last_error = Some(error);
@@ -598,5 +727,25 @@ mod tests {
             "rtsp://admin:***@10.0.0.5:554/s"
         );
         assert_eq!(redact("file:///a/b@c.mp4"), "file:///a/b@c.mp4");
+        // A password with a '/' (issue 15, finding 8).
+        assert_eq!(
+            redact("rtsp://admin:pa/ss@10.0.0.5/s"),
+            "rtsp://admin:***@10.0.0.5/s"
+        );
+    }
+
+    #[test]
+    fn camera_hosts_are_found_in_every_url_shape() {
+        let h = |u: &str| camera_host(u);
+        assert_eq!(h("rtsp://cam/x"), Some(("cam".into(), 554)));
+        assert_eq!(h("rtsps://cam:8322/x"), Some(("cam".into(), 8322)));
+        assert_eq!(
+            h("rtsp://u:p/w@10.0.0.5:8554/s"),
+            Some(("10.0.0.5".into(), 8554))
+        );
+        assert_eq!(h("rtsp://[::1]:8554/s"), Some(("::1".into(), 8554)));
+        assert_eq!(h("rtsp://[fe80::1]/s"), Some(("fe80::1".into(), 554)));
+        assert_eq!(h("rtsp:///s"), None);
+        assert_eq!(h("rtsp://cam:port/s"), None);
     }
 }

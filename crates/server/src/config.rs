@@ -55,6 +55,18 @@ pub struct Config {
     pub webrtc: WebRtcConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub source_access: SourceAccessConfig,
+}
+
+/// What sources created through the API may reach (`[source_access]`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceAccessConfig {
+    #[serde(default)]
+    pub media_dirs: Vec<PathBuf>,
+    #[serde(default)]
+    pub allow_networks: Vec<String>,
 }
 
 /// The HTTP edge's limits (`[limits]`); unset values take the defaults of
@@ -225,6 +237,7 @@ pub struct Resolved {
     pub tls: Tls,
     pub webrtc: WebRtc,
     pub limits: kinema_api::serve::LimitsConfig,
+    pub source_access: kinema_engine::sources::SourceAccess,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -378,6 +391,16 @@ impl Config {
             },
             webrtc: self.webrtc.resolve(listen.or(self.server.listen))?,
             limits: self.limits.resolve(),
+            source_access: kinema_engine::sources::SourceAccess {
+                media_dirs: self.source_access.media_dirs.clone(),
+                allow_networks: self
+                    .source_access
+                    .allow_networks
+                    .iter()
+                    .map(|n| n.parse())
+                    .collect::<Result<_, String>>()
+                    .map_err(|e| anyhow::anyhow!("[source_access] allow_networks: {e}"))?,
+            },
         })
     }
 }

@@ -57,8 +57,12 @@ pub async fn run(
     if cfg.keys.is_empty() {
         tracing::warn!("no access keys configured: every signed request will be refused");
     }
-    let sources =
-        kinema_engine::sources::Sources::start(engine.clone(), cfg.sources.clone()).await?;
+    let sources = kinema_engine::sources::Sources::start(
+        engine.clone(),
+        cfg.sources.clone(),
+        cfg.source_access.clone(),
+    )
+    .await?;
     let addr = listener.local_addr()?;
     let mut detection = cfg.detection.clone();
     detection.public_url = cfg
