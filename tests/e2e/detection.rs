@@ -133,8 +133,16 @@ fn a_yolo_layout_model_decodes_and_serves_a_detector() {
         .expect("wrong layout refused");
     assert!(err.to_string().contains("layout"), "{err}");
 
-    // Through the JSON API: a user's own model and label list.
-    let server = Server::start(&dir.path().join("data"));
+    // Through the JSON API: a user's own model (in the models folder) and
+    // label list, for existing streams.
+    let config = format!(
+        "[detection]\nmodels_dir = {:?}\nmax_detectors = 2\n",
+        dir.path().display().to_string()
+    );
+    let server = Server::start_with_config(&dir.path().join("data"), &config);
+    for stream in ["cam", "cam2", "cam3"] {
+        create_stream(&server, stream, 1);
+    }
     let body = serde_json::json!({
         "model": model, "layout": "yolo", "labels": ["person", "bicycle", "car"],
         "classes": ["bicycle"], "threshold": 0.6,
@@ -166,6 +174,39 @@ fn a_yolo_layout_model_decodes_and_serves_a_detector() {
         assert_eq!(e["__type"], "InvalidArgumentException");
         assert!(e["message"].as_str().unwrap().contains(what), "{body}: {e}");
     }
+    // Issue 15, finding 6: a detector needs an existing stream, loads
+    // models only from the models folder (one refusal for every other
+    // path, so it tells nothing about the server's files), and there are
+    // at most max_detectors.
+    let (code, e) = api(&server, "PUT", "/v1/detectors/nostream", Some("{}"));
+    assert_eq!(
+        (code, e["__type"].as_str()),
+        (404, Some("ResourceNotFoundException")),
+        "{e}"
+    );
+    let mut refusals = Vec::new();
+    for model in [
+        "/etc/passwd",
+        "/no/such/model.onnx",
+        "../../etc/hostname",
+        "data",
+    ] {
+        let body = serde_json::json!({ "model": model }).to_string();
+        let (code, e) = api(&server, "PUT", "/v1/detectors/cam3", Some(&body));
+        assert_eq!(
+            (code, e["__type"].as_str()),
+            (400, Some("InvalidArgumentException")),
+            "{model}: {e}"
+        );
+        refusals.push(e["message"].clone());
+    }
+    assert!(refusals.windows(2).all(|w| w[0] == w[1]), "{refusals:?}");
+    let (code, e) = api(&server, "PUT", "/v1/detectors/cam3", Some("{}"));
+    assert_eq!(
+        (code, e["__type"].as_str()),
+        (400, Some("LimitExceededException")),
+        "{e}"
+    );
     let (code, list) = api(&server, "GET", "/v1/detectors", None);
     assert_eq!(code, 200);
     assert_eq!(list["detectors"].as_array().unwrap().len(), 2);
@@ -176,7 +217,7 @@ fn a_yolo_layout_model_decodes_and_serves_a_detector() {
     assert_eq!(e["__type"], "ResourceNotFoundException");
     // API-set detectors survive a restart.
     drop(server);
-    let server = Server::start(&dir.path().join("data"));
+    let server = Server::start_with_config(&dir.path().join("data"), &config);
     let (code, s) = api(&server, "GET", "/v1/detectors/cam", None);
     assert_eq!(code, 200, "{s}");
     assert_eq!(s["origin"], "api");

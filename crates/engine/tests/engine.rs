@@ -898,6 +898,8 @@ async fn a_stuck_detector_sheds_fragments_without_slowing_ingest() {
             events_stream: "events".into(),
             events_shards: 1,
             public_url: "http://127.0.0.1:1".into(),
+            models_dir: dir.path().to_path_buf(),
+            max_detectors: 4,
         },
         vec![("cam".into(), settings)],
         Arc::new(gated::GatedModels(model.clone())),

@@ -22,6 +22,7 @@ pub const DEFAULT_EVENTS_SHARDS: u32 = 1;
 pub const DEFAULT_INTRA_THREADS: usize = 2;
 pub const DEFAULT_INFERENCE_WORKERS: usize = 1;
 pub const DEFAULT_QUEUE_FRAMES: usize = 1;
+pub const DEFAULT_MAX_DETECTORS: usize = 64;
 /// Where `models/fetch.sh` caches the model and the ONNX Runtime library.
 pub const DEFAULT_MODELS_DIR: &str = ".cache/kinema/models";
 pub const DEFAULT_MODEL_FILE: &str = "ssdlite_mobilenet_v2_coco.onnx";
@@ -160,6 +161,10 @@ pub struct DetectionConfig {
     pub queue_frames: Option<usize>,
     pub events_stream: Option<String>,
     pub events_shards: Option<u32>,
+    /// Where models named through the API must be (default: the default
+    /// model's folder).
+    pub models_dir: Option<PathBuf>,
+    pub max_detectors: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -349,15 +354,23 @@ impl Config {
             sources: self.sources.clone(),
             detection: {
                 let d = &self.detection;
+                let default_model = d
+                    .default_model
+                    .clone()
+                    .unwrap_or_else(|| model_path("KINEMA_MODEL", DEFAULT_MODEL_FILE));
                 kinema_engine::detection::DetectionConfig {
+                    models_dir: d.models_dir.clone().unwrap_or_else(|| {
+                        default_model
+                            .parent()
+                            .map(Path::to_path_buf)
+                            .unwrap_or_default()
+                    }),
+                    max_detectors: d.max_detectors.unwrap_or(DEFAULT_MAX_DETECTORS).max(1),
                     runtime_library: d
                         .runtime_library
                         .clone()
                         .unwrap_or_else(|| model_path("ORT_DYLIB_PATH", DEFAULT_RUNTIME_FILE)),
-                    default_model: d
-                        .default_model
-                        .clone()
-                        .unwrap_or_else(|| model_path("KINEMA_MODEL", DEFAULT_MODEL_FILE)),
+                    default_model,
                     intra_threads: d.intra_threads.unwrap_or(DEFAULT_INTRA_THREADS).max(1),
                     workers: d.workers.unwrap_or(DEFAULT_INFERENCE_WORKERS).max(1),
                     queue_frames: d.queue_frames.unwrap_or(DEFAULT_QUEUE_FRAMES).max(1),

@@ -71,6 +71,12 @@ pub struct DetectionConfig {
     pub events_shards: u32,
     /// Base URL for the replay links in events.
     pub public_url: String,
+    /// The folder models named through the API must lie in (a relative
+    /// name is taken inside it). Detectors of the configuration file may
+    /// name any model.
+    pub models_dir: PathBuf,
+    /// Detectors at most (each has a decoder thread).
+    pub max_detectors: usize,
 }
 
 /// One running stream detector.
@@ -183,9 +189,20 @@ impl Detectors {
         lock(&this.inner.tasks).extend([publisher]);
         drop(router);
         for (stream, s) in saved {
-            if !configured.iter().any(|(c, _)| *c == stream) {
-                this.launch(&stream, s, Origin::Api);
+            if configured.iter().any(|(c, _)| *c == stream) {
+                continue;
             }
+            // A detector outlives neither its stream nor the rules for its
+            // model.
+            if engine.describe_stream(Some(&stream), None).is_err() {
+                tracing::warn!(%stream, "saved detector not started: its stream is gone");
+                continue;
+            }
+            if let Err(e) = this.api_model(&s) {
+                tracing::warn!(%stream, error = %e, "saved detector not started");
+                continue;
+            }
+            this.launch(&stream, s, Origin::Api);
         }
         for (stream, s) in configured {
             this.launch(&stream, s, Origin::Config);
@@ -305,7 +322,19 @@ impl Detectors {
                 "invalid stream name {stream:?}"
             )));
         }
+        self.inner.engine.describe_stream(Some(stream), None)?;
+        let mut settings = settings;
+        settings.model = self.api_model(&settings)?;
         let _changes = self.inner.changes.lock().await;
+        {
+            let running = lock(&self.inner.running);
+            if !running.contains_key(stream) && running.len() >= self.inner.cfg.max_detectors {
+                return Err(EngineError::LimitExceeded(format!(
+                    "at most {} detectors run on this server",
+                    self.inner.cfg.max_detectors
+                )));
+            }
+        }
         // Loading a model takes a while: not on the async runtime's threads.
         let this = self.clone();
         let name = stream.to_string();
@@ -314,6 +343,27 @@ impl Detectors {
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         self.save().await?;
         Ok(status(&run))
+    }
+
+    /// The model a detector set through the API may load: a file inside
+    /// the models folder (a relative name is taken inside it), compared
+    /// canonicalised. The refusal is the same whatever the path is.
+    fn api_model(&self, settings: &DetectorSettings) -> Result<Option<PathBuf>, EngineError> {
+        let Some(model) = &settings.model else {
+            return Ok(None);
+        };
+        let dir = &self.inner.cfg.models_dir;
+        let inside = std::fs::canonicalize(dir.join(model))
+            .ok()
+            .filter(|m| m.is_file())
+            .filter(|m| std::fs::canonicalize(dir).is_ok_and(|d| m.starts_with(d)));
+        inside.map(Some).ok_or_else(|| {
+            EngineError::InvalidArgument(
+                "model must name a model file in the server's models folder \
+                 ([detection] models_dir)"
+                    .into(),
+            )
+        })
     }
 
     pub async fn delete(&self, stream: &str) -> Result<DetectorStatus, EngineError> {
