@@ -271,3 +271,30 @@ fn control_plane_bodies_must_be_signed() {
     assert_eq!(status, 400, "{resp}");
     assert!(resp.contains("InvalidArgumentException"), "{resp}");
 }
+
+/// Finding 7: descriptors do not run out. Under an open-file limit of 256
+/// a video stream holds no descriptor between fragments (300 of them are
+/// created), data streams are capped, connections are fitted inside the
+/// limit with a warning, and the server keeps answering and ingesting.
+#[test]
+fn many_streams_fit_in_a_small_open_file_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_open_files(
+        &dir.path().join("data"),
+        "[data_streams]\nmax_streams = 20\n",
+        256,
+    );
+    assert!(server.log().contains("open-file limit"), "{}", server.log());
+    let created = run_python(&server, "kv.py", &["create_many", "cam", "300"]);
+    assert_eq!(created.trim(), "300");
+    let created = run_python(&server, "ds.py", &["create_many", "feed", "30"]);
+    assert_eq!(created.trim(), "20");
+    assert_eq!(api(&server, "GET", "/health", None).0, 200);
+    let acks = put_with_gst_curl(&server, "cam-299", 60, 15, false);
+    assert_eq!(acks_of(&acks, "PERSISTED").len(), 4, "{acks:?}");
+    let open = std::fs::read_dir(format!("/proc/{}/fd", server.child.id()))
+        .unwrap()
+        .count();
+    eprintln!("open descriptors with 300 video and 20 data streams: {open}");
+    assert!(open < 200, "{open} descriptors open");
+}

@@ -57,10 +57,34 @@ impl Server {
         Self::spawn(data_dir, &["--config", path.to_str().unwrap()], true)
     }
 
+    /// Starts the server with `config` under an open-file limit of
+    /// `open_files` (soft and hard, so it cannot raise it).
+    pub fn start_with_open_files(data_dir: &Path, config: &str, open_files: u64) -> Server {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let path = data_dir.with_extension("toml");
+        std::fs::write(&path, config).unwrap();
+        Self::spawn_in(
+            data_dir,
+            &["--config", path.to_str().unwrap()],
+            false,
+            Some(open_files),
+        )
+    }
+
     fn spawn(data_dir: &Path, args: &[&str], netns: bool) -> Server {
-        // `unshare` and `sh` exec in place, so the child's pid is the
-        // server's: its namespace is /proc/<pid>/ns/net.
-        let mut cmd = if netns {
+        Self::spawn_in(data_dir, args, netns, None)
+    }
+
+    fn spawn_in(data_dir: &Path, args: &[&str], netns: bool, open_files: Option<u64>) -> Server {
+        // `unshare`, `sh` and `prlimit` exec in place, so the child's pid is
+        // the server's: its namespace is /proc/<pid>/ns/net.
+        let mut cmd = if let Some(n) = open_files {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--nofile={n}:{n}"))
+                .arg("--")
+                .arg(env!("CARGO_BIN_EXE_kinema"));
+            c
+        } else if netns {
             let mut c = Command::new("unshare");
             c.args([
                 "--net",

@@ -227,6 +227,20 @@ def cmd_create(name, shards):
     client().create_stream(StreamName=name, ShardCount=int(shards))
 
 
+def cmd_create_many(prefix, count):
+    """Creates data streams prefix-0.. until the server's limit; prints
+    how many were created (the rest get LimitExceededException)."""
+    k = client()
+    created = 0
+    for i in range(int(count)):
+        try:
+            k.create_stream(StreamName=f"{prefix}-{i}", ShardCount=1)
+            created += 1
+        except botocore.exceptions.ClientError as e:
+            assert e.response["Error"]["Code"] == "LimitExceededException", e
+    print(created)
+
+
 def cmd_produce(name, batches):
     """Puts batches of 100 records; prints each acknowledged record at once."""
     k = client()

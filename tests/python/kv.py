@@ -55,6 +55,14 @@ def cmd_create(name, retention):
     client("kinesisvideo").create_stream(StreamName=name, DataRetentionInHours=int(retention))
 
 
+def cmd_create_many(prefix, count):
+    """Creates video streams prefix-0.. and prints how many were created."""
+    kv = client("kinesisvideo")
+    for i in range(int(count)):
+        kv.create_stream(StreamName=f"{prefix}-{i}", DataRetentionInHours=1)
+    print(int(count))
+
+
 def cmd_control_plane():
     kv = client("kinesisvideo")
     arn = kv.create_stream(StreamName="cp-one", DeviceName="cam", MediaType="video/h264",

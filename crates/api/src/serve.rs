@@ -159,6 +159,9 @@ impl Limits {
 /// One client connection, as its requests see it (a request extension).
 pub struct Connection {
     pub peer: SocketAddr,
+    /// Its place under the connection cap, held as long as this is (an
+    /// upgraded WebSocket keeps it).
+    _open: OwnedSemaphorePermit,
     unauthenticated: Mutex<Option<OwnedSemaphorePermit>>,
     /// Told to close (to make room for a newer unauthenticated one).
     evicted: Notify,
@@ -213,13 +216,13 @@ pub(crate) async fn serve(
         };
         let conn = Arc::new(Connection {
             peer,
+            _open: open,
             unauthenticated: Mutex::new(Some(unauthenticated)),
             evicted: Notify::new(),
         });
         limits.track(&conn);
         let (tls, app, limits, stop) = (tls.clone(), app.clone(), limits.clone(), stop_rx.clone());
         connections.spawn(async move {
-            let _open = open;
             connection(tcp, tls, app, &limits.config, conn, stop).await;
         });
     }

@@ -39,6 +39,7 @@ const ALEXA_ANSWER_WAIT: Duration = Duration::from_secs(5);
 pub(crate) async fn connect(
     State(st): St,
     Query(q): Query<HashMap<String, String>>,
+    tcp: Option<axum::Extension<Arc<crate::serve::Connection>>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let Ok(ws) = ws else {
@@ -59,7 +60,11 @@ pub(crate) async fn connect(
     Ok(ws
         .max_message_size(MAX_WS_MESSAGE)
         .max_frame_size(MAX_WS_MESSAGE)
-        .on_upgrade(move |socket| pump(socket, conn))
+        .on_upgrade(move |socket| async move {
+            // The socket keeps its place under the connection cap.
+            let _tcp = tcp;
+            pump(socket, conn).await
+        })
         .into_response())
 }
 

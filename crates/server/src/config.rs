@@ -17,6 +17,7 @@ pub const DEFAULT_MAX_FRAGMENT_SECONDS: u64 = 10;
 pub const DEFAULT_GET_MEDIA_IDLE_SECONDS: u64 = 3;
 pub const DEFAULT_GET_MEDIA_LIVE_IDLE_SECONDS: u64 = 30;
 pub const DEFAULT_MAX_RECORD_KIB: u64 = 1024;
+pub const DEFAULT_MAX_DATA_STREAMS: usize = 1000;
 pub const DEFAULT_EVENTS_STREAM: &str = "kinema-events";
 pub const DEFAULT_EVENTS_SHARDS: u32 = 1;
 pub const DEFAULT_INTRA_THREADS: usize = 2;
@@ -173,6 +174,7 @@ pub struct DataStreamsConfig {
     pub max_record_kib: Option<u64>,
     pub shard_write_bytes_per_second: Option<u64>,
     pub shard_write_records_per_second: Option<u64>,
+    pub max_streams: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -334,6 +336,7 @@ impl Config {
             max_record_bytes: (d.max_record_kib.unwrap_or(DEFAULT_MAX_RECORD_KIB) * 1024) as usize,
             shard_write_bytes_per_s: d.shard_write_bytes_per_second.unwrap_or(0),
             shard_write_records_per_s: d.shard_write_records_per_second.unwrap_or(0),
+            max_streams: d.max_streams.unwrap_or(DEFAULT_MAX_DATA_STREAMS).max(1),
             ..Default::default()
         };
         Ok(Resolved {

@@ -40,12 +40,55 @@ fn iterator_key() -> anyhow::Result<[u8; 32]> {
     Ok(key)
 }
 
+/// Descriptors kept for everything but client connections beyond the
+/// data streams' active segments: TURN and WebRTC sockets, GStreamer,
+/// files opened for a moment (fragments, index appends, older segments).
+const DESCRIPTOR_RESERVE: u64 = 512;
+
+/// Raises the soft open-file limit to the hard one, then fits the
+/// connection caps inside it, warning when the configured ones cannot
+/// hold: running out of descriptors stops the server accepting anything.
+fn fit_descriptors(cfg: &mut config::Resolved) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let (Some(cur), Some(max)) = (limit.current, limit.maximum)
+        && cur < max
+    {
+        let raised = Rlimit {
+            current: Some(max),
+            maximum: Some(max),
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            limit = raised;
+        }
+    }
+    let Some(open_files) = limit.current else {
+        return;
+    };
+    let reserve = cfg.data_streams.max_streams as u64 + DESCRIPTOR_RESERVE;
+    let room = open_files.saturating_sub(reserve).max(64) as usize;
+    let l = &mut cfg.limits;
+    if l.max_connections > room {
+        tracing::warn!(
+            open_files,
+            configured = l.max_connections,
+            connections = room,
+            "the open-file limit cannot hold the configured connections and data streams; \
+             connections are capped lower (raise `ulimit -n` or lower [limits] max_connections)"
+        );
+        l.max_connections = room;
+    }
+    l.max_unauthenticated = l.max_unauthenticated.min(l.max_connections);
+}
+
 /// Runs the server on `listener` until `shutdown` resolves.
 pub async fn run(
     listener: TcpListener,
     cfg: config::Resolved,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let mut cfg = cfg;
+    fit_descriptors(&mut cfg);
     let store = Store::open_local(&cfg.data_dir)?;
     let engine = Engine::open(store.clone(), cfg.engine.clone()).await?;
     let datastreams = kinema_engine::datastreams::DataStreams::open(

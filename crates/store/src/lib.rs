@@ -9,6 +9,10 @@
 //! - `meta/<name>.json`: small metadata documents replaced atomically;
 //! - `data/<stream id>/<segment>.log`: each data stream's record log ([`DataLog`]).
 //!
+//! Descriptors: logs are opened for each append and closed after it, and a
+//! data log keeps only its newest segment open, so a stream at rest holds
+//! at most one file open however many streams and segments there are.
+//!
 //! Durability: [`Store::put_fragment`] returns only once the object and its
 //! directory entry are on disk (fsync), and [`IndexLog::append`] only once
 //! the record is (fdatasync). Callers append the index record after the
@@ -277,15 +281,13 @@ impl Store {
     /// complete record, and returns it with the records it holds.
     pub fn open_index(&self, stream_id: &str) -> Result<(IndexLog, Vec<Record>), StoreError> {
         let path = self.index_path(stream_id);
-        let (mut file, records, _) = open_recovering(&path, index::decode_log)?;
-        file.seek(SeekFrom::End(0)).map_err(io(&path))?;
+        // Recovered, the file is closed: appends open it (no descriptor
+        // per stream is held between fragments).
+        let (_, records, _) = open_recovering(&path, index::decode_log)?;
         sync_dir(path.parent().expect("index files live in index/"))?;
         Ok((
             IndexLog {
-                file: Arc::new(Mutex::new(LogFile {
-                    file,
-                    broken: false,
-                })),
+                file: Arc::new(Mutex::new(LogFile { broken: false })),
                 path,
             },
             records,
@@ -390,9 +392,10 @@ pub struct AppendLog {
     path: PathBuf,
 }
 
+/// The state of a log file between appends (each append opens it, so an
+/// idle stream holds no descriptor).
 #[derive(Debug)]
 struct LogFile {
-    file: File,
     /// Set when a failed append could not be cut back: the tail is unknown,
     /// so nothing may be appended after it.
     broken: bool,
@@ -418,9 +421,9 @@ impl AppendLog {
         let (file, path) = (self.file.clone(), self.path.clone());
         blocking(move || {
             let mut log = lock(&file);
-            log.file
-                .set_len(0)
-                .and_then(|_| log.file.sync_data())
+            let f = open_append(&path)?;
+            f.set_len(0)
+                .and_then(|_| f.sync_data())
                 .map_err(io(&path))?;
             log.broken = false;
             Ok(())
@@ -445,7 +448,8 @@ async fn append_durably(
                 source: std::io::Error::other("the log failed earlier and takes no more records"),
             });
         }
-        let f = &mut log.file;
+        let mut file = open_append(&path)?;
+        let f = &mut file;
         let before = f.seek(SeekFrom::End(0)).map_err(io(&path))?;
         let result = f.write_all(&bytes).and_then(|_| f.sync_data());
         if let Err(e) = result {
@@ -473,7 +477,10 @@ pub fn segment_of(pos: u64) -> u32 {
     (pos >> SEGMENT_SHIFT) as u32
 }
 
-type Segments = Arc<std::sync::RwLock<BTreeMap<u32, Arc<File>>>>;
+/// A data log's segments: the active one open (appends and reads of
+/// recent records), the older ones only named (a read opens them), so a
+/// stream holds one descriptor however many segments it keeps.
+type Segments = Arc<std::sync::RwLock<BTreeMap<u32, Option<Arc<File>>>>>;
 
 /// A data stream's append-only record log: a directory of segment files
 /// (`data/<stream id>/<segment>.log`). Records are addressed by a position
@@ -504,15 +511,10 @@ impl Store {
         let dir = self.data_log_dir(stream_id);
         fs::create_dir_all(&dir).map_err(io(&dir))?;
         let path = dir.join("groups.wal");
-        let (mut file, changes, _) =
-            open_recovering(&path, kinema_datastream::leases::decode_changes)?;
-        file.seek(SeekFrom::End(0)).map_err(io(&path))?;
+        let (_, changes, _) = open_recovering(&path, kinema_datastream::leases::decode_changes)?;
         sync_dir(&dir)?;
         let log = AppendLog {
-            file: Arc::new(Mutex::new(LogFile {
-                file,
-                broken: false,
-            })),
+            file: Arc::new(Mutex::new(LogFile { broken: false })),
             path,
         };
         Ok((log, changes))
@@ -561,7 +563,7 @@ impl Store {
             if n == last {
                 len = valid;
             }
-            segments.insert(n, Arc::new(file));
+            segments.insert(n, (n == last).then(|| Arc::new(file)));
         }
         sync_dir(&dir)?;
         Ok((
@@ -587,8 +589,12 @@ impl Store {
 }
 
 impl DataLog {
-    fn active_file(&self) -> Arc<File> {
-        read(&self.segments)[&self.active].clone()
+    fn active_file(&self) -> Result<Arc<File>, StoreError> {
+        read(&self.segments)
+            .get(&self.active)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| StoreError::NotFound(format!("data log segment {}", self.active)))
     }
 
     /// Appends encoded records (kept in one segment) and returns their
@@ -600,11 +606,14 @@ impl DataLog {
             let next = self.active + 1;
             let file = open_append(&self.dir.join(format!("{next:010}.log")))?;
             sync_dir(&self.dir)?;
-            write(&self.segments).insert(next, Arc::new(file));
+            let mut segments = write(&self.segments);
+            // The old segment is closed; reads open it from now on.
+            segments.insert(self.active, None);
+            segments.insert(next, Some(Arc::new(file)));
             self.active = next;
             self.len = 0;
         }
-        let file = self.active_file();
+        let file = self.active_file()?;
         let offset = self.len;
         let result = (&*file).write_all(bytes).and_then(|_| file.sync_data());
         if let Err(e) = result {
@@ -653,15 +662,45 @@ pub struct DataLogReader {
 impl DataLogReader {
     /// Reads `len` bytes at position `pos`. Blocking.
     pub fn read_at(&self, pos: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+        Ok(self.read_many(&[(pos, len)])?.remove(0))
+    }
+
+    /// Reads each `(position, length)` span, opening each older segment
+    /// once for the call. A segment deleted meanwhile is `NotFound`.
+    /// Blocking.
+    pub fn read_many(&self, spans: &[(u64, usize)]) -> Result<Vec<Vec<u8>>, StoreError> {
         use std::os::unix::fs::FileExt;
-        let file = read(&self.segments)
-            .get(&segment_of(pos))
-            .cloned()
-            .ok_or_else(|| StoreError::NotFound(format!("data log segment {}", segment_of(pos))))?;
-        let mut buf = vec![0; len];
-        file.read_exact_at(&mut buf, pos & ((1 << SEGMENT_SHIFT) - 1))
-            .map_err(io(&self.dir))?;
-        Ok(buf)
+        let mut open: Option<(u32, Arc<File>)> = None;
+        let mut out = Vec::with_capacity(spans.len());
+        for &(pos, len) in spans {
+            let n = segment_of(pos);
+            let file = match &open {
+                Some((m, f)) if *m == n => f.clone(),
+                _ => {
+                    let missing = || StoreError::NotFound(format!("data log segment {n}"));
+                    let f = match read(&self.segments).get(&n).ok_or_else(missing)? {
+                        Some(active) => active.clone(),
+                        None => {
+                            let path = self.dir.join(format!("{n:010}.log"));
+                            match File::open(&path) {
+                                Ok(f) => Arc::new(f),
+                                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                                    return Err(missing());
+                                }
+                                Err(e) => return Err(io(&path)(e)),
+                            }
+                        }
+                    };
+                    open = Some((n, f.clone()));
+                    f
+                }
+            };
+            let mut buf = vec![0; len];
+            file.read_exact_at(&mut buf, pos & ((1 << SEGMENT_SHIFT) - 1))
+                .map_err(io(&self.dir))?;
+            out.push(buf);
+        }
+        Ok(out)
     }
 }
 

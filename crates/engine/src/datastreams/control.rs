@@ -36,6 +36,12 @@ impl DataStreams {
                 "Stream {name} already exists."
             )));
         }
+        if read(&self.inner.streams).len() >= self.inner.config.max_streams {
+            return Err(EngineError::LimitExceeded(format!(
+                "at most {} data streams exist on this server",
+                self.inner.config.max_streams
+            )));
+        }
         let now = self.now_ms();
         let cfg = &self.inner.config;
         let info = DataStreamInfo {

@@ -63,6 +63,8 @@ pub struct DataStreamsConfig {
     /// Group changes (lease heartbeats, checkpoints) a stream's change log
     /// holds before the metadata document takes them in.
     pub group_compact_after: usize,
+    /// Data streams at most (each holds its active segment open).
+    pub max_streams: usize,
 }
 
 impl Default for DataStreamsConfig {
@@ -77,6 +79,7 @@ impl Default for DataStreamsConfig {
             segment_bytes: 64 << 20,
             clock: Clock::system(),
             group_compact_after: 1024,
+            max_streams: 1000,
         }
     }
 }

@@ -151,10 +151,9 @@ pub(super) async fn read_shard(
         };
         let reader = stream.reader.clone();
         let raw = tokio::task::spawn_blocking(move || {
-            picked
-                .iter()
-                .map(|e| reader.read_at(e.offset, e.len as usize))
-                .collect::<Result<Vec<_>, _>>()
+            let spans: Vec<(u64, usize)> =
+                picked.iter().map(|e| (e.offset, e.len as usize)).collect();
+            reader.read_many(&spans)
         })
         .await
         .map_err(|e| EngineError::Internal(e.to_string()))?;
