@@ -1182,3 +1182,48 @@ async fn arrival_times_never_go_back_when_the_clock_does() {
         .unwrap();
     assert_eq!(ds.get_records(&it, 10).await.unwrap().records.len(), 2);
 }
+
+/// Issue 15, finding 8: the longest stream name (256 characters) makes a
+/// stream whose files fit the file system, and a create refused past the
+/// stream limit leaves no files behind.
+#[tokio::test]
+async fn long_names_fit_on_disk_and_refused_creates_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || async {
+        Engine::open(
+            Store::open_local(dir.path()).unwrap(),
+            EngineConfig {
+                max_streams: 2,
+                ..config()
+            },
+        )
+        .await
+        .unwrap()
+    };
+    let engine = open().await;
+    let long = "n".repeat(256);
+    engine
+        .create_stream(&long, None, None, None, Some(1), BTreeMap::new())
+        .await
+        .unwrap();
+    assert_eq!(ingest(&engine, &long, 2).await, vec![1, 2]);
+    engine
+        .create_stream("b", None, None, None, Some(1), BTreeMap::new())
+        .await
+        .unwrap();
+    let count = |sub: &str| std::fs::read_dir(dir.path().join(sub)).unwrap().count();
+    let before = (count("index"), count("objects/streams"));
+    assert!(matches!(
+        engine
+            .create_stream("c", None, None, None, Some(1), BTreeMap::new())
+            .await,
+        Err(kinema_engine::EngineError::ClientLimitExceeded(_))
+    ));
+    assert_eq!((count("index"), count("objects/streams")), before);
+    drop(engine);
+    let engine = open().await;
+    assert_eq!(
+        read_all(&engine, &long, StartSelector::Earliest).await,
+        vec![1, 2]
+    );
+}

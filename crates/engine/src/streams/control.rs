@@ -40,7 +40,7 @@ impl Engine {
         let creation_ms = self.clock().now_ms();
         let info = StreamInfo {
             name: name.to_string(),
-            id: format!("{creation_ms}-{name}"),
+            id: stream_id(creation_ms, name),
             arn: format!(
                 "arn:aws:kinesisvideo:{}:{}:stream/{name}/{creation_ms}",
                 self.inner.config.region, self.inner.config.account_id
@@ -54,36 +54,50 @@ impl Engine {
             retention_hours,
             tags,
         };
-        if read(&self.inner.streams).contains_key(name) {
-            return Err(EngineError::ResourceInUse(format!(
-                "the stream {name} already exists"
-            )));
+        let refusal = |streams: &BTreeMap<String, Arc<Stream>>| {
+            if streams.contains_key(name) {
+                Some(EngineError::ResourceInUse(format!(
+                    "the stream {name} already exists"
+                )))
+            } else if streams.len() >= self.inner.config.max_streams {
+                Some(EngineError::ClientLimitExceeded("too many streams".into()))
+            } else {
+                None
+            }
+        };
+        let refused = refusal(&read(&self.inner.streams));
+        if let Some(e) = refused {
+            return Err(e);
         }
         self.inner.store.prepare_stream(&info.id).await?;
         let log = self.inner.store.open_index_async(&info.id).await?;
-        {
+        // Another create may have won the name or the last place meanwhile:
+        // then no files are left behind.
+        let refused = {
             let mut streams = write(&self.inner.streams);
-            if streams.contains_key(name) {
-                return Err(EngineError::ResourceInUse(format!(
-                    "the stream {name} already exists"
-                )));
+            let refused = refusal(&streams);
+            if refused.is_none() {
+                streams.insert(
+                    name.to_string(),
+                    Arc::new(Stream {
+                        info: std::sync::Mutex::new(info.clone()),
+                        catalog: RwLock::new(Catalog::new()),
+                        persist: Mutex::new(log),
+                        live: watch::channel(0).0,
+                        frames: broadcast::channel(LIVE_FRAMES_QUEUE).0,
+                        producers: AtomicUsize::new(0),
+                        deleted: AtomicBool::new(false),
+                        trims: AtomicUsize::new(0),
+                    }),
+                );
             }
-            if streams.len() >= self.inner.config.max_streams {
-                return Err(EngineError::ClientLimitExceeded("too many streams".into()));
+            refused
+        };
+        if let Some(e) = refused {
+            if let Err(cleanup) = self.inner.store.delete_stream(&info.id).await {
+                tracing::warn!(stream = name, error = %cleanup, "cannot remove a refused stream's files");
             }
-            streams.insert(
-                name.to_string(),
-                Arc::new(Stream {
-                    info: std::sync::Mutex::new(info.clone()),
-                    catalog: RwLock::new(Catalog::new()),
-                    persist: Mutex::new(log),
-                    live: watch::channel(0).0,
-                    frames: broadcast::channel(LIVE_FRAMES_QUEUE).0,
-                    producers: AtomicUsize::new(0),
-                    deleted: AtomicBool::new(false),
-                    trims: AtomicUsize::new(0),
-                }),
-            );
+            return Err(e);
         }
         self.save_meta().await?;
         tracing::info!(stream = name, retention_hours, "created stream");
@@ -247,4 +261,17 @@ fn validate_tags(tags: &BTreeMap<String, String>) -> Result<(), EngineError> {
         }
     }
     Ok(())
+}
+
+/// A stream's on-disk id: its creation time and name, the name shortened
+/// (with a hash of the whole, so ids stay unique) where the file names
+/// built from it would pass the file system's 255-byte limit.
+fn stream_id(creation_ms: i64, name: &str) -> String {
+    const KEPT: usize = 100;
+    if name.len() <= KEPT {
+        return format!("{creation_ms}-{name}");
+    }
+    use sha2::{Digest, Sha256};
+    let hash = hex::encode(&Sha256::digest(name.as_bytes())[..8]);
+    format!("{creation_ms}-{}-{hash}", &name[..KEPT])
 }
