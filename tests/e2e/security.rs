@@ -228,6 +228,16 @@ fn slow_and_idle_clients_are_cut_off_and_make_room() {
 /// Sends `body` to `path` signed with the test key; `unsigned` signs it as
 /// `UNSIGNED-PAYLOAD` instead of its hash. Returns the status and body.
 fn signed_post(server: &Server, path: &str, body: &[u8], unsigned: bool) -> (u16, String) {
+    signed_post_scoped(server, path, body, unsigned, ("us-east-1", "kinesisvideo"))
+}
+
+fn signed_post_scoped(
+    server: &Server,
+    path: &str,
+    body: &[u8],
+    unsigned: bool,
+    (region, service): (&str, &str),
+) -> (u16, String) {
     let mut req = http::Request::post(format!("{}{path}", server.url()))
         .header("host", format!("127.0.0.1:{}", server.port))
         .header("content-type", "application/json")
@@ -237,8 +247,8 @@ fn signed_post(server: &Server, path: &str, body: &[u8], unsigned: bool) -> (u16
         &mut req,
         KEY_ID,
         SECRET,
-        "us-east-1",
-        "kinesisvideo",
+        region,
+        service,
         (!unsigned).then_some(body),
     )
     .unwrap();
@@ -270,6 +280,13 @@ fn control_plane_bodies_must_be_signed() {
     let (status, resp) = signed_post(&server, "/listStreams", b"{}", true);
     assert_eq!(status, 400, "{resp}");
     assert!(resp.contains("InvalidArgumentException"), "{resp}");
+    // A signature scoped to another region or service is not one for
+    // Kinema, however valid.
+    for scope in [("eu-west-1", "kinesisvideo"), ("us-east-1", "s3")] {
+        let (status, resp) = signed_post_scoped(&server, "/listStreams", b"{}", false, scope);
+        assert_eq!(status, 403, "{scope:?}: {resp}");
+        assert!(resp.contains("scoped to a valid region"), "{resp}");
+    }
 }
 
 /// Finding 7: descriptors do not run out. Under an open-file limit of 256

@@ -41,7 +41,14 @@ pub enum AuthError {
     Stale,
     #[error("the presigned URL has expired")]
     Expired,
+    #[error(
+        "credential should be scoped to a valid region ({0}) and service (kinesisvideo or kinesis)"
+    )]
+    Scope(String),
 }
+
+/// The services whose signatures Kinema accepts.
+pub const SERVICES: &[&str] = &["kinesisvideo", "kinesis"];
 
 /// Who signed a request, once verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,12 +62,34 @@ pub struct Principal {
 #[derive(Debug, Clone, Default)]
 pub struct KeyStore {
     keys: HashMap<String, String>,
+    /// The region signatures must be scoped to, with one of [`SERVICES`]
+    /// (`None`: any scope, for tests of the signature itself).
+    region: Option<String>,
 }
 
 impl KeyStore {
     pub fn new(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
         KeyStore {
             keys: pairs.into_iter().collect(),
+            region: None,
+        }
+    }
+
+    /// Accepts only signatures scoped to `region` (the server's).
+    pub fn in_region(mut self, region: &str) -> Self {
+        self.region = Some(region.to_string());
+        self
+    }
+
+    /// Whether a credential scope names this server's region and one of
+    /// the services it speaks (a signature made for another service or
+    /// region is not one for Kinema).
+    fn check_scope(&self, region: &str, service: &str) -> Result<(), AuthError> {
+        match &self.region {
+            Some(r) if r != region || !SERVICES.contains(&service) => {
+                Err(AuthError::Scope(r.clone()))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -227,6 +256,7 @@ fn verify_header(
         }
     }
     let scope = parse_credential(credential.ok_or(AuthError::Malformed("Credential"))?)?;
+    keys.check_scope(scope.region, scope.service)?;
     let signed_headers = signed_headers.ok_or(AuthError::Malformed("SignedHeaders"))?;
     if !signed_headers.split(';').any(|h| h == "host") {
         return Err(AuthError::Malformed("SignedHeaders must include host"));
@@ -292,6 +322,7 @@ fn verify_presigned(
         .get("X-Amz-Credential")
         .ok_or(AuthError::Malformed("X-Amz-Credential"))?;
     let scope = parse_credential(credential)?;
+    keys.check_scope(scope.region, scope.service)?;
     let date = params
         .get("X-Amz-Date")
         .ok_or(AuthError::Malformed("X-Amz-Date"))?;
@@ -458,6 +489,17 @@ mod tests {
 
     /// A URL presigned by the AWS SDK's signer verifies until it expires,
     /// and not with another secret or a changed query.
+    #[test]
+    fn only_this_servers_region_and_services_are_accepted() {
+        let keys = KeyStore::new([("AKID".to_string(), "s".to_string())]).in_region("us-east-1");
+        assert_eq!(keys.check_scope("us-east-1", "kinesisvideo"), Ok(()));
+        assert_eq!(keys.check_scope("us-east-1", "kinesis"), Ok(()));
+        assert!(keys.check_scope("eu-west-1", "kinesisvideo").is_err());
+        assert!(keys.check_scope("us-east-1", "s3").is_err());
+        let any = KeyStore::new([("AKID".to_string(), "s".to_string())]);
+        assert_eq!(any.check_scope("eu-west-1", "service"), Ok(()));
+    }
+
     #[test]
     fn presigned_urls_verify_until_they_expire() {
         let keys = KeyStore::new([("AKIDP".to_string(), "presign-secret".to_string())]);

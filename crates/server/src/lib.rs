@@ -226,7 +226,7 @@ pub async fn run(
             ttl_seconds: w.credential_ttl_seconds,
         }),
         tls: tls.is_some(),
-        keys: KeyStore::new(cfg.keys.clone()),
+        keys: KeyStore::new(cfg.keys.clone()).in_region(&cfg.engine.region),
         limits: Arc::new(kinema_api::serve::Limits::new(cfg.limits.clone())),
         metrics: Metrics::new(sources.clone(), detectors.clone(), live.clone()),
         public_url: cfg.public_url.clone(),
