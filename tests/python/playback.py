@@ -184,6 +184,14 @@ def cmd_archive(name, fps, outdir):
         if not token:
             break
     assert len(seen) == 9, len(seen)
+    # A page token holds only for its own request (issue 15, finding 8).
+    first = images.get_images(StreamName=name, ImageSelectorType="PRODUCER_TIMESTAMP",
+                              StartTimestamp=t0, EndTimestamp=t0 + datetime.timedelta(seconds=4),
+                              SamplingInterval=500, Format="JPEG", MaxResults=1)
+    expect_error("InvalidArgumentException", images.get_images, StreamName=name,
+                 ImageSelectorType="PRODUCER_TIMESTAMP", StartTimestamp=t0 - datetime.timedelta(seconds=1),
+                 EndTimestamp=t0 + datetime.timedelta(seconds=4), SamplingInterval=500, Format="JPEG",
+                 MaxResults=1, NextToken=first["NextToken"])
     stamps = [i["TimeStamp"] for i in seen]
     assert stamps == [t0 + datetime.timedelta(milliseconds=500 * k) for k in range(9)], stamps
     for k, img in enumerate(seen):

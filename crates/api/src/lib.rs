@@ -64,6 +64,8 @@ pub struct AppState {
     /// `wss://`).
     pub tls: bool,
     pub keys: KeyStore,
+    /// Signs the page tokens the server hands out (GetImages NextToken).
+    pub token_key: [u8; 32],
     /// Connection caps, timeouts and the unauthenticated body budget.
     pub limits: Arc<serve::Limits>,
     pub metrics: Arc<Metrics>,

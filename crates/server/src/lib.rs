@@ -32,7 +32,8 @@ pub fn credentials(
     }
 }
 
-/// A fresh secret for signing shard iterators (they do not outlive the process).
+/// A fresh secret for signing shard iterators and page tokens (they do
+/// not outlive the process).
 fn iterator_key() -> anyhow::Result<[u8; 32]> {
     use std::io::Read;
     let mut key = [0u8; 32];
@@ -227,6 +228,7 @@ pub async fn run(
         }),
         tls: tls.is_some(),
         keys: KeyStore::new(cfg.keys.clone()).in_region(&cfg.engine.region),
+        token_key: iterator_key()?,
         limits: Arc::new(kinema_api::serve::Limits::new(cfg.limits.clone())),
         metrics: Metrics::new(sources.clone(), detectors.clone(), live.clone()),
         public_url: cfg.public_url.clone(),

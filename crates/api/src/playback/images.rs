@@ -93,14 +93,16 @@ pub(crate) async fn get_images(State(st): St, body: Bytes) -> Result<Response, A
     if !(1..=MAX_RESULTS).contains(&max_results) {
         return Err(ApiError::invalid("MaxResults must be between 1 and 100"));
     }
+    // A page token names the next sample of this very request, and only
+    // the server can make one (an HMAC over the request and the index).
+    let request = format!(
+        "{:?}|{:?}|{kind:?}|{start}|{end}|{interval}|{format:?}|{width:?}|{height:?}",
+        input.stream.name(),
+        input.stream.arn(),
+    );
     let first = match &input.next_token {
         None => 0,
-        Some(t) => base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(t)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| s.strip_prefix("img:").and_then(|n| n.parse::<i64>().ok()))
-            .filter(|n| *n >= 0)
+        Some(t) => read_page_token(&st.token_key, &request, t)
             .ok_or_else(|| ApiError::invalid("NextToken is not valid for this request"))?,
     };
     let page = st
@@ -138,8 +140,58 @@ pub(crate) async fn get_images(State(st): St, body: Bytes) -> Result<Response, A
         .collect();
     let mut out = json!({ "Images": images });
     if let Some(next) = page.next {
-        out["NextToken"] =
-            json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("img:{next}")));
+        out["NextToken"] = json!(page_token(&st.token_key, &request, next));
     }
     Ok(ok(out))
+}
+
+fn page_tag(key: &[u8; 32], request: &str, index: i64) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("any key length");
+    mac.update(request.as_bytes());
+    mac.update(&index.to_be_bytes());
+    hex::encode(&mac.finalize().into_bytes()[..16])
+}
+
+fn page_token(key: &[u8; 32], request: &str, index: i64) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("img:{index}:{}", page_tag(key, request, index)))
+}
+
+fn read_page_token(key: &[u8; 32], request: &str, token: &str) -> Option<i64> {
+    let text = String::from_utf8(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .ok()?,
+    )
+    .ok()?;
+    let (index, tag) = text.strip_prefix("img:")?.split_once(':')?;
+    let index: i64 = index.parse().ok().filter(|n| *n >= 0)?;
+    use subtle::ConstantTimeEq;
+    bool::from(
+        tag.as_bytes()
+            .ct_eq(page_tag(key, request, index).as_bytes()),
+    )
+    .then_some(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_hold_only_for_their_request() {
+        let key = [7; 32];
+        let t = page_token(&key, "a", 25);
+        assert_eq!(read_page_token(&key, "a", &t), Some(25));
+        assert_eq!(read_page_token(&key, "b", &t), None, "another request");
+        assert_eq!(read_page_token(&[8; 32], "a", &t), None, "another server");
+        let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
+            "img:{}:{}",
+            i64::MAX,
+            page_tag(&key, "a", 25)
+        ));
+        assert_eq!(read_page_token(&key, "a", &forged), None);
+        assert_eq!(read_page_token(&key, "a", "img:3"), None);
+    }
 }
