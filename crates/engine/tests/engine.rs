@@ -28,6 +28,11 @@ const AVCC: [u8; 29] = [
 /// A PutMedia upload of `clusters` one-second fragments of H.264 (ten
 /// frames each, a keyframe first; one NAL unit of 60 bytes per frame).
 fn upload(clusters: u64) -> Vec<u8> {
+    upload_filled(clusters, 0xAB)
+}
+
+/// [`upload`] with the frames' payload bytes set to `fill`.
+fn upload_filled(clusters: u64, fill: u8) -> Vec<u8> {
     let mut entry = Vec::new();
     uint_element(&mut entry, ids::TRACK_NUMBER, 1);
     uint_element(&mut entry, ids::TRACK_TYPE, 1);
@@ -41,7 +46,7 @@ fn upload(clusters: u64) -> Vec<u8> {
     let frame = |nal_type: u8| {
         let mut f = 60u32.to_be_bytes().to_vec();
         f.push(nal_type);
-        f.extend([0xAB; 59]);
+        f.extend([fill; 59]);
         f
     };
     let (key, delta) = (frame(0x65), frame(0x41));
@@ -1224,6 +1229,50 @@ async fn long_names_fit_on_disk_and_refused_creates_leave_nothing() {
     let engine = open().await;
     assert_eq!(
         read_all(&engine, &long, StartSelector::Earliest).await,
+        vec![1, 2]
+    );
+}
+
+/// Issue 15, finding 8: a resend (same start, frames and duration, same
+/// content) is acknowledged with the stored fragment; a different fragment
+/// that only shares the start, frame count and duration is stored.
+#[tokio::test]
+async fn only_a_true_resend_is_taken_for_the_stored_fragment() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(Store::open_local(dir.path()).unwrap(), config())
+        .await
+        .unwrap();
+    engine
+        .create_stream("cam", None, None, None, Some(1), BTreeMap::new())
+        .await
+        .unwrap();
+    let put = |body: Vec<u8>| {
+        let engine = engine.clone();
+        async move {
+            let mut s = engine
+                .begin_put_media(
+                    Some("cam"),
+                    None,
+                    TimecodeType::Relative,
+                    1_700_000_000_000_000_000,
+                )
+                .unwrap();
+            s.push(&body);
+            s.finish();
+            let mut numbers = Vec::new();
+            while let Some(ev) = s.poll() {
+                if let IngestEvent::Fragment(f) = ev {
+                    numbers.push(s.persist(f).await.unwrap().number);
+                }
+            }
+            numbers
+        }
+    };
+    assert_eq!(put(upload_filled(1, 0xAB)).await, vec![1]);
+    assert_eq!(put(upload_filled(1, 0xAB)).await, vec![1], "a resend");
+    assert_eq!(put(upload_filled(1, 0xCD)).await, vec![2], "other content");
+    assert_eq!(
+        read_all(&engine, "cam", StartSelector::Earliest).await,
         vec![1, 2]
     );
 }

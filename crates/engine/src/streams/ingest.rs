@@ -61,11 +61,18 @@ impl Engine {
         };
         // A producer resending after a lost connection: the fragment is
         // already durable, so acknowledge the stored one instead of storing
-        // it twice.
-        if let Some(stored) = read(&stream.catalog).duplicate_of(&meta) {
-            return Ok(*stored);
-        }
+        // it twice. Only the same frames count: a different fragment that
+        // happens to start at the same time with as many frames is stored.
         let id = stream.id();
+        let candidate = read(&stream.catalog).duplicate_of(&meta).copied();
+        if let Some(stored) = candidate
+            && stored.size == meta.size
+            && let Ok(object) = self.inner.store.get_fragment(&id, stored.number).await
+            && object.get(stored.cluster_offset as usize..)
+                == frag.object.get(meta.cluster_offset as usize..)
+        {
+            return Ok(stored);
+        }
         let object = frag.object;
         self.inner
             .store
