@@ -315,3 +315,40 @@ fn many_streams_fit_in_a_small_open_file_limit() {
     eprintln!("open descriptors with 300 video and 20 data streams: {open}");
     assert!(open < 200, "{open} descriptors open");
 }
+
+/// Finding 8: /metrics can be closed with a bearer token, and the sample
+/// configuration's example key is refused (with a warning) rather than
+/// working for anyone who read the sample.
+#[test]
+fn metrics_can_be_closed_and_the_sample_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_config(
+        &dir.path().join("data"),
+        "[server]\nmetrics_bearer_token = \"scrape-me\"\n\
+         [[access_keys]]\nid = \"AKIDKINEMAEXAMPLE\"\nsecret = \"kinema-example-secret-change-me\"\n",
+    );
+    let metrics = |auth: Option<&str>| {
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"]);
+        if let Some(a) = auth {
+            cmd.args(["-H", &format!("Authorization: {a}")]);
+        }
+        let out = cmd.arg(format!("{}/metrics", server.url())).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(metrics(None), "401");
+    assert_eq!(metrics(Some("Bearer wrong")), "401");
+    assert_eq!(metrics(Some("Bearer scrape-me")), "200");
+
+    assert!(server.log().contains("example secret"), "{}", server.log());
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(["--aws-sigv4", "aws:amz:us-east-1:kinesisvideo"])
+        .args(["--user", "AKIDKINEMAEXAMPLE:kinema-example-secret-change-me"])
+        .args(["-d", "{}", &format!("{}/listStreams", server.url())])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+    // The server's own key still works.
+    assert_eq!(api(&server, "POST", "/listStreams", Some("{}")).0, 200);
+}

@@ -64,6 +64,8 @@ pub struct AppState {
     /// `wss://`).
     pub tls: bool,
     pub keys: KeyStore,
+    /// When set, `/metrics` needs `Authorization: Bearer <token>`.
+    pub metrics_token: Option<String>,
     /// Signs the page tokens the server hands out (GetImages NextToken).
     pub token_key: [u8; 32],
     /// Connection caps, timeouts and the unauthenticated body budget.
@@ -175,7 +177,23 @@ async fn session_authenticates(req: Request, next: Next) -> Response {
     resp
 }
 
-async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
+async fn render_metrics(State(state): State<Arc<AppState>>, headers: http::HeaderMap) -> Response {
+    if let Some(token) = &state.metrics_token {
+        use subtle::ConstantTimeEq;
+        let given = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "NotAuthorizedException",
+                "/metrics needs its bearer token",
+            )
+            .into_response();
+        }
+    }
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
         state.metrics.render(),

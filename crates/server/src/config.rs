@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4566";
+/// The example secret in samples/config.toml (public, so refused).
+pub const SAMPLE_SECRET: &str = "kinema-example-secret-change-me";
 pub const DEFAULT_DATA_DIR: &str = "kinema-data";
 pub use kinema_core::aws::{DEFAULT_ACCOUNT_ID, DEFAULT_REGION};
 pub const DEFAULT_LIVE_BUFFER_SECONDS: u64 = 120;
@@ -192,6 +194,9 @@ pub struct ServerConfig {
     pub tls_self_signed: Option<Vec<String>>,
     pub region: Option<String>,
     pub account_id: Option<String>,
+    /// When set, `/metrics` answers only `Authorization: Bearer <token>`
+    /// (Prometheus's `authorization` scrape setting).
+    pub metrics_bearer_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -245,6 +250,7 @@ pub struct Resolved {
     pub webrtc: WebRtc,
     pub limits: kinema_api::serve::LimitsConfig,
     pub source_access: kinema_engine::sources::SourceAccess,
+    pub metrics_bearer_token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -292,6 +298,18 @@ impl Config {
         let mut keys: Vec<(String, String)> = self
             .access_keys
             .iter()
+            .filter(|k| {
+                // The sample configuration's key is public: never a key.
+                let example = k.secret == SAMPLE_SECRET;
+                if example {
+                    tracing::warn!(
+                        id = %k.id,
+                        "an access key has the sample configuration's example secret and is \
+                         refused: give it a secret of your own"
+                    );
+                }
+                !example
+            })
             .map(|k| (k.id.clone(), k.secret.clone()))
             .collect();
         keys.extend(env_key);
@@ -407,6 +425,11 @@ impl Config {
             },
             webrtc: self.webrtc.resolve(listen.or(self.server.listen))?,
             limits: self.limits.resolve(),
+            metrics_bearer_token: self
+                .server
+                .metrics_bearer_token
+                .clone()
+                .filter(|t| !t.is_empty()),
             source_access: kinema_engine::sources::SourceAccess {
                 media_dirs: self.source_access.media_dirs.clone(),
                 allow_networks: self
@@ -494,7 +517,8 @@ mod tests {
         let r = cfg
             .resolve(None, None, Some(("ENV".into(), "secret".into())))
             .unwrap();
-        assert_eq!(r.keys.len(), 2);
+        // The sample's own key is an example, and refused.
+        assert_eq!(r.keys, [("ENV".to_string(), "secret".to_string())]);
         assert_eq!(r.engine.ingest.max_fragment_bytes, 50 * 1024 * 1024);
         assert_eq!(r.data_streams.max_record_bytes, 1024 * 1024);
         assert_eq!(r.data_streams.shard_write_records_per_s, 0);

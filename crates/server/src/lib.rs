@@ -229,6 +229,7 @@ pub async fn run(
         tls: tls.is_some(),
         keys: KeyStore::new(cfg.keys.clone()).in_region(&cfg.engine.region),
         token_key: iterator_key()?,
+        metrics_token: cfg.metrics_bearer_token.clone(),
         limits: Arc::new(kinema_api::serve::Limits::new(cfg.limits.clone())),
         metrics: Metrics::new(sources.clone(), detectors.clone(), live.clone()),
         public_url: cfg.public_url.clone(),
