@@ -333,7 +333,10 @@ fn metrics_can_be_closed_and_the_sample_key_is_refused() {
         if let Some(a) = auth {
             cmd.args(["-H", &format!("Authorization: {a}")]);
         }
-        let out = cmd.arg(format!("{}/metrics", server.url())).output().unwrap();
+        let out = cmd
+            .arg(format!("{}/metrics", server.url()))
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert_eq!(metrics(None), "401");
@@ -344,7 +347,10 @@ fn metrics_can_be_closed_and_the_sample_key_is_refused() {
     let out = std::process::Command::new("curl")
         .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
         .args(["--aws-sigv4", "aws:amz:us-east-1:kinesisvideo"])
-        .args(["--user", "AKIDKINEMAEXAMPLE:kinema-example-secret-change-me"])
+        .args([
+            "--user",
+            "AKIDKINEMAEXAMPLE:kinema-example-secret-change-me",
+        ])
         .args(["-d", "{}", &format!("{}/listStreams", server.url())])
         .output()
         .unwrap();

@@ -1276,3 +1276,39 @@ async fn only_a_true_resend_is_taken_for_the_stored_fragment() {
         vec![1, 2]
     );
 }
+
+/// Issue 15, finding 8: a stream takes a bounded number of producers and
+/// readers at a time; a place comes free when its holder ends.
+#[tokio::test]
+async fn producers_and_readers_per_stream_are_capped() {
+    use kinema_engine::EngineError;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(
+        Store::open_local(dir.path()).unwrap(),
+        EngineConfig {
+            max_producers_per_stream: 1,
+            max_readers_per_stream: 2,
+            ..config()
+        },
+    )
+    .await
+    .unwrap();
+    engine
+        .create_stream("cam", None, None, None, Some(1), BTreeMap::new())
+        .await
+        .unwrap();
+    let put = || engine.begin_put_media(Some("cam"), None, TimecodeType::Relative, 0);
+    let first = put().unwrap();
+    assert!(matches!(put(), Err(EngineError::ClientLimitExceeded(_))));
+    drop(first);
+    let _again = put().unwrap();
+    let read = || engine.get_media(Some("cam"), None, StartSelector::Earliest);
+    let (a, _b) = (read().unwrap(), read().unwrap());
+    assert!(matches!(read(), Err(EngineError::ClientLimitExceeded(_))));
+    assert!(matches!(
+        engine.fragments_by_number(Some("cam"), None, &[]),
+        Err(EngineError::ClientLimitExceeded(_))
+    ));
+    drop(a);
+    assert!(read().is_ok());
+}

@@ -15,6 +15,8 @@ pub const DEFAULT_LIVE_BUFFER_SECONDS: u64 = 120;
 pub const DEFAULT_RETENTION_CHECK_SECONDS: u64 = 60;
 pub const DEFAULT_MAX_FRAGMENT_MB: u64 = 50;
 pub const DEFAULT_PLAYBACK_SESSIONS_PER_STREAM: usize = 100;
+pub const DEFAULT_PRODUCERS_PER_STREAM: usize = 5;
+pub const DEFAULT_READERS_PER_STREAM: usize = 10;
 pub const DEFAULT_MAX_FRAGMENT_SECONDS: u64 = 10;
 pub const DEFAULT_GET_MEDIA_IDLE_SECONDS: u64 = 3;
 pub const DEFAULT_GET_MEDIA_LIVE_IDLE_SECONDS: u64 = 30;
@@ -217,6 +219,9 @@ pub struct VideoConfig {
     pub get_media_live_idle_seconds: Option<u64>,
     /// Open HLS/DASH sessions allowed per stream.
     pub playback_sessions_per_stream: Option<usize>,
+    /// PutMedia uploads, and GetMedia readers, one stream takes at a time.
+    pub max_producers_per_stream: Option<usize>,
+    pub max_readers_per_stream: Option<usize>,
 }
 
 impl Config {
@@ -345,6 +350,14 @@ impl Config {
                 .get_media_live_idle_seconds
                 .unwrap_or(DEFAULT_GET_MEDIA_LIVE_IDLE_SECONDS)
                 * 1000,
+            max_producers_per_stream: v
+                .max_producers_per_stream
+                .unwrap_or(DEFAULT_PRODUCERS_PER_STREAM)
+                .max(1),
+            max_readers_per_stream: v
+                .max_readers_per_stream
+                .unwrap_or(DEFAULT_READERS_PER_STREAM)
+                .max(1),
             ..Default::default()
         };
         let d = &self.data_streams;

@@ -86,6 +86,7 @@ impl Engine {
                         live: watch::channel(0).0,
                         frames: broadcast::channel(LIVE_FRAMES_QUEUE).0,
                         producers: AtomicUsize::new(0),
+                        readers: AtomicUsize::new(0),
                         deleted: AtomicBool::new(false),
                         trims: AtomicUsize::new(0),
                     }),

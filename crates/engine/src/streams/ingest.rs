@@ -23,7 +23,11 @@ impl Engine {
         start_ns: i128,
     ) -> Result<PutMediaSession, EngineError> {
         let stream = self.resolve(name, arn)?;
-        stream.producers.fetch_add(1, Ordering::SeqCst);
+        super::take_place(
+            &stream.producers,
+            self.inner.config.max_producers_per_stream,
+            "producers",
+        )?;
         Ok(PutMediaSession {
             engine: self.clone(),
             session: IngestSession::new(timecode_type, start_ns, self.inner.config.ingest),

@@ -41,6 +41,11 @@ pub struct EngineConfig {
     /// GetMedia ends after this long without a new fragment while a producer is connected.
     pub get_media_live_idle_ms: u64,
     pub max_streams: usize,
+    /// PutMedia uploads one stream takes at a time.
+    pub max_producers_per_stream: usize,
+    /// GetMedia (and GetMediaForFragmentList) readers of one stream at a
+    /// time.
+    pub max_readers_per_stream: usize,
     /// The wall clock the engine reads (server timestamps, versions,
     /// retention).
     pub clock: Clock,
@@ -56,6 +61,8 @@ impl Default for EngineConfig {
             get_media_idle_ms: 3_000,
             get_media_live_idle_ms: 30_000,
             max_streams: 10_000,
+            max_producers_per_stream: 5,
+            max_readers_per_stream: 10,
             clock: Clock::system(),
         }
     }
@@ -95,6 +102,7 @@ struct Stream {
     /// (WebRTC). Ingest never waits: a lagging receiver loses frames.
     frames: broadcast::Sender<LiveFrame>,
     producers: AtomicUsize,
+    readers: AtomicUsize,
     deleted: AtomicBool,
     trims: AtomicUsize,
 }
@@ -208,6 +216,7 @@ impl Engine {
                     live: watch::channel(last).0,
                     frames: broadcast::channel(LIVE_FRAMES_QUEUE).0,
                     producers: AtomicUsize::new(0),
+                    readers: AtomicUsize::new(0),
                     deleted: AtomicBool::new(false),
                     trims: AtomicUsize::new(
                         records
@@ -291,4 +300,20 @@ impl Engine {
             ))
         })
     }
+}
+
+/// Takes one of `max` places counted by `count`, or says who is over.
+fn take_place(count: &AtomicUsize, max: usize, what: &str) -> Result<(), EngineError> {
+    count
+        .fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |n| (n < max).then_some(n + 1),
+        )
+        .map(|_| ())
+        .map_err(|_| {
+            EngineError::ClientLimitExceeded(format!(
+                "at most {max} {what} use one stream at a time"
+            ))
+        })
 }

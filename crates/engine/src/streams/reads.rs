@@ -71,13 +71,7 @@ impl Engine {
                     .unwrap_or(c.next_number()),
             }
         };
-        Ok(FragmentReader {
-            engine: self.clone(),
-            rx: stream.live.subscribe(),
-            stream,
-            next,
-            follow: true,
-        })
+        FragmentReader::new(self, stream, next, true)
     }
 
     /// The stored fragments named, in the order given; every one must exist.
@@ -101,13 +95,7 @@ impl Engine {
                 })
                 .collect::<Result<Vec<_>, _>>()?
         };
-        let reader = FragmentReader {
-            engine: self.clone(),
-            rx: stream.live.subscribe(),
-            stream,
-            next: 0,
-            follow: false,
-        };
+        let reader = FragmentReader::new(self, stream, 0, false)?;
         Ok((metas, reader))
     }
 
@@ -235,6 +223,26 @@ pub struct FragmentReader {
 }
 
 impl FragmentReader {
+    fn new(
+        engine: &Engine,
+        stream: Arc<Stream>,
+        next: u64,
+        follow: bool,
+    ) -> Result<FragmentReader, EngineError> {
+        super::take_place(
+            &stream.readers,
+            engine.inner.config.max_readers_per_stream,
+            "readers",
+        )?;
+        Ok(FragmentReader {
+            engine: engine.clone(),
+            rx: stream.live.subscribe(),
+            stream,
+            next,
+            follow,
+        })
+    }
+
     /// Loads one stored fragment object.
     pub async fn load(&self, meta: &FragmentMeta) -> Result<Bytes, EngineError> {
         Ok(self
@@ -279,5 +287,11 @@ impl FragmentReader {
                 _ => return None,
             }
         }
+    }
+}
+
+impl Drop for FragmentReader {
+    fn drop(&mut self) {
+        self.stream.readers.fetch_sub(1, Ordering::SeqCst);
     }
 }
