@@ -11,6 +11,7 @@ const SANS_IO: &[&str] = &[
     "kinema-mkv",
     "kinema-archive",
     "kinema-datastream",
+    "kinema-iam",
     "kinema-hls",
     "kinema-remux",
     "kinema-signaling",
