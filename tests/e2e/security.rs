@@ -358,3 +358,186 @@ fn metrics_can_be_closed_and_the_sample_key_is_refused() {
     // The server's own key still works.
     assert_eq!(api(&server, "POST", "/listStreams", Some("{}")).0, 200);
 }
+
+/// Keys with IAM-shaped policies: a read-only key, one camera's ingest key
+/// and a key allowed everything but deleting the front door, each doing
+/// exactly what its policy says through boto3 (video, playback, signaling
+/// endpoints, data streams), the AWS CLI, curl's PutMedia and the
+/// signaling WebSocket; refusals are AccessDeniedException and audited.
+const POLICIES: &str = r#"
+[policies.read-only]
+Version = "2012-10-17"
+[[policies.read-only.Statement]]
+Effect = "Allow"
+Action = ["kinesisvideo:Describe*", "kinesisvideo:List*", "kinesisvideo:Get*",
+          "kinesisvideo:ConnectAsViewer", "kinesis:Describe*", "kinesis:List*", "kinesis:Get*"]
+Resource = "*"
+
+[policies.front-door-camera]
+[[policies.front-door-camera.Statement]]
+Effect = "Allow"
+Action = ["kinesisvideo:PutMedia", "kinesisvideo:DescribeStream", "kinesisvideo:GetDataEndpoint"]
+Resource = "arn:aws:kinesisvideo:*:*:stream/front-door/*"
+
+[policies]
+guarded = '''{"Version": "2012-10-17", "Statement": [
+  {"Effect": "Allow", "Action": "*", "Resource": "*"},
+  {"Effect": "Deny", "Action": "kinesisvideo:DeleteStream",
+   "Resource": "arn:aws:kinesisvideo:*:*:stream/front-door/*"}]}'''
+
+[[access_keys]]
+id = "AKIDREADER"
+secret = "reader-secret"
+policies = ["read-only"]
+
+[[access_keys]]
+id = "AKIDCAMERA"
+secret = "camera-secret"
+policies = ["front-door-camera"]
+
+[[access_keys]]
+id = "AKIDGUARDED"
+secret = "guarded-secret"
+policies = ["guarded"]
+"#;
+
+/// A short PutMedia of `stream` signed with `key`: the HTTP status and
+/// the ACK lines.
+fn put_media_as(
+    server: &Server,
+    stream: &str,
+    (key, secret): (&str, &str),
+) -> (String, Vec<serde_json::Value>) {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} | curl -sS -N -w '\\n%{{http_code}}' --aws-sigv4 'aws:amz:us-east-1:kinesisvideo' \
+             --user {key}:{secret} -X POST -T - -H 'x-amzn-stream-name: {stream}' \
+             -H 'x-amzn-fragment-timecode-type: RELATIVE' {}/putMedia",
+            gst_producer(30, 15, false),
+            server.url()
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.to_string(), parse_acks(body.as_bytes()))
+}
+
+#[test]
+fn every_key_does_exactly_what_its_policy_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_config(&dir.path().join("data"), POLICIES);
+    assert_eq!(run_python(&server, "iam.py", &["setup"]).trim(), "ok");
+    assert_eq!(run_python(&server, "iam.py", &["check"]).trim(), "ok");
+
+    // The camera key streams to its own stream and to no other.
+    let camera = ("AKIDCAMERA", "camera-secret");
+    let (status, acks) = put_media_as(&server, "front-door", camera);
+    assert_eq!(status, "200");
+    assert_eq!(acks_of(&acks, "PERSISTED").len(), 2, "{acks:?}");
+    let (status, _) = put_media_as(&server, "back-yard", camera);
+    assert_eq!(status, "403");
+    let (status, _) = put_media_as(&server, "front-door", ("AKIDREADER", "reader-secret"));
+    assert_eq!(status, "403");
+
+    // Kinema's own API and WHEP are checked too.
+    for (method, path) in [
+        ("GET", "/v1/sources"),
+        ("GET", "/v1/detectors/front-door"),
+        ("POST", "/v1/whep/front-door"),
+        ("GET", "/v1/datastreams/events/subscribe"),
+    ] {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", method])
+            .args(["--aws-sigv4", "aws:amz:us-east-1:kinesisvideo"])
+            .args(["--user", &format!("{}:{}", camera.0, camera.1)])
+            .arg(format!("{}{path}", server.url()))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "403",
+            "{method} {path}"
+        );
+    }
+
+    // The AWS CLI with the read-only key.
+    let reader = ("AKIDREADER", "reader-secret");
+    let (ok, out, err) = run_aws_as(&server, reader, &["kinesisvideo", "list-streams"]);
+    assert!(ok && out.contains("front-door"), "{out}{err}");
+    let (ok, _, err) = run_aws_as(
+        &server,
+        reader,
+        &["kinesisvideo", "create-stream", "--stream-name", "cli-made"],
+    );
+    assert!(!ok && err.contains("AccessDeniedException"), "{err}");
+    let (ok, _, err) = run_aws_as(
+        &server,
+        reader,
+        &[
+            "kinesis",
+            "put-record",
+            "--stream-name",
+            "events",
+            "--partition-key",
+            "k",
+            "--data",
+            "eA==",
+        ],
+    );
+    assert!(!ok && err.contains("AccessDeniedException"), "{err}");
+
+    // Signaling: a viewer-only key can connect as a viewer, not as master.
+    let arn = {
+        let body = r#"{"ChannelName": "door-chan"}"#;
+        let (_, v) = api(&server, "POST", "/describeSignalingChannel", Some(body));
+        v["ChannelInfo"]["ChannelARN"].as_str().unwrap().to_string()
+    };
+    let ws = |client: Option<&str>| {
+        let url = kinema_client::signaling_url(
+            &format!("ws://127.0.0.1:{}", server.port),
+            &arn,
+            client,
+            reader.0,
+            reader.1,
+            "us-east-1",
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            match tokio_tungstenite::connect_async(url).await {
+                Ok(_) => 101,
+                Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+                Err(e) => panic!("{e}"),
+            }
+        })
+    };
+    assert_eq!(ws(None), 403, "a viewer-only key cannot be the master");
+    assert_eq!(ws(Some("viewer-1")), 101);
+
+    // Every refusal is in the audit log with who, what, on what, from where.
+    let log = server.log();
+    let audit: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("kinema::audit"))
+        .collect();
+    assert!(
+        audit.iter().any(|l| l.contains("key=\"AKIDREADER\"")
+            && l.contains("action=\"kinesisvideo:CreateStream\"")
+            && l.contains("outcome=\"denied\"")
+            && l.contains("peer=\"127.0.0.1:")),
+        "{audit:#?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|l| l.contains("action=\"kinesisvideo:DeleteStream\"")
+                && l.contains("outcome=\"allowed\"")),
+        "{audit:#?}"
+    );
+}

@@ -229,11 +229,20 @@ fn aws_cli() -> String {
 
 /// Runs the AWS CLI against the server: (succeeded, stdout, stderr).
 pub fn run_aws(server: &Server, args: &[&str]) -> (bool, String, String) {
+    run_aws_as(server, (KEY_ID, SECRET), args)
+}
+
+/// [`run_aws`] with another access key.
+pub fn run_aws_as(
+    server: &Server,
+    (key, secret): (&str, &str),
+    args: &[&str],
+) -> (bool, String, String) {
     let out = Command::new(aws_cli())
         .args(args)
         .args(["--endpoint-url", &server.url(), "--output", "json"])
-        .env("AWS_ACCESS_KEY_ID", KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_ACCESS_KEY_ID", key)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
         .env("AWS_DEFAULT_REGION", "us-east-1")
         .output()
         .expect("run aws");

@@ -4,6 +4,7 @@
 //! is verified with SigV4 before it reaches a handler; handlers translate
 //! JSON into engine calls and engine errors into AWS error shapes.
 
+mod authorize;
 mod channels;
 mod detectors;
 pub mod error;
@@ -234,17 +235,24 @@ fn is_streaming_upload(path: &str) -> bool {
 async fn authenticate(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let conn = parts.extensions.get::<Arc<serve::Connection>>().cloned();
+    let peer = conn
+        .as_ref()
+        .map(|c| c.peer.to_string())
+        .unwrap_or_default();
     match check_request(&state, &parts, body).await {
-        Ok((principal, body)) => {
+        Ok((principal, body, bytes)) => {
             if let Some(c) = conn {
                 c.authenticated();
+            }
+            let target = authorize::target(&state, &parts, bytes.as_deref());
+            if let Err(e) = authorize::authorize(&principal, &target, &peer) {
+                return e.into_response();
             }
             let mut req = Request::from_parts(parts, body);
             req.extensions_mut().insert(principal);
             next.run(req).await
         }
         Err(e) => {
-            let peer = conn.map(|c| c.peer.to_string()).unwrap_or_default();
             tracing::info!(path = %parts.uri.path(), %peer, error = %e.message, "refused unauthenticated request");
             e.into_response()
         }
@@ -262,7 +270,7 @@ async fn check_request(
     state: &AppState,
     parts: &http::request::Parts,
     body: Body,
-) -> Result<(sigv4::Principal, Body), ApiError> {
+) -> Result<(sigv4::Principal, Body, Option<Bytes>), ApiError> {
     let claimed = parts
         .headers
         .get("x-amz-content-sha256")
@@ -296,18 +304,18 @@ async fn check_request(
                      uploads and requests without a body; sign the hash of the body",
                 ));
             }
-            Ok((verify(sigv4::UNSIGNED_PAYLOAD)?, body))
+            Ok((verify(sigv4::UNSIGNED_PAYLOAD)?, body, None))
         }
         Some(claimed) => {
             let principal = verify(&claimed)?;
             if streaming {
-                return Ok((principal, hash_checked(body, claimed)));
+                return Ok((principal, hash_checked(body, claimed), None));
             }
             let bytes = read_body(state, body, MAX_JSON_BODY).await?;
             if hex::encode(Sha256::digest(&bytes)) != claimed {
                 return Err(content_mismatch());
             }
-            Ok((principal, Body::from(bytes)))
+            Ok((principal, Body::from(bytes.clone()), Some(bytes)))
         }
         None if streaming => match verify(sigv4::EMPTY_SHA256) {
             // A producer that knew its whole body (curl --data-binary
@@ -315,22 +323,18 @@ async fn check_request(
             Err(sigv4::AuthError::BadSignature) => match declared {
                 Some(n) if n <= MAX_HASHED_UPLOAD => {
                     let bytes = read_unauthenticated(state, parts, body, n).await?;
-                    Ok((
-                        verify(&hex::encode(Sha256::digest(&bytes)))?,
-                        Body::from(bytes),
-                    ))
+                    let principal = verify(&hex::encode(Sha256::digest(&bytes)))?;
+                    Ok((principal, Body::from(bytes), None))
                 }
                 _ => Err(sigv4::AuthError::BadSignature.into()),
             },
-            verdict => Ok((verdict?, body)),
+            verdict => Ok((verdict?, body, None)),
         },
-        None if !has_body => Ok((verify(sigv4::EMPTY_SHA256)?, Body::empty())),
+        None if !has_body => Ok((verify(sigv4::EMPTY_SHA256)?, Body::empty(), None)),
         None => {
             let bytes = read_unauthenticated(state, parts, body, MAX_JSON_BODY).await?;
-            Ok((
-                verify(&hex::encode(Sha256::digest(&bytes)))?,
-                Body::from(bytes),
-            ))
+            let principal = verify(&hex::encode(Sha256::digest(&bytes)))?;
+            Ok((principal, Body::from(bytes.clone()), Some(bytes)))
         }
     }
 }

@@ -8,6 +8,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
@@ -16,6 +17,7 @@ use aws_sigv4::http_request::{
 };
 use aws_sigv4::sign::v4;
 use http::HeaderMap;
+use kinema_iam::{Policies, Policy};
 use subtle::ConstantTimeEq;
 
 /// Largest clock difference accepted between client and server.
@@ -50,27 +52,58 @@ pub enum AuthError {
 /// The services whose signatures Kinema accepts.
 pub const SERVICES: &[&str] = &["kinesisvideo", "kinesis"];
 
-/// Who signed a request, once verified.
+/// Who signed a request, once verified, and what they may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub access_key_id: String,
     pub region: String,
     pub service: String,
+    pub policies: Arc<Policies>,
+}
+
+/// One access key: its secret and its policies.
+#[derive(Debug, Clone)]
+struct Key {
+    secret: String,
+    policies: Arc<Policies>,
 }
 
 /// The configured access keys.
 #[derive(Debug, Clone, Default)]
 pub struct KeyStore {
-    keys: HashMap<String, String>,
+    keys: HashMap<String, Key>,
     /// The region signatures must be scoped to, with one of [`SERVICES`]
     /// (`None`: any scope, for tests of the signature itself).
     region: Option<String>,
 }
 
 impl KeyStore {
+    /// Keys that may do everything.
     pub fn new(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
+        Self::with_policies(pairs.into_iter().map(|(id, secret)| {
+            let all = Policies {
+                identity: vec![Policy::allow_all()],
+                session: None,
+            };
+            (id, secret, all)
+        }))
+    }
+
+    /// Keys with their policies.
+    pub fn with_policies(keys: impl IntoIterator<Item = (String, String, Policies)>) -> Self {
         KeyStore {
-            keys: pairs.into_iter().collect(),
+            keys: keys
+                .into_iter()
+                .map(|(id, secret, policies)| {
+                    (
+                        id,
+                        Key {
+                            secret,
+                            policies: Arc::new(policies),
+                        },
+                    )
+                })
+                .collect(),
             region: None,
         }
     }
@@ -98,7 +131,14 @@ impl KeyStore {
     }
 
     fn secret(&self, id: &str) -> Option<&str> {
-        self.keys.get(id).map(String::as_str)
+        self.keys.get(id).map(|k| k.secret.as_str())
+    }
+
+    fn policies(&self, id: &str) -> Arc<Policies> {
+        self.keys
+            .get(id)
+            .map(|k| k.policies.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -161,7 +201,7 @@ fn check_skew(t: SystemTime, now: SystemTime) -> Result<(), AuthError> {
     }
 }
 
-fn decode_query_value(v: &str) -> String {
+pub(crate) fn decode_query_value(v: &str) -> String {
     let bytes = v.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -287,6 +327,7 @@ fn verify_header(
         access_key_id: scope.key.to_string(),
         region: scope.region.to_string(),
         service: scope.service.to_string(),
+        policies: keys.policies(scope.key),
     })
 }
 
@@ -366,6 +407,7 @@ fn verify_presigned(
         access_key_id: scope.key.to_string(),
         region: scope.region.to_string(),
         service: scope.service.to_string(),
+        policies: keys.policies(scope.key),
     })
 }
 

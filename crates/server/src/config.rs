@@ -45,6 +45,10 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub access_keys: Vec<AccessKey>,
+    /// Named IAM policies (`[policies.<name>]`, a TOML table in the IAM
+    /// shape, or a string of IAM JSON) that access keys attach.
+    #[serde(default)]
+    pub policies: std::collections::BTreeMap<String, toml::Value>,
     #[serde(default)]
     pub video: VideoConfig,
     #[serde(default)]
@@ -206,6 +210,9 @@ pub struct ServerConfig {
 pub struct AccessKey {
     pub id: String,
     pub secret: String,
+    /// Names of `[policies.*]` the key has. Without the key, it may do
+    /// everything (an administrator).
+    pub policies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -242,7 +249,8 @@ pub struct Resolved {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub public_url: Option<String>,
-    pub keys: Vec<(String, String)>,
+    /// Access keys: id, secret and policies.
+    pub keys: Vec<(String, String, kinema_iam::Policies)>,
     pub engine: kinema_engine::EngineConfig,
     pub data_streams: kinema_engine::datastreams::DataStreamsConfig,
     pub retention_check_seconds: u64,
@@ -300,24 +308,49 @@ impl Config {
         data_dir: Option<PathBuf>,
         env_key: Option<(String, String)>,
     ) -> anyhow::Result<Resolved> {
-        let mut keys: Vec<(String, String)> = self
-            .access_keys
-            .iter()
-            .filter(|k| {
+        let named = |name: &str| -> anyhow::Result<kinema_iam::Policy> {
+            let value = self
+                .policies
+                .get(name)
+                .ok_or_else(|| anyhow::anyhow!("no [policies.{name}] for an access key"))?;
+            let policy = match value {
+                toml::Value::String(json) => kinema_iam::Policy::parse(json),
+                table => kinema_iam::Policy::from_value(serde_json::to_value(table)?),
+            };
+            policy.map_err(|e| anyhow::anyhow!("[policies.{name}]: {e}"))
+        };
+        let admin = || kinema_iam::Policies {
+            identity: vec![kinema_iam::Policy::allow_all()],
+            session: None,
+        };
+        let mut keys: Vec<(String, String, kinema_iam::Policies)> = Vec::new();
+        for k in &self.access_keys {
+            let policies = match &k.policies {
+                None => admin(),
+                Some(names) => kinema_iam::Policies {
+                    identity: names.iter().map(|n| named(n)).collect::<Result<_, _>>()?,
+                    session: None,
+                },
+            };
+            keys.push((k.id.clone(), k.secret.clone(), policies));
+        }
+        let keys: Vec<(String, String, kinema_iam::Policies)> = keys
+            .into_iter()
+            .filter(|(id, secret, _)| {
                 // The sample configuration's key is public: never a key.
-                let example = k.secret == SAMPLE_SECRET;
+                let example = secret == SAMPLE_SECRET;
                 if example {
                     tracing::warn!(
-                        id = %k.id,
+                        %id,
                         "an access key has the sample configuration's example secret and is \
                          refused: give it a secret of your own"
                     );
                 }
                 !example
             })
-            .map(|k| (k.id.clone(), k.secret.clone()))
             .collect();
-        keys.extend(env_key);
+        let mut keys = keys;
+        keys.extend(env_key.map(|(id, secret)| (id, secret, admin())));
         let v = &self.video;
         let engine = kinema_engine::EngineConfig {
             region: self
@@ -531,7 +564,8 @@ mod tests {
             .resolve(None, None, Some(("ENV".into(), "secret".into())))
             .unwrap();
         // The sample's own key is an example, and refused.
-        assert_eq!(r.keys, [("ENV".to_string(), "secret".to_string())]);
+        let ids: Vec<&str> = r.keys.iter().map(|(id, _, _)| id.as_str()).collect();
+        assert_eq!(ids, ["ENV"]);
         assert_eq!(r.engine.ingest.max_fragment_bytes, 50 * 1024 * 1024);
         assert_eq!(r.data_streams.max_record_bytes, 1024 * 1024);
         assert_eq!(r.data_streams.shard_write_records_per_s, 0);

@@ -227,7 +227,7 @@ pub async fn run(
             ttl_seconds: w.credential_ttl_seconds,
         }),
         tls: tls.is_some(),
-        keys: KeyStore::new(cfg.keys.clone()).in_region(&cfg.engine.region),
+        keys: KeyStore::with_policies(cfg.keys.clone()).in_region(&cfg.engine.region),
         token_key: iterator_key()?,
         metrics_token: cfg.metrics_bearer_token.clone(),
         limits: Arc::new(kinema_api::serve::Limits::new(cfg.limits.clone())),

@@ -1,0 +1,289 @@
+//! Authorisation: every signed request is named as an IAM action on a
+//! resource ARN and decided against its caller's policies
+//! (`kinema_iam`), before any handler runs. A refusal is
+//! `AccessDeniedException` naming both; every refusal and every call that
+//! changes something is written to the audit log (target `kinema::audit`).
+//!
+//! Actions are the AWS ones where Kinema speaks an AWS protocol
+//! (`kinesisvideo:PutMedia`, `kinesisvideo:ConnectAsViewer`,
+//! `kinesis:PutRecords`, ...) and `kinema:*` for Kinema's own API
+//! (sources, detectors, consumer groups, live viewing over WHEP). Lists
+//! are on resource `*`, as in IAM.
+
+use axum::http::StatusCode;
+use http::request::Parts;
+use kinema_iam::Decision;
+use serde_json::Value;
+
+use crate::sigv4::Principal;
+use crate::{ApiError, AppState};
+
+/// What a request asks to do, in IAM's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub action: String,
+    pub resource: String,
+}
+
+/// `createStream` -> `CreateStream`.
+fn pascal(op: &str) -> String {
+    let mut c = op.chars();
+    c.next()
+        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+        .unwrap_or_default()
+}
+
+fn field<'a>(body: &'a Value, name: &str) -> Option<&'a str> {
+    body.get(name).and_then(Value::as_str)
+}
+
+impl AppState {
+    fn region(&self) -> &str {
+        &self.engine.config().region
+    }
+
+    fn account(&self) -> &str {
+        &self.engine.config().account_id
+    }
+
+    /// A video stream's ARN: the stored one if the stream exists, else the
+    /// ARN any stream of that name has (its creation time a wildcard).
+    fn video_arn(&self, name: Option<&str>, arn: Option<&str>) -> String {
+        if let Some(a) = arn {
+            return a.to_string();
+        }
+        let Some(name) = name else {
+            return "*".into();
+        };
+        match self.engine.describe_stream(Some(name), None) {
+            Ok(info) => info.arn,
+            Err(_) => format!(
+                "arn:aws:kinesisvideo:{}:{}:stream/{name}/*",
+                self.region(),
+                self.account()
+            ),
+        }
+    }
+
+    fn channel_arn(&self, name: Option<&str>, arn: Option<&str>) -> String {
+        if let Some(a) = arn {
+            return a.to_string();
+        }
+        let Some(name) = name else {
+            return "*".into();
+        };
+        match self.channels.describe(Some(name), None) {
+            Ok(c) => c.arn,
+            Err(_) => format!(
+                "arn:aws:kinesisvideo:{}:{}:channel/{name}/*",
+                self.region(),
+                self.account()
+            ),
+        }
+    }
+
+    fn data_stream_arn(&self, name: Option<&str>, arn: Option<&str>) -> String {
+        match (arn, name) {
+            (Some(a), _) => a.to_string(),
+            (None, Some(n)) => format!(
+                "arn:aws:kinesis:{}:{}:stream/{n}",
+                self.region(),
+                self.account()
+            ),
+            (None, None) => "*".into(),
+        }
+    }
+
+    fn kinema_arn(&self, kind: &str, name: &str) -> String {
+        format!(
+            "arn:aws:kinema:{}:{}:{kind}/{name}",
+            self.region(),
+            self.account()
+        )
+    }
+}
+
+/// Names a signed request as an action on a resource. `body` is the JSON
+/// body when the route has one (streaming uploads carry their stream in
+/// headers). Unknown routes are named too, so that nothing is unchecked.
+pub(crate) fn target(st: &AppState, parts: &Parts, body: Option<&[u8]>) -> Target {
+    let json: Value = body
+        .and_then(|b| serde_json::from_slice(b).ok())
+        .unwrap_or(Value::Null);
+    let path = parts.uri.path();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let query = |name: &str| {
+        parts.uri.query().and_then(|q| {
+            q.split('&').find_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                (k == name).then(|| crate::sigv4::decode_query_value(v))
+            })
+        })
+    };
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let video = |b: &Value| st.video_arn(field(b, "StreamName"), field(b, "StreamARN"));
+    let t = |action: String, resource: String| Target { action, resource };
+    let method = parts.method.as_str();
+    match (method, segments.as_slice()) {
+        ("POST", [""]) => {
+            let op = header("x-amz-target")
+                .and_then(|t| t.strip_prefix("Kinesis_20131202."))
+                .unwrap_or("Unknown");
+            let resource = match op {
+                "ListStreams" => "*".to_string(),
+                _ => {
+                    let consumer_stream = field(&json, "ConsumerARN")
+                        .and_then(|c| c.split_once("/consumer/"))
+                        .map(|(s, _)| s);
+                    st.data_stream_arn(
+                        field(&json, "StreamName"),
+                        field(&json, "StreamARN").or(consumer_stream),
+                    )
+                }
+            };
+            t(format!("kinesis:{op}"), resource)
+        }
+        ("GET", [""]) => {
+            let arn = query("X-Amz-ChannelARN").unwrap_or_else(|| "*".into());
+            let action = if query("X-Amz-ClientId").is_some() {
+                "kinesisvideo:ConnectAsViewer"
+            } else {
+                "kinesisvideo:ConnectAsMaster"
+            };
+            t(action.into(), arn)
+        }
+        ("POST", ["putMedia"]) => t(
+            "kinesisvideo:PutMedia".into(),
+            st.video_arn(header("x-amzn-stream-name"), header("x-amzn-stream-arn")),
+        ),
+        ("POST", ["listStreams"]) | ("POST", ["listSignalingChannels"]) => {
+            t(format!("kinesisvideo:{}", pascal(segments[0])), "*".into())
+        }
+        ("POST", [op])
+            if op.ends_with("SignalingChannel") || *op == "getSignalingChannelEndpoint" =>
+        {
+            t(
+                format!("kinesisvideo:{}", pascal(op)),
+                st.channel_arn(field(&json, "ChannelName"), field(&json, "ChannelARN")),
+            )
+        }
+        ("POST", ["v1", "get-ice-server-config"]) => t(
+            "kinesisvideo:GetIceServerConfig".into(),
+            st.channel_arn(None, field(&json, "ChannelARN")),
+        ),
+        ("POST", ["v1", "send-alexa-offer-to-master"]) => t(
+            "kinesisvideo:SendAlexaOfferToMaster".into(),
+            st.channel_arn(None, field(&json, "ChannelARN")),
+        ),
+        ("POST", [op]) => t(format!("kinesisvideo:{}", pascal(op)), video(&json)),
+        (_, ["v1", "whep", stream, ..]) => t(
+            "kinema:ConnectAsViewer".into(),
+            st.video_arn(Some(stream), None),
+        ),
+        ("GET", ["v1", "datastreams", stream, "subscribe"]) => t(
+            "kinesis:SubscribeToShard".into(),
+            st.data_stream_arn(Some(stream), None),
+        ),
+        ("GET", ["v1", "datastreams", stream, "groups", _]) => t(
+            "kinema:DescribeConsumerGroup".into(),
+            st.data_stream_arn(Some(stream), None),
+        ),
+        ("POST", ["v1", "datastreams", stream, "groups", _, action]) => t(
+            format!("kinema:{}ConsumerGroup", pascal(action)),
+            st.data_stream_arn(Some(stream), None),
+        ),
+        ("GET", ["v1", "sources"]) => t("kinema:ListSources".into(), "*".into()),
+        ("POST", ["v1", "sources"]) => t(
+            "kinema:CreateSource".into(),
+            st.kinema_arn("source", field(&json, "name").unwrap_or("*")),
+        ),
+        (m, ["v1", "sources", name]) => t(
+            format!(
+                "kinema:{}Source",
+                if m == "DELETE" { "Delete" } else { "Describe" }
+            ),
+            st.kinema_arn("source", name),
+        ),
+        ("GET", ["v1", "detectors"]) => t("kinema:ListDetectors".into(), "*".into()),
+        (m, ["v1", "detectors", stream]) => t(
+            format!(
+                "kinema:{}Detector",
+                match m {
+                    "PUT" => "Put",
+                    "DELETE" => "Delete",
+                    _ => "Describe",
+                }
+            ),
+            st.video_arn(Some(stream), None),
+        ),
+        ("GET", ["v1", "replay", stream]) => t(
+            "kinesisvideo:GetHLSStreamingSessionURL".into(),
+            st.video_arn(Some(stream), None),
+        ),
+        _ => t(format!("kinema:{method}{path}"), "*".into()),
+    }
+}
+
+/// Whether an action changes something (and so is audited when allowed).
+fn mutating(action: &str) -> bool {
+    let op = action.split_once(':').map_or(action, |(_, op)| op);
+    !["Get", "List", "Describe", "Connect", "Subscribe"]
+        .iter()
+        .any(|p| op.starts_with(p))
+}
+
+/// Decides a request; refusals and allowed changes go to the audit log.
+pub(crate) fn authorize(
+    principal: &Principal,
+    target: &Target,
+    peer: &str,
+) -> Result<(), ApiError> {
+    let decision = principal.policies.decide(&target.action, &target.resource);
+    let (action, resource, key) = (
+        target.action.as_str(),
+        target.resource.as_str(),
+        principal.access_key_id.as_str(),
+    );
+    match decision {
+        Decision::Allow => {
+            if mutating(action) {
+                tracing::info!(target: "kinema::audit", key, action, resource, peer, outcome = "allowed");
+            }
+            Ok(())
+        }
+        denied => {
+            tracing::warn!(target: "kinema::audit", key, action, resource, peer, outcome = "denied");
+            let how = if denied == Decision::ExplicitDeny {
+                " with an explicit deny"
+            } else {
+                ""
+            };
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "AccessDeniedException",
+                format!(
+                    "User: {key} is not authorized to perform: {action} on resource: {resource}{how}"
+                ),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_are_not_audited_and_changes_are() {
+        assert!(!mutating("kinesisvideo:GetMedia"));
+        assert!(!mutating("kinesis:ListShards"));
+        assert!(!mutating("kinesisvideo:ConnectAsViewer"));
+        assert!(mutating("kinesisvideo:PutMedia"));
+        assert!(mutating("kinesis:PutRecords"));
+        assert!(mutating("kinema:DeleteSource"));
+        assert_eq!(
+            pascal("getHLSStreamingSessionURL"),
+            "GetHLSStreamingSessionURL"
+        );
+    }
+}
