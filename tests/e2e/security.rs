@@ -406,13 +406,26 @@ policies = ["guarded"]
 fn put_media_as(
     server: &Server,
     stream: &str,
-    (key, secret): (&str, &str),
+    creds: (&str, &str),
 ) -> (String, Vec<serde_json::Value>) {
+    put_media_with_token(server, stream, creds, None)
+}
+
+/// [`put_media_as`] with temporary credentials' session token.
+fn put_media_with_token(
+    server: &Server,
+    stream: &str,
+    (key, secret): (&str, &str),
+    token: Option<&str>,
+) -> (String, Vec<serde_json::Value>) {
+    let token = token
+        .map(|t| format!("-H 'x-amz-security-token: {t}'"))
+        .unwrap_or_default();
     let out = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
             "{} | curl -sS -N -w '\\n%{{http_code}}' --aws-sigv4 'aws:amz:us-east-1:kinesisvideo' \
-             --user {key}:{secret} -X POST -T - -H 'x-amzn-stream-name: {stream}' \
+             --user {key}:{secret} {token} -X POST -T - -H 'x-amzn-stream-name: {stream}' \
              -H 'x-amzn-fragment-timecode-type: RELATIVE' {}/putMedia",
             gst_producer(30, 15, false),
             server.url()
@@ -539,5 +552,76 @@ fn every_key_does_exactly_what_its_policy_says() {
             .any(|l| l.contains("action=\"kinesisvideo:DeleteStream\"")
                 && l.contains("outcome=\"allowed\"")),
         "{audit:#?}"
+    );
+}
+
+const ROLES: &str = r#"
+[roles.camera]
+policies = ["front-door-camera"]
+trusted_keys = ["AKIDKINEMATEST"]
+
+[roles.viewer]
+policies = ["read-only"]
+trusted_keys = ["AKIDKINEMATEST"]
+max_session_seconds = 3600
+"#;
+
+/// Temporary credentials from the STS endpoint: AssumeRole and
+/// GetSessionToken through boto3's sts client; the credentials work (and
+/// only as far as their role and session policy allow) with boto3 and
+/// with curl's PutMedia; tampered tokens are refused and expired ones get
+/// ExpiredTokenException.
+#[test]
+fn temporary_credentials_work_until_they_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start_with_config(&data, &format!("{POLICIES}{ROLES}"));
+    assert_eq!(run_python(&server, "iam.py", &["setup"]).trim(), "ok");
+    assert_eq!(run_python(&server, "sts.py", &["check"]).trim(), "ok");
+
+    let creds: serde_json::Value =
+        serde_json::from_str(&run_python(&server, "sts.py", &["assume", "camera", "900"])).unwrap();
+    let (key, secret, token) = (
+        creds["AccessKeyId"].as_str().unwrap(),
+        creds["SecretAccessKey"].as_str().unwrap(),
+        creds["SessionToken"].as_str().unwrap(),
+    );
+    let (status, acks) = put_media_with_token(&server, "front-door", (key, secret), Some(token));
+    assert_eq!(status, "200", "{acks:?}");
+    assert_eq!(acks_of(&acks, "PERSISTED").len(), 2, "{acks:?}");
+    let (status, _) = put_media_with_token(&server, "back-yard", (key, secret), Some(token));
+    assert_eq!(status, "403");
+    let (status, _) = put_media_with_token(&server, "front-door", (key, secret), None);
+    assert_eq!(status, "403", "no token, no key");
+
+    // A token that expired (made with the server's own key, as if issued
+    // fifteen minutes ago for fifteen minutes).
+    let session_key: [u8; 32] = std::fs::read(data.join("sts.key"))
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let claims = kinema_iam::session::SessionClaims {
+        access_key_id: "ASIAEXPIREDSESSION01".into(),
+        issuer: KEY_ID.into(),
+        role: Some("camera".into()),
+        session_name: Some("old".into()),
+        expires_ms: kinema_engine::now_ms() - 1_000,
+        policy: None,
+    };
+    let expired_secret = kinema_iam::session::secret_of(&session_key, &claims.access_key_id);
+    let expired_token = kinema_iam::session::token(&session_key, &claims);
+    assert_eq!(
+        run_python(
+            &server,
+            "sts.py",
+            &[
+                "expired",
+                &claims.access_key_id,
+                &expired_secret,
+                &expired_token
+            ]
+        )
+        .trim(),
+        "ok"
     );
 }

@@ -125,6 +125,15 @@ pub(crate) fn target(st: &AppState, parts: &Parts, body: Option<&[u8]>) -> Targe
     let t = |action: String, resource: String| Target { action, resource };
     let method = parts.method.as_str();
     match (method, segments.as_slice()) {
+        ("POST", [""]) if header("x-amz-target").is_none() => {
+            let form = crate::sts::form(body.unwrap_or_default());
+            let action = form.get("Action").map_or("Unknown", String::as_str);
+            let resource = match action {
+                "AssumeRole" => form.get("RoleArn").cloned().unwrap_or_else(|| "*".into()),
+                _ => "*".into(),
+            };
+            t(format!("sts:{action}"), resource)
+        }
         ("POST", [""]) => {
             let op = header("x-amz-target")
                 .and_then(|t| t.strip_prefix("Kinesis_20131202."))
@@ -227,9 +236,16 @@ pub(crate) fn target(st: &AppState, parts: &Parts, body: Option<&[u8]>) -> Targe
 /// Whether an action changes something (and so is audited when allowed).
 fn mutating(action: &str) -> bool {
     let op = action.split_once(':').map_or(action, |(_, op)| op);
-    !["Get", "List", "Describe", "Connect", "Subscribe"]
-        .iter()
-        .any(|p| op.starts_with(p))
+    ![
+        "Get",
+        "List",
+        "Describe",
+        "Connect",
+        "Subscribe",
+        "AssumeRole",
+    ]
+    .iter()
+    .any(|p| op.starts_with(p))
 }
 
 /// Decides a request; refusals and allowed changes go to the audit log.

@@ -93,6 +93,25 @@ impl From<EngineError> for ApiError {
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
+        // The errors the SDKs know for temporary credentials (they refresh
+        // on an expired token).
+        match e {
+            AuthError::TokenExpired => {
+                return Self::new(
+                    StatusCode::FORBIDDEN,
+                    "ExpiredTokenException",
+                    e.to_string(),
+                );
+            }
+            AuthError::TokenInvalid => {
+                return Self::new(
+                    StatusCode::FORBIDDEN,
+                    "UnrecognizedClientException",
+                    e.to_string(),
+                );
+            }
+            _ => {}
+        }
         // The Kinesis Video services model NotAuthorizedException for
         // callers they cannot authenticate; we answer it with 403.
         Self::new(

@@ -16,6 +16,7 @@ pub mod serve;
 pub mod signaling;
 pub mod sigv4;
 mod sources;
+pub mod sts;
 pub mod tls;
 mod video;
 mod web;
@@ -83,7 +84,7 @@ pub struct AppState {
 /// The full router.
 pub fn router(state: Arc<AppState>) -> Router {
     let signed = video::routes()
-        .route("/", post(kinesis::dispatch).get(signaling::connect))
+        .route("/", post(root_post).get(signaling::connect))
         .route(
             "/v1/get-ice-server-config",
             post(signaling::get_ice_server_config),
@@ -165,6 +166,20 @@ fn playback_routes() -> Router<Arc<AppState>> {
         }))
 }
 
+/// `POST /`: Kinesis Data Streams (JSON, by `X-Amz-Target`) or STS (the
+/// Query protocol: a form with an `Action`).
+async fn root_post(
+    state: State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<sigv4::Principal>,
+    headers: http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    if headers.contains_key("x-amz-target") {
+        return kinesis::dispatch(state, headers, body).await;
+    }
+    sts::dispatch(&state, &caller, &body).await
+}
+
 /// A request whose session token served it authenticates its connection
 /// (a player keeps it open for the next segment).
 async fn session_authenticates(req: Request, next: Next) -> Response {
@@ -239,6 +254,17 @@ async fn authenticate(State(state): State<Arc<AppState>>, req: Request, next: Ne
         .as_ref()
         .map(|c| c.peer.to_string())
         .unwrap_or_default();
+    // STS speaks the Query protocol: its refusals are XML.
+    let sts = parts.method == http::Method::POST
+        && parts.uri.path() == "/"
+        && !parts.headers.contains_key("x-amz-target");
+    let refuse = |e: ApiError| {
+        if sts {
+            sts::from_api_error(e)
+        } else {
+            e.into_response()
+        }
+    };
     match check_request(&state, &parts, body).await {
         Ok((principal, body, bytes)) => {
             if let Some(c) = conn {
@@ -246,7 +272,7 @@ async fn authenticate(State(state): State<Arc<AppState>>, req: Request, next: Ne
             }
             let target = authorize::target(&state, &parts, bytes.as_deref());
             if let Err(e) = authorize::authorize(&principal, &target, &peer) {
-                return e.into_response();
+                return refuse(e);
             }
             let mut req = Request::from_parts(parts, body);
             req.extensions_mut().insert(principal);
@@ -254,7 +280,7 @@ async fn authenticate(State(state): State<Arc<AppState>>, req: Request, next: Ne
         }
         Err(e) => {
             tracing::info!(path = %parts.uri.path(), %peer, error = %e.message, "refused unauthenticated request");
-            e.into_response()
+            refuse(e)
         }
     }
 }

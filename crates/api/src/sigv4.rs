@@ -17,7 +17,10 @@ use aws_sigv4::http_request::{
 };
 use aws_sigv4::sign::v4;
 use http::HeaderMap;
+use kinema_iam::session::SessionClaims;
 use kinema_iam::{Policies, Policy};
+
+use crate::sts::Sessions;
 use subtle::ConstantTimeEq;
 
 /// Largest clock difference accepted between client and server.
@@ -44,13 +47,17 @@ pub enum AuthError {
     #[error("the presigned URL has expired")]
     Expired,
     #[error(
-        "credential should be scoped to a valid region ({0}) and service (kinesisvideo or kinesis)"
+        "credential should be scoped to a valid region ({0}) and service (kinesisvideo, kinesis or sts)"
     )]
     Scope(String),
+    #[error("the security token included in the request is expired")]
+    TokenExpired,
+    #[error("the security token included in the request is invalid")]
+    TokenInvalid,
 }
 
 /// The services whose signatures Kinema accepts.
-pub const SERVICES: &[&str] = &["kinesisvideo", "kinesis"];
+pub const SERVICES: &[&str] = &["kinesisvideo", "kinesis", "sts"];
 
 /// Who signed a request, once verified, and what they may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +66,8 @@ pub struct Principal {
     pub region: String,
     pub service: String,
     pub policies: Arc<Policies>,
+    /// For temporary credentials: what their session token says.
+    pub session: Option<SessionClaims>,
 }
 
 /// One access key: its secret and its policies.
@@ -75,6 +84,8 @@ pub struct KeyStore {
     /// The region signatures must be scoped to, with one of [`SERVICES`]
     /// (`None`: any scope, for tests of the signature itself).
     region: Option<String>,
+    /// Temporary credentials (`ASIA...` keys with a session token).
+    sessions: Option<Arc<Sessions>>,
 }
 
 impl KeyStore {
@@ -105,7 +116,57 @@ impl KeyStore {
                 })
                 .collect(),
             region: None,
+            sessions: None,
         }
+    }
+
+    /// Accepts temporary credentials issued by `sessions`.
+    pub fn with_sessions(mut self, sessions: Sessions) -> Self {
+        self.sessions = Some(Arc::new(sessions));
+        self
+    }
+
+    pub fn sessions(&self) -> Option<&Sessions> {
+        self.sessions.as_deref()
+    }
+
+    /// The secret and policies of `id`: a long-term key, or a temporary one
+    /// whose session `token` is genuine, unexpired and from a key that
+    /// still exists.
+    fn credentials(
+        &self,
+        id: &str,
+        token: Option<&str>,
+        now: SystemTime,
+    ) -> Result<(String, Arc<Policies>, Option<SessionClaims>), AuthError> {
+        if let Some(k) = self.keys.get(id) {
+            return Ok((k.secret.clone(), k.policies.clone(), None));
+        }
+        let (Some(sessions), Some(token)) = (&self.sessions, token) else {
+            return Err(AuthError::UnknownKey);
+        };
+        let now_ms = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let claims =
+            kinema_iam::session::open(&sessions.key, token, now_ms).map_err(|e| match e {
+                kinema_iam::session::SessionError::Expired => AuthError::TokenExpired,
+                kinema_iam::session::SessionError::Invalid => AuthError::TokenInvalid,
+            })?;
+        if claims.access_key_id != id {
+            return Err(AuthError::TokenInvalid);
+        }
+        // A session ends with the key that made it (revocation).
+        let issuer = self
+            .keys
+            .get(&claims.issuer)
+            .ok_or(AuthError::TokenInvalid)?;
+        let policies = sessions
+            .policies_of(&claims, Some(issuer.policies.clone()))
+            .ok_or(AuthError::TokenInvalid)?;
+        let secret = kinema_iam::session::secret_of(&sessions.key, id);
+        Ok((secret, Arc::new(policies), Some(claims)))
     }
 
     /// Accepts only signatures scoped to `region` (the server's).
@@ -128,17 +189,6 @@ impl KeyStore {
 
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
-    }
-
-    fn secret(&self, id: &str) -> Option<&str> {
-        self.keys.get(id).map(|k| k.secret.as_str())
-    }
-
-    fn policies(&self, id: &str) -> Arc<Policies> {
-        self.keys
-            .get(id)
-            .map(|k| k.policies.clone())
-            .unwrap_or_default()
     }
 }
 
@@ -314,7 +364,12 @@ fn verify_header(
         ));
     }
     check_skew(time, now)?;
-    let secret = keys.secret(scope.key).ok_or(AuthError::UnknownKey)?;
+    let token = req
+        .headers
+        .get("x-amz-security-token")
+        .and_then(|v| v.to_str().ok());
+    let (secret, policies, session) = keys.credentials(scope.key, token, now)?;
+    let secret = secret.as_str();
     if check_signature {
         let mut settings = SigningSettings::default();
         settings.excluded_headers = Some(Vec::new());
@@ -327,7 +382,8 @@ fn verify_header(
         access_key_id: scope.key.to_string(),
         region: scope.region.to_string(),
         service: scope.service.to_string(),
-        policies: keys.policies(scope.key),
+        policies,
+        session,
     })
 }
 
@@ -385,7 +441,12 @@ fn verify_presigned(
     if now > time + Duration::from_secs(expires) {
         return Err(AuthError::Expired);
     }
-    let secret = keys.secret(scope.key).ok_or(AuthError::UnknownKey)?;
+    let token = rest
+        .iter()
+        .find_map(|p| p.strip_prefix("X-Amz-Security-Token="))
+        .map(decode_query_value);
+    let (secret, policies, session) = keys.credentials(scope.key, token.as_deref(), now)?;
+    let secret = secret.as_str();
     if check_signature {
         let mut settings = SigningSettings::default();
         settings.excluded_headers = Some(Vec::new());
@@ -407,7 +468,8 @@ fn verify_presigned(
         access_key_id: scope.key.to_string(),
         region: scope.region.to_string(),
         service: scope.service.to_string(),
-        policies: keys.policies(scope.key),
+        policies,
+        session,
     })
 }
 

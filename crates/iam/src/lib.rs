@@ -8,6 +8,8 @@
 //! `Allow`; without an applicable `Allow` the answer is an implicit deny.
 //! A session policy (from `AssumeRole`) narrows: both must allow.
 
+pub mod session;
+
 use serde::Deserialize;
 
 /// Why a policy document was refused.

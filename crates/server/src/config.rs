@@ -49,6 +49,9 @@ pub struct Config {
     /// shape, or a string of IAM JSON) that access keys attach.
     #[serde(default)]
     pub policies: std::collections::BTreeMap<String, toml::Value>,
+    /// Roles keys may assume through the STS endpoint (`[roles.<name>]`).
+    #[serde(default)]
+    pub roles: std::collections::BTreeMap<String, RoleConfig>,
     #[serde(default)]
     pub video: VideoConfig,
     #[serde(default)]
@@ -205,6 +208,17 @@ pub struct ServerConfig {
     pub metrics_bearer_token: Option<String>,
 }
 
+/// A role (`[roles.<name>]`): its policies, who may assume it, and its
+/// longest session.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    pub policies: Vec<String>,
+    /// Access key ids that may assume the role (`"*"`: any key).
+    pub trusted_keys: Vec<String>,
+    pub max_session_seconds: Option<u32>,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AccessKey {
@@ -251,6 +265,8 @@ pub struct Resolved {
     pub public_url: Option<String>,
     /// Access keys: id, secret and policies.
     pub keys: Vec<(String, String, kinema_iam::Policies)>,
+    /// Roles for AssumeRole, by name.
+    pub roles: Vec<kinema_api::sts::Role>,
     pub engine: kinema_engine::EngineConfig,
     pub data_streams: kinema_engine::datastreams::DataStreamsConfig,
     pub retention_check_seconds: u64,
@@ -351,6 +367,27 @@ impl Config {
             .collect();
         let mut keys = keys;
         keys.extend(env_key.map(|(id, secret)| (id, secret, admin())));
+        let roles = self
+            .roles
+            .iter()
+            .map(|(name, r)| {
+                Ok(kinema_api::sts::Role {
+                    name: name.clone(),
+                    policies: kinema_iam::Policies {
+                        identity: r
+                            .policies
+                            .iter()
+                            .map(|n| named(n))
+                            .collect::<Result<_, _>>()?,
+                        session: None,
+                    },
+                    trusted: r.trusted_keys.clone(),
+                    max_session_seconds: r
+                        .max_session_seconds
+                        .unwrap_or(kinema_api::sts::MAX_SESSION_SECONDS),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let v = &self.video;
         let engine = kinema_engine::EngineConfig {
             region: self
@@ -413,6 +450,7 @@ impl Config {
                 .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             public_url: self.server.public_url.clone().filter(|u| !u.is_empty()),
             keys,
+            roles,
             engine,
             retention_check_seconds: v
                 .retention_check_seconds

@@ -82,6 +82,30 @@ fn fit_descriptors(cfg: &mut config::Resolved) {
     l.max_unauthenticated = l.max_unauthenticated.min(l.max_connections);
 }
 
+/// The key that signs session tokens and derives temporary secrets: made
+/// at first start and kept in the data directory (readable by the server
+/// only), so temporary credentials outlive a restart.
+fn session_key(data_dir: &std::path::Path) -> anyhow::Result<[u8; 32]> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("sts.key");
+    if let Ok(bytes) = std::fs::read(&path) {
+        return bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", path.display()));
+    }
+    let key = iterator_key()?;
+    std::fs::create_dir_all(data_dir)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    f.write_all(&key)?;
+    f.sync_all()?;
+    Ok(key)
+}
+
 /// Runs the server on `listener` until `shutdown` resolves.
 pub async fn run(
     listener: TcpListener,
@@ -227,7 +251,17 @@ pub async fn run(
             ttl_seconds: w.credential_ttl_seconds,
         }),
         tls: tls.is_some(),
-        keys: KeyStore::with_policies(cfg.keys.clone()).in_region(&cfg.engine.region),
+        keys: KeyStore::with_policies(cfg.keys.clone())
+            .in_region(&cfg.engine.region)
+            .with_sessions(kinema_api::sts::Sessions {
+                key: session_key(&cfg.data_dir)?,
+                roles: cfg
+                    .roles
+                    .iter()
+                    .map(|r| (r.name.clone(), r.clone()))
+                    .collect(),
+                account_id: cfg.engine.account_id.clone(),
+            }),
         token_key: iterator_key()?,
         metrics_token: cfg.metrics_bearer_token.clone(),
         limits: Arc::new(kinema_api::serve::Limits::new(cfg.limits.clone())),
