@@ -56,6 +56,7 @@ fn gst_inspect_documents_every_property() {
         "aws-region",
         "access-key",
         "secret-key",
+        "session-token",
         "create-stream-if-missing",
         "retention-period",
         "fragment-duration",

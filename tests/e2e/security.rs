@@ -594,6 +594,41 @@ fn temporary_credentials_work_until_they_expire() {
     let (status, _) = put_media_with_token(&server, "front-door", (key, secret), None);
     assert_eq!(status, "403", "no token, no key");
 
+    // kinemasink streams with the same temporary credentials (from the
+    // environment, as a camera's launcher would hand them over).
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "gst-launch-1.0 -q videotestsrc num-buffers=60 \
+             ! video/x-raw,format=I420,width=160,height=120,framerate=30/1 \
+             ! x264enc speed-preset=ultrafast key-int-max=15 \
+             ! kinemasink endpoint={} stream-name=front-door fragment-duration=500 \
+               create-stream-if-missing=false",
+            server.url()
+        ))
+        .env("GST_PLUGIN_PATH", plugin_dir())
+        .env("KINEMA_ACCESS_KEY_ID", key)
+        .env("KINEMA_SECRET_ACCESS_KEY", secret)
+        .env("KINEMA_SESSION_TOKEN", token)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kinemasink with temporary credentials: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    let (_, listed) = api(
+        &server,
+        "POST",
+        "/listFragments",
+        Some(r#"{"StreamName": "front-door"}"#),
+    );
+    assert!(
+        listed["Fragments"].as_array().unwrap().len() >= 2 + 4,
+        "curl's 2 and kinemasink's 4: {listed}"
+    );
+
     // A token that expired (made with the server's own key, as if issued
     // fifteen minutes ago for fifteen minutes).
     let session_key: [u8; 32] = std::fs::read(data.join("sts.key"))

@@ -62,8 +62,27 @@ pub fn sign_request<B>(
     service: &str,
     payload: Option<&[u8]>,
 ) -> Result<(), ClientError> {
+    sign_request_with_token(request, (key, secret, None), region, service, payload)
+}
+
+/// [`sign_request`] with temporary credentials: their session token is
+/// sent (and signed) as `X-Amz-Security-Token`.
+pub fn sign_request_with_token<B>(
+    request: &mut http::Request<B>,
+    (key, secret, token): (&str, &str, Option<&str>),
+    region: &str,
+    service: &str,
+    payload: Option<&[u8]>,
+) -> Result<(), ClientError> {
     let err = |e: &dyn std::fmt::Display| ClientError::Signing(e.to_string());
-    let identity = Credentials::new(key, secret, None, None, "kinema-client").into();
+    let identity = Credentials::new(
+        key,
+        secret,
+        token.map(str::to_string),
+        None,
+        "kinema-client",
+    )
+    .into();
     let mut settings = SigningSettings::default();
     if payload.is_none() {
         settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
@@ -203,6 +222,8 @@ pub struct PutMediaTarget<'a> {
     pub region: &'a str,
     pub key: &'a str,
     pub secret: &'a str,
+    /// The session token of temporary credentials.
+    pub session_token: Option<&'a str>,
 }
 
 /// A PutMedia request streaming `body`, signed as `UNSIGNED-PAYLOAD`.
@@ -240,10 +261,9 @@ pub fn put_media_request<B>(
         .header("x-amzn-fragment-acknowledgment-required", "1")
         .body(body)
         .map_err(|e| bad(&e))?;
-    sign_request(
+    sign_request_with_token(
         &mut request,
-        target.key,
-        target.secret,
+        (target.key, target.secret, target.session_token),
         target.region,
         "kinesisvideo",
         None,
@@ -268,6 +288,7 @@ pub struct Client {
     endpoint: String,
     key: String,
     secret: String,
+    session_token: Option<String>,
     region: String,
 }
 
@@ -278,8 +299,15 @@ impl Client {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             key: key.into(),
             secret: secret.into(),
+            session_token: None,
             region: kinema_core::aws::DEFAULT_REGION.into(),
         }
+    }
+
+    /// Signs with temporary credentials' session token.
+    pub fn with_session_token(mut self, token: Option<&str>) -> Client {
+        self.session_token = token.map(str::to_string);
+        self
     }
 
     async fn send(
@@ -319,10 +347,9 @@ impl Client {
         let mut req = b
             .body(Full::new(bytes.clone()))
             .map_err(|e| ClientError::Transport(e.to_string()))?;
-        sign_request(
+        sign_request_with_token(
             &mut req,
-            &self.key,
-            &self.secret,
+            (&self.key, &self.secret, self.session_token.as_deref()),
             &self.region,
             "kinesis",
             Some(&bytes),

@@ -41,6 +41,7 @@ struct Props {
     region: String,
     access_key: Option<String>,
     secret_key: Option<String>,
+    session_token: Option<String>,
     create_stream: bool,
     retention_period: u32,
     fragment_duration: u32,
@@ -57,6 +58,7 @@ impl Default for Props {
             region: DEFAULT_REGION.into(),
             access_key: None,
             secret_key: None,
+            session_token: None,
             create_stream: true,
             retention_period: DEFAULT_RETENTION_HOURS,
             fragment_duration: DEFAULT_FRAGMENT_MS,
@@ -132,6 +134,11 @@ mod imp {
                         .blurb("Secret access key (default: KINEMA_SECRET_ACCESS_KEY or AWS_SECRET_ACCESS_KEY)")
                         .write_only()
                         .build(),
+                    glib::ParamSpecString::builder("session-token")
+                        .nick("Session token")
+                        .blurb("Session token of temporary credentials, from STS (default: KINEMA_SESSION_TOKEN or AWS_SESSION_TOKEN)")
+                        .write_only()
+                        .build(),
                     glib::ParamSpecBoolean::builder("create-stream-if-missing")
                         .nick("Create stream")
                         .blurb("Create the stream (with retention-period) if it does not exist")
@@ -193,6 +200,7 @@ mod imp {
                 }
                 "access-key" => p.access_key = value.get().ok().flatten(),
                 "secret-key" => p.secret_key = value.get().ok().flatten(),
+                "session-token" => p.session_token = value.get().ok().flatten(),
                 "create-stream-if-missing" => p.create_stream = value.get().unwrap_or(true),
                 "retention-period" => p.retention_period = value.get().unwrap_or(0),
                 "fragment-duration" => {
@@ -377,12 +385,17 @@ mod imp {
                 .clone()
                 .or_else(|| env(&["KINEMA_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"]))
                 .ok_or("no secret key: set secret-key or KINEMA_SECRET_ACCESS_KEY")?;
+            let session_token = p
+                .session_token
+                .clone()
+                .or_else(|| env(&["KINEMA_SESSION_TOKEN", "AWS_SESSION_TOKEN"]));
             let settings = Settings {
                 endpoint: p.endpoint,
                 stream,
                 region: p.region,
                 access_key,
                 secret_key,
+                session_token,
                 create_stream: p.create_stream,
                 retention_hours: p.retention_period,
                 fragment_ms: p.fragment_duration as u64,

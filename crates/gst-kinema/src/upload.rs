@@ -27,6 +27,8 @@ pub struct Settings {
     pub region: String,
     pub access_key: String,
     pub secret_key: String,
+    /// Of temporary credentials.
+    pub session_token: Option<String>,
     pub create_stream: bool,
     pub retention_hours: u32,
     pub fragment_ms: u64,
@@ -264,7 +266,8 @@ async fn next_event(conn: &mut Option<Conn>) -> ConnEvent {
 }
 
 async fn create_stream(s: &Settings) -> Result<(), String> {
-    let client = kinema_client::Client::new(&s.endpoint, &s.access_key, &s.secret_key);
+    let client = kinema_client::Client::new(&s.endpoint, &s.access_key, &s.secret_key)
+        .with_session_token(s.session_token.as_deref());
     let body = serde_json::json!({
         "StreamName": s.stream,
         "DataRetentionInHours": s.retention_hours,
@@ -305,6 +308,7 @@ async fn connect(
         region: &s.region,
         key: &s.access_key,
         secret: &s.secret_key,
+        session_token: s.session_token.as_deref(),
     };
     let timecodes = if s.absolute {
         kinema_client::Timecodes::Absolute

@@ -77,12 +77,16 @@ pub async fn run(args: Args, env_key: Option<(String, String)>) -> anyhow::Resul
         .start_timestamp
         .map(|s| (s * 1000.0) as u64)
         .unwrap_or_else(|| kinema_engine::now_ms() as u64);
+    let session_token = std::env::var("KINEMA_SESSION_TOKEN")
+        .or_else(|_| std::env::var("AWS_SESSION_TOKEN"))
+        .ok();
     let target = kinema_client::PutMediaTarget {
         endpoint: &args.endpoint,
         stream: &args.stream,
         region: &args.region,
         key: &key,
         secret: &secret,
+        session_token: session_token.as_deref(),
     };
     let timecodes = if args.absolute {
         kinema_client::Timecodes::Absolute
