@@ -46,6 +46,8 @@ export async function presignUrl(url, creds, { region = "us-east-1", service = "
     "X-Amz-Expires": String(expires),
     "X-Amz-SignedHeaders": "host",
   });
+  // Temporary credentials (from STS) sign their session token too.
+  if (creds.sessionToken) params["X-Amz-Security-Token"] = creds.sessionToken;
   const query = Object.keys(params).sort().map((k) => `${uriEncode(k)}=${uriEncode(params[k])}`).join("&");
   const path = u.pathname || "/";
   const canonical = ["GET", path, query, `host:${u.host}\n`, "host", await sha256Hex("")].join("\n");
@@ -62,8 +64,9 @@ export async function signedPost(url, body, creds, { region = "us-east-1", servi
   const payloadHash = await sha256Hex(body);
   const query = [...u.searchParams].map(([k, v]) => [uriEncode(k), uriEncode(v)]).sort()
     .map(([k, v]) => `${k}=${v}`).join("&");
-  const headers = `content-type:${contentType}\nhost:${u.host}\nx-amz-content-sha256:${payloadHash}\nx-amz-date:${date}\n`;
-  const signed = "content-type;host;x-amz-content-sha256;x-amz-date";
+  const token = creds.sessionToken ? `x-amz-security-token:${creds.sessionToken}\n` : "";
+  const headers = `content-type:${contentType}\nhost:${u.host}\nx-amz-content-sha256:${payloadHash}\nx-amz-date:${date}\n${token}`;
+  const signed = "content-type;host;x-amz-content-sha256;x-amz-date" + (token ? ";x-amz-security-token" : "");
   const canonical = [method, u.pathname, query, headers, signed, payloadHash].join("\n");
   const sig = await signature(creds, date, scope, canonical);
   return fetch(url, {
@@ -74,6 +77,7 @@ export async function signedPost(url, body, creds, { region = "us-east-1", servi
       "content-type": contentType,
       "x-amz-date": date,
       "x-amz-content-sha256": payloadHash,
+      ...(creds.sessionToken ? { "x-amz-security-token": creds.sessionToken } : {}),
       authorization: `AWS4-HMAC-SHA256 Credential=${creds.accessKeyId}/${scope}, SignedHeaders=${signed}, Signature=${sig}`,
     },
   });
@@ -164,16 +168,25 @@ export async function receiveStats(pc) {
   return s;
 }
 
-/// Fills the key and secret inputs from `#key=…&secret=…` in the address
-/// (then drops them from it, so they stay out of the history) or from this
-/// tab's saved credentials; returns the address's other `#` parameters.
-export function loadCredentials(keyInput, secretInput) {
+/// Fills the key, secret and (for temporary credentials) session token
+/// inputs from `#key=…&secret=…&token=…` in the address (then drops them
+/// from it, so they stay out of the history) or from this tab's saved
+/// credentials; returns the address's other `#` parameters.
+export function loadCredentials(keyInput, secretInput, tokenInput) {
   const hash = new URLSearchParams(location.hash.slice(1));
   if (hash.get("secret")) history.replaceState(null, "", location.pathname + location.search);
   const saved = savedCredentials();
   keyInput.value = hash.get("key") || saved?.accessKeyId || "";
   secretInput.value = hash.get("secret") || saved?.secretAccessKey || "";
+  if (tokenInput) tokenInput.value = hash.get("token") || saved?.sessionToken || "";
   return hash;
+}
+
+/// The credentials in a page's inputs (a session token only if given).
+export function credentialsFrom(keyInput, secretInput, tokenInput) {
+  const creds = { accessKeyId: keyInput.value, secretAccessKey: secretInput.value };
+  if (tokenInput?.value) creds.sessionToken = tokenInput.value;
+  return creds;
 }
 
 /// Credentials kept for this tab only.

@@ -5,7 +5,7 @@
 //
 // Usage: node webrtc.mjs CONFIG.json. CONFIG: {sdk, origin, accessKeyId,
 // secretAccessKey, region, scenarios: [{name, kind: "p2p"|"server"|"page",
-// channel: {arn, wss, ice}, relay?, tcp?, path?, masterPath?}]}: "p2p" is an SDK
+// channel: {arn, wss, ice}, relay?, tcp?, path?, masterPath?, credentials?}]}: "p2p" is an SDK
 // master (fake camera) and an SDK viewer, "server" an SDK viewer of a
 // channel the server masters, "page" one of our web/ pages (after a master
 // page, if given). Prints one JSON line per
@@ -34,11 +34,13 @@ const browser = await chromium.launchPersistentContext(profile, {
   ],
 });
 
-const common = (channel) => ({
+// A scenario's `credentials` (temporary ones from STS, with a
+// sessionToken) replace the configuration's key for its viewer.
+const common = (channel, credentials) => ({
   channelARN: channel.arn,
   channelEndpoint: channel.wss,
   region: cfg.region,
-  credentials: { accessKeyId: cfg.accessKeyId, secretAccessKey: cfg.secretAccessKey },
+  credentials: credentials || { accessKeyId: cfg.accessKeyId, secretAccessKey: cfg.secretAccessKey },
 });
 
 async function sdkPage() {
@@ -79,7 +81,7 @@ async function startMaster(channel) {
 }
 
 // A viewer with the SDK: receive video, count decoded frames.
-async function runViewer(channel, clientId, relay, tcp) {
+async function runViewer(channel, clientId, relay, tcp, credentials) {
   const page = await sdkPage();
   // TURN over TCP only: keep just the transport=tcp URIs.
   const iceServers = tcp
@@ -138,7 +140,7 @@ async function runViewer(channel, clientId, relay, tcp) {
     viewer.close();
     pc.close();
     return out;
-  }, { common: common(channel), iceServers, clientId, relay: !!relay });
+  }, { common: common(channel, credentials), iceServers, clientId, relay: !!relay });
 }
 
 // One of our own pages (web/), reading its status element.
@@ -183,7 +185,7 @@ try {
         result.masterErrors = await master.evaluate(() => window.masterErrors);
         await master.close();
       } else if (sc.kind === "server") {
-        result = await runViewer(sc.channel, "viewer-" + sc.name, sc.relay, sc.tcp);
+        result = await runViewer(sc.channel, "viewer-" + sc.name, sc.relay, sc.tcp, sc.credentials);
       } else {
         result = await runPage(sc.path, sc.masterPath);
       }

@@ -83,10 +83,15 @@ fn browsers_watch_live_through_signaling_turn_and_the_server_as_master() {
         "{} is missing: scripts/setup.sh makes it",
         clip.display()
     );
+    // A viewer role for temporary credentials (watching only).
     let config = format!(
         "[server]\ntls_self_signed = [\"localhost\", \"127.0.0.1\"]\n\
          [webrtc]\nturn_listen = \"127.0.0.1:0\"\nice_ip = \"127.0.0.1\"\n\
-         [[sources]]\nname = \"filecam\"\nstream = \"filecam\"\nurl = \"file://{}\"\n",
+         [[sources]]\nname = \"filecam\"\nstream = \"filecam\"\nurl = \"file://{}\"\n\
+         [policies.watch]\nVersion = \"2012-10-17\"\n[[policies.watch.Statement]]\n\
+         Effect = \"Allow\"\nAction = [\"kinesisvideo:Describe*\", \"kinesisvideo:Get*\", \
+         \"kinesisvideo:ConnectAsViewer\"]\nResource = \"*\"\n\
+         [roles.viewer]\npolicies = [\"watch\"]\ntrusted_keys = [\"{KEY_ID}\"]\n",
         clip.display()
     );
     let server = Server::start_in_netns(&dir.path().join("data"), &config);
@@ -113,6 +118,15 @@ fn browsers_watch_live_through_signaling_turn_and_the_server_as_master() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    // Temporary credentials from AssumeRole, for the SDK and for our page.
+    let temporary: Value =
+        serde_json::from_str(&run_python(&server, "sts.py", &["assume", "viewer", "900"])).unwrap();
+    let temporary_page = format!(
+        "/web/viewer.html#key={}&secret={}&token={}&name=pushcam&mode=signaling",
+        temporary["AccessKeyId"].as_str().unwrap(),
+        temporary["SecretAccessKey"].as_str().unwrap(),
+        temporary["SessionToken"].as_str().unwrap()
+    );
     let page = |name: &str, mode: &str, relay: bool| {
         format!(
             "/web/viewer.html#key={KEY_ID}&secret={SECRET}&name={name}&mode={mode}{}",
@@ -131,6 +145,11 @@ fn browsers_watch_live_through_signaling_turn_and_the_server_as_master() {
             // After an allocation over TCP ended: the listener still serves
             // (ending one allocation used to close the whole TCP listener).
             {"name": "sdk-p2p-relay-tcp", "kind": "p2p", "channel": channels["door"], "relay": true, "tcp": true},
+            {"name": "sdk-server-temporary", "kind": "server", "channel": channels["filecam"],
+             "credentials": {"accessKeyId": temporary["AccessKeyId"],
+                             "secretAccessKey": temporary["SecretAccessKey"],
+                             "sessionToken": temporary["SessionToken"]}},
+            {"name": "page-temporary", "kind": "page", "path": temporary_page},
             {"name": "page-signaling", "kind": "page", "path": page("pushcam", "signaling", false)},
             {"name": "page-whep", "kind": "page", "path": page("filecam", "whep", false)},
             {"name": "page-relay", "kind": "page", "path": page("pushcam", "signaling", true)},
@@ -158,6 +177,10 @@ fn browsers_watch_live_through_signaling_turn_and_the_server_as_master() {
         let r = assert_decodes(&results, name);
         assert_eq!(r["localType"], "relay", "{name}: {r}");
         assert_eq!(r["relayProtocol"], "tcp", "{name}: TURN over TCP: {r}");
+    }
+    // Temporary credentials (AssumeRole) watch through the SDK and our page.
+    for name in ["sdk-server-temporary", "page-temporary"] {
+        assert_decodes(&results, name);
     }
     for name in ["page-signaling", "page-whep", "page-camera"] {
         let r = assert_decodes(&results, name);
