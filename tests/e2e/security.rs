@@ -769,3 +769,151 @@ fn a_camera_keeps_streaming_through_an_unauthenticated_flood() {
     );
     assert_eq!(api(&server, "GET", "/health", None).0, 200);
 }
+
+/// Runs `kinema ARGS` as the test's administrator; returns its JSON.
+fn kinema_cli(server: &Server, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kinema"))
+        .args(args)
+        .args(["--endpoint", &server.url()])
+        .env("KINEMA_ACCESS_KEY_ID", KEY_ID)
+        .env("KINEMA_SECRET_ACCESS_KEY", SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kinema {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Keys and policies managed at run time with the `kinema` CLI: a key
+/// made with a policy does what it says (AWS CLI); a policy changed at run
+/// time applies at once; a rotated secret replaces the old one; keys
+/// survive a restart with their secrets sealed on disk; deleting a key
+/// revokes the temporary credentials it made.
+#[test]
+fn keys_and_policies_change_at_run_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = format!(
+        "{POLICIES}{ROLES}\n[roles.anyone]\npolicies = [\"read-only\"]\ntrusted_keys = [\"*\"]\n"
+    );
+    let server = Server::start_with_config(&data, &config);
+    assert_eq!(run_python(&server, "iam.py", &["setup"]).trim(), "ok");
+
+    let writer = dir.path().join("writer.json");
+    std::fs::write(
+        &writer,
+        r#"{"Version": "2012-10-17", "Statement": {"Effect": "Allow",
+            "Action": "kinesisvideo:CreateStream", "Resource": "*"}}"#,
+    )
+    .unwrap();
+    kinema_cli(
+        &server,
+        &["policies", "put", "writer", writer.to_str().unwrap()],
+    );
+    let made = kinema_cli(
+        &server,
+        &[
+            "keys",
+            "create",
+            "--policy",
+            "read-only",
+            "--policy",
+            "writer",
+        ],
+    );
+    let id = made["AccessKeyId"].as_str().unwrap().to_string();
+    let secret = made["SecretAccessKey"].as_str().unwrap().to_string();
+    let key = (id.as_str(), secret.as_str());
+    let (ok, out, err) = run_aws_as(&server, key, &["kinesisvideo", "list-streams"]);
+    assert!(ok && out.contains("front-door"), "{err}");
+    let create = |name: &str, key: (&str, &str)| {
+        run_aws_as(
+            &server,
+            key,
+            &["kinesisvideo", "create-stream", "--stream-name", name],
+        )
+    };
+    assert!(create("made-by-key", key).0);
+    let (ok, _, err) = run_aws_as(
+        &server,
+        key,
+        &[
+            "kinesisvideo",
+            "delete-stream",
+            "--stream-arn",
+            "arn:aws:kinesisvideo:us-east-1:000000000000:stream/made-by-key/1",
+        ],
+    );
+    assert!(!ok && err.contains("AccessDeniedException"), "{err}");
+    // The policy narrows at run time: the key loses CreateStream at once.
+    std::fs::write(
+        &writer,
+        r#"{"Statement": {"Effect": "Allow", "Action": ["kinesisvideo:TagStream", "sts:AssumeRole"],
+            "Resource": "*"}}"#,
+    )
+    .unwrap();
+    kinema_cli(
+        &server,
+        &["policies", "put", "writer", writer.to_str().unwrap()],
+    );
+    let (ok, _, err) = create("made-later", key);
+    assert!(!ok && err.contains("AccessDeniedException"), "{err}");
+    // Listing shows the key, never a secret.
+    let listed = kinema_cli(&server, &["keys", "list"]);
+    assert!(listed.to_string().contains(&id));
+    assert!(!listed.to_string().contains(&secret));
+    // Rotation: the old secret stops working, the new one works.
+    let rotated = kinema_cli(&server, &["keys", "rotate", &id]);
+    let new_secret = rotated["SecretAccessKey"].as_str().unwrap().to_string();
+    assert_ne!(new_secret, secret);
+    assert!(!run_aws_as(&server, key, &["kinesisvideo", "list-streams"]).0);
+    let key = (id.as_str(), new_secret.as_str());
+    assert!(run_aws_as(&server, key, &["kinesisvideo", "list-streams"]).0);
+
+    // A restart keeps the key; on disk its secret is sealed.
+    drop(server);
+    let doc = std::fs::read_to_string(data.join("meta/identities.json")).unwrap();
+    assert!(doc.contains(&id) && !doc.contains(&new_secret), "{doc}");
+    let server = Server::start_with_config(&data, &config);
+    assert!(run_aws_as(&server, key, &["kinesisvideo", "list-streams"]).0);
+
+    // Temporary credentials it made end with it.
+    let temp: serde_json::Value = serde_json::from_str(&run_python(
+        &server,
+        "sts.py",
+        &["assume_as", key.0, key.1, "anyone"],
+    ))
+    .unwrap();
+    let (tid, tsecret, ttoken) = (
+        temp["AccessKeyId"].as_str().unwrap(),
+        temp["SecretAccessKey"].as_str().unwrap(),
+        temp["SessionToken"].as_str().unwrap(),
+    );
+    assert_eq!(
+        run_python(&server, "sts.py", &["use", tid, tsecret, ttoken, "ok"]).trim(),
+        "ok"
+    );
+    kinema_cli(&server, &["keys", "delete", &id]);
+    assert!(!run_aws_as(&server, key, &["kinesisvideo", "list-streams"]).0);
+    assert_eq!(
+        run_python(
+            &server,
+            "sts.py",
+            &["use", tid, tsecret, ttoken, "UnrecognizedClientException"]
+        )
+        .trim(),
+        "ok"
+    );
+    // Keys of the configuration file are not changed through the API.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kinema"))
+        .args(["keys", "delete", "AKIDREADER", "--endpoint", &server.url()])
+        .env("KINEMA_ACCESS_KEY_ID", KEY_ID)
+        .env("KINEMA_SECRET_ACCESS_KEY", SECRET)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("configuration file"));
+}

@@ -91,5 +91,22 @@ def cmd_expired(key_id, secret, token):
     print("ok")
 
 
+def cmd_assume_as(key, secret, role):
+    """AssumeRole as another key; prints the credentials (JSON)."""
+    sts = boto3.client("sts", endpoint_url=ENDPOINT, region_name="us-east-1", config=CFG,
+                       aws_access_key_id=key, aws_secret_access_key=secret)
+    c = sts.assume_role(RoleArn=f"arn:aws:iam::{ACCOUNT}:role/{role}", RoleSessionName="as-other")["Credentials"]
+    print(json.dumps({k: c[k] for k in ("AccessKeyId", "SecretAccessKey", "SessionToken")}))
+
+
+def cmd_use(key_id, secret, token, expect):
+    """Describes the front door with these temporary credentials: prints ok
+    if the outcome is `expect` (ok, or an error code)."""
+    creds = {"AccessKeyId": key_id, "SecretAccessKey": secret, "SessionToken": token}
+    code = code_of(client("kinesisvideo", creds).describe_stream, StreamName="front-door")
+    assert code == expect, code
+    print("ok")
+
+
 if __name__ == "__main__":
     globals()["cmd_" + sys.argv[1]](*sys.argv[2:])

@@ -201,6 +201,21 @@ pub(crate) fn target(st: &AppState, parts: &Parts, body: Option<&[u8]>) -> Targe
             format!("kinema:{}ConsumerGroup", pascal(action)),
             st.data_stream_arn(Some(stream), None),
         ),
+        ("GET", ["v1", "keys"]) => t("kinema:ListAccessKeys".into(), "*".into()),
+        ("POST", ["v1", "keys"]) => t("kinema:CreateAccessKey".into(), st.kinema_arn("key", "*")),
+        ("DELETE", ["v1", "keys", id]) => {
+            t("kinema:DeleteAccessKey".into(), st.kinema_arn("key", id))
+        }
+        ("POST", ["v1", "keys", id, "rotate"]) => {
+            t("kinema:RotateAccessKey".into(), st.kinema_arn("key", id))
+        }
+        ("GET", ["v1", "policies"]) => t("kinema:ListPolicies".into(), "*".into()),
+        ("PUT", ["v1", "policies", name]) => {
+            t("kinema:PutPolicy".into(), st.kinema_arn("policy", name))
+        }
+        ("DELETE", ["v1", "policies", name]) => {
+            t("kinema:DeletePolicy".into(), st.kinema_arn("policy", name))
+        }
         ("GET", ["v1", "sources"]) => t("kinema:ListSources".into(), "*".into()),
         ("POST", ["v1", "sources"]) => t(
             "kinema:CreateSource".into(),

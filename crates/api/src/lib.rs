@@ -4,6 +4,7 @@
 //! is verified with SigV4 before it reaches a handler; handlers translate
 //! JSON into engine calls and engine errors into AWS error shapes.
 
+pub mod admin;
 mod authorize;
 mod channels;
 mod detectors;
@@ -106,6 +107,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/whep/{stream}/{id}",
             axum::routing::delete(signaling::whep_delete).patch(signaling::whep_patch),
+        )
+        .route("/v1/keys", get(admin::list_keys).post(admin::create_key))
+        .route("/v1/keys/{id}", axum::routing::delete(admin::delete_key))
+        .route("/v1/keys/{id}/rotate", post(admin::rotate_key))
+        .route("/v1/policies", get(admin::list_policies))
+        .route(
+            "/v1/policies/{name}",
+            axum::routing::put(admin::put_policy).delete(admin::delete_policy),
         )
         .route("/v1/sources", get(sources::list).post(sources::create))
         .route(

@@ -70,17 +70,33 @@ pub struct Principal {
     pub session: Option<SessionClaims>,
 }
 
-/// One access key: its secret and its policies.
+/// What an access key may do.
 #[derive(Debug, Clone)]
-struct Key {
-    secret: String,
-    policies: Arc<Policies>,
+pub enum KeyPolicies {
+    /// Resolved once (keys of the configuration file).
+    Fixed(Arc<Policies>),
+    /// Names of policies in the store's registry, resolved per request
+    /// (keys made at run time; a changed policy applies at once).
+    Named(Vec<String>),
 }
 
-/// The configured access keys.
+/// One access key: its secret, its policies, and whether it was made at
+/// run time (then the API may rotate or delete it).
+#[derive(Debug, Clone)]
+pub struct Key {
+    pub secret: String,
+    pub policies: KeyPolicies,
+    pub managed: bool,
+}
+
+/// The access keys and named policies, shared by every clone; changed at
+/// run time by the admin API.
 #[derive(Debug, Clone, Default)]
 pub struct KeyStore {
-    keys: HashMap<String, Key>,
+    keys: Arc<std::sync::RwLock<HashMap<String, Key>>>,
+    /// Named policies (`[policies.*]` and those put at run time), and
+    /// whether each was put at run time.
+    policies: Arc<std::sync::RwLock<std::collections::BTreeMap<String, (Policy, bool)>>>,
     /// The region signatures must be scoped to, with one of [`SERVICES`]
     /// (`None`: any scope, for tests of the signature itself).
     region: Option<String>,
@@ -102,21 +118,112 @@ impl KeyStore {
 
     /// Keys with their policies.
     pub fn with_policies(keys: impl IntoIterator<Item = (String, String, Policies)>) -> Self {
+        let keys = keys
+            .into_iter()
+            .map(|(id, secret, policies)| {
+                (
+                    id,
+                    Key {
+                        secret,
+                        policies: KeyPolicies::Fixed(Arc::new(policies)),
+                        managed: false,
+                    },
+                )
+            })
+            .collect();
         KeyStore {
-            keys: keys
-                .into_iter()
-                .map(|(id, secret, policies)| {
-                    (
-                        id,
-                        Key {
-                            secret,
-                            policies: Arc::new(policies),
-                        },
-                    )
+            keys: Arc::new(std::sync::RwLock::new(keys)),
+            ..KeyStore::default()
+        }
+    }
+
+    /// Registers the configuration file's named policies.
+    pub fn with_named_policies(self, named: impl IntoIterator<Item = (String, Policy)>) -> Self {
+        kinema_core::sync::write(&self.policies)
+            .extend(named.into_iter().map(|(n, p)| (n, (p, false))));
+        self
+    }
+
+    /// The key `id`, if it exists.
+    pub fn key(&self, id: &str) -> Option<Key> {
+        kinema_core::sync::read(&self.keys).get(id).cloned()
+    }
+
+    /// Adds or replaces a key.
+    pub fn put_key(&self, id: &str, key: Key) {
+        kinema_core::sync::write(&self.keys).insert(id.to_string(), key);
+    }
+
+    /// Removes a key; whether it existed.
+    pub fn remove_key(&self, id: &str) -> bool {
+        kinema_core::sync::write(&self.keys).remove(id).is_some()
+    }
+
+    /// Every key's id, its policy names (`None`: fixed at start) and
+    /// whether it was made at run time. Never the secrets.
+    pub fn list_keys(&self) -> Vec<(String, Option<Vec<String>>, bool)> {
+        let mut out: Vec<_> = kinema_core::sync::read(&self.keys)
+            .iter()
+            .map(|(id, k)| {
+                let names = match &k.policies {
+                    KeyPolicies::Named(n) => Some(n.clone()),
+                    KeyPolicies::Fixed(_) => None,
+                };
+                (id.clone(), names, k.managed)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Keys made at run time (for saving).
+    pub fn managed_keys(&self) -> Vec<(String, Key)> {
+        let mut out: Vec<_> = kinema_core::sync::read(&self.keys)
+            .iter()
+            .filter(|(_, k)| k.managed)
+            .map(|(id, k)| (id.clone(), k.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// A named policy, and whether it was put at run time.
+    pub fn policy(&self, name: &str) -> Option<(Policy, bool)> {
+        kinema_core::sync::read(&self.policies).get(name).cloned()
+    }
+
+    pub fn put_policy(&self, name: &str, policy: Policy, managed: bool) {
+        kinema_core::sync::write(&self.policies).insert(name.to_string(), (policy, managed));
+    }
+
+    pub fn remove_policy(&self, name: &str) -> bool {
+        kinema_core::sync::write(&self.policies)
+            .remove(name)
+            .is_some()
+    }
+
+    /// Policy names, with whether each was put at run time.
+    pub fn list_policies(&self) -> Vec<(String, bool)> {
+        kinema_core::sync::read(&self.policies)
+            .iter()
+            .map(|(n, (_, m))| (n.clone(), *m))
+            .collect()
+    }
+
+    fn resolve(&self, policies: &KeyPolicies) -> Arc<Policies> {
+        match policies {
+            KeyPolicies::Fixed(p) => p.clone(),
+            KeyPolicies::Named(names) => {
+                let registry = kinema_core::sync::read(&self.policies);
+                // A name no longer defined grants nothing.
+                Arc::new(Policies {
+                    identity: names
+                        .iter()
+                        .filter_map(|n| registry.get(n).map(|(p, _)| p.clone()))
+                        .collect(),
+                    session: None,
                 })
-                .collect(),
-            region: None,
-            sessions: None,
+            }
         }
     }
 
@@ -139,8 +246,8 @@ impl KeyStore {
         token: Option<&str>,
         now: SystemTime,
     ) -> Result<(String, Arc<Policies>, Option<SessionClaims>), AuthError> {
-        if let Some(k) = self.keys.get(id) {
-            return Ok((k.secret.clone(), k.policies.clone(), None));
+        if let Some(k) = self.key(id) {
+            return Ok((k.secret.clone(), self.resolve(&k.policies), None));
         }
         let (Some(sessions), Some(token)) = (&self.sessions, token) else {
             return Err(AuthError::UnknownKey);
@@ -158,12 +265,9 @@ impl KeyStore {
             return Err(AuthError::TokenInvalid);
         }
         // A session ends with the key that made it (revocation).
-        let issuer = self
-            .keys
-            .get(&claims.issuer)
-            .ok_or(AuthError::TokenInvalid)?;
+        let issuer = self.key(&claims.issuer).ok_or(AuthError::TokenInvalid)?;
         let policies = sessions
-            .policies_of(&claims, Some(issuer.policies.clone()))
+            .policies_of(&claims, Some(self.resolve(&issuer.policies)))
             .ok_or(AuthError::TokenInvalid)?;
         let secret = kinema_iam::session::secret_of(&sessions.key, id);
         Ok((secret, Arc::new(policies), Some(claims)))
@@ -188,7 +292,7 @@ impl KeyStore {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        kinema_core::sync::read(&self.keys).is_empty()
     }
 }
 

@@ -325,6 +325,16 @@ impl Client {
         self.request(http::Method::GET, path, &[], None).await
     }
 
+    /// A Kinema JSON API call with any method (`PUT`, `DELETE`, ...).
+    pub async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, ClientError> {
+        self.request(method, path, &[], body).await
+    }
+
     async fn request(
         &self,
         method: http::Method,

@@ -122,6 +122,8 @@ struct Statement {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     statements: Vec<Statement>,
+    /// The document as given (JSON), to show and save it.
+    source: String,
 }
 
 impl Policy {
@@ -129,19 +131,27 @@ impl Policy {
     pub fn parse(json: &str) -> Result<Policy, PolicyError> {
         let raw: RawPolicy =
             serde_json::from_str(json).map_err(|e| PolicyError::Shape(e.to_string()))?;
-        Policy::from_raw(raw)
+        Policy::from_raw(raw, json.to_string())
     }
 
     /// A policy from an already parsed JSON value (a TOML table, say).
     pub fn from_value(value: serde_json::Value) -> Result<Policy, PolicyError> {
+        let source = value.to_string();
         let raw: RawPolicy =
             serde_json::from_value(value).map_err(|e| PolicyError::Shape(e.to_string()))?;
-        Policy::from_raw(raw)
+        Policy::from_raw(raw, source)
+    }
+
+    /// The document (JSON).
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Allows every action on every resource.
     pub fn allow_all() -> Policy {
         Policy {
+            source: r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#
+                .into(),
             statements: vec![Statement {
                 effect: Effect::Allow,
                 actions: Matcher {
@@ -158,7 +168,7 @@ impl Policy {
         }
     }
 
-    fn from_raw(raw: RawPolicy) -> Result<Policy, PolicyError> {
+    fn from_raw(raw: RawPolicy, source: String) -> Result<Policy, PolicyError> {
         let statements = match raw.statement {
             RawStatements::One(s) => vec![*s],
             RawStatements::Many(v) => v,
@@ -192,7 +202,7 @@ impl Policy {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Policy { statements })
+        Ok(Policy { statements, source })
     }
 }
 

@@ -267,6 +267,8 @@ pub struct Resolved {
     pub keys: Vec<(String, String, kinema_iam::Policies)>,
     /// Roles for AssumeRole, by name.
     pub roles: Vec<kinema_api::sts::Role>,
+    /// The `[policies.*]`, by name (keys made at run time name them).
+    pub named_policies: Vec<(String, kinema_iam::Policy)>,
     pub engine: kinema_engine::EngineConfig,
     pub data_streams: kinema_engine::datastreams::DataStreamsConfig,
     pub retention_check_seconds: u64,
@@ -388,6 +390,11 @@ impl Config {
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let named_policies = self
+            .policies
+            .keys()
+            .map(|n| Ok((n.clone(), named(n)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let v = &self.video;
         let engine = kinema_engine::EngineConfig {
             region: self
@@ -451,6 +458,7 @@ impl Config {
             public_url: self.server.public_url.clone().filter(|u| !u.is_empty()),
             keys,
             roles,
+            named_policies,
             engine,
             retention_check_seconds: v
                 .retention_check_seconds

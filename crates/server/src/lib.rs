@@ -1,6 +1,7 @@
 //! The `kinema` binary's library half: configuration and the function that
 //! wires the store, the engine and the HTTP API into a running server.
 
+pub mod admin;
 pub mod config;
 pub mod events;
 pub mod put_media;
@@ -252,6 +253,7 @@ pub async fn run(
         }),
         tls: tls.is_some(),
         keys: KeyStore::with_policies(cfg.keys.clone())
+            .with_named_policies(cfg.named_policies.clone())
             .in_region(&cfg.engine.region)
             .with_sessions(kinema_api::sts::Sessions {
                 key: session_key(&cfg.data_dir)?,
@@ -273,6 +275,11 @@ pub async fn run(
         ),
         shutdown: stop_rx.clone(),
     });
+    // Keys and policies made at run time by earlier runs.
+    if let Some(sessions) = state.keys.sessions() {
+        kinema_api::admin::load(&state.keys, &engine, &sessions.key)
+            .map_err(|e| anyhow::anyhow!("loading saved access keys: {e}"))?;
+    }
     let mut retention_stop = stop_rx.clone();
     let retention = tokio::spawn({
         let engine = engine.clone();

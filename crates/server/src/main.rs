@@ -42,6 +42,12 @@ enum Command {
     /// Detection events on the data stream.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Access keys of a running server (an administrator's).
+    #[command(subcommand)]
+    Keys(kinema_server::admin::KeysCommand),
+    /// Named IAM policies of a running server (an administrator's).
+    #[command(subcommand)]
+    Policies(kinema_server::admin::PoliciesCommand),
 }
 
 #[derive(Subcommand)]
@@ -112,6 +118,8 @@ fn main() -> anyhow::Result<()> {
         Command::Events(EventsCommand::Tail(args)) => {
             rt.block_on(kinema_server::events::tail(args, env_key()))
         }
+        Command::Keys(cmd) => rt.block_on(kinema_server::admin::keys(cmd, env_key())),
+        Command::Policies(cmd) => rt.block_on(kinema_server::admin::policies(cmd, env_key())),
     }
 }
 

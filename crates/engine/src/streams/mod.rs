@@ -263,6 +263,24 @@ impl Engine {
         &self.inner.store
     }
 
+    /// A metadata document kept for a service above the engine (the edge's
+    /// identities), `None` before it is first saved.
+    pub fn load_document<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, EngineError> {
+        Ok(self.inner.store.load_meta(name)?)
+    }
+
+    /// Replaces a metadata document atomically and durably.
+    pub async fn save_document<T: serde::Serialize>(
+        &self,
+        name: &str,
+        value: &T,
+    ) -> Result<(), EngineError> {
+        Ok(self.inner.store.save_meta(name, value).await?)
+    }
+
     fn new_version(&self) -> String {
         let n = self.inner.versions.fetch_add(1, Ordering::Relaxed);
         format!("{}{:06}", self.clock().now_ms(), n % 1_000_000)
