@@ -917,3 +917,78 @@ fn keys_and_policies_change_at_run_time() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("configuration file"));
 }
+
+/// Finding 8: a PutMedia upload that goes quiet is ended after the idle
+/// timeout, keeping the fragments it completed, instead of holding its
+/// connection for as long as the producer likes.
+#[test]
+fn a_quiet_put_media_is_ended_after_its_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_config(
+        &dir.path().join("data"),
+        "[limits]\nput_media_idle_timeout_seconds = 2\n",
+    );
+    create_stream(&server, "cam", 1);
+    // Two GOPs of video: the first fragment completes when the second
+    // begins; then the producer goes quiet without ending its upload.
+    let mkv = dir.path().join("two.mkv");
+    let made = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} > {}",
+            gst_producer(30, 15, false),
+            mkv.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let body = std::fs::read(&mkv).unwrap();
+    let mut req = http::Request::post(format!("{}/putMedia", server.url()))
+        .header("host", format!("127.0.0.1:{}", server.port))
+        .header("x-amzn-stream-name", "cam")
+        .header("x-amzn-fragment-timecode-type", "RELATIVE")
+        .body(())
+        .unwrap();
+    kinema_server::put_media::sign_request(
+        &mut req,
+        KEY_ID,
+        SECRET,
+        "us-east-1",
+        "kinesisvideo",
+        None,
+    )
+    .unwrap();
+    let mut s = connect(&server);
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST /putMedia HTTP/1.1\r\ntransfer-encoding: chunked\r\n"
+    )
+    .unwrap();
+    for (k, v) in req.headers() {
+        write!(s, "{k}: {}\r\n", v.to_str().unwrap()).unwrap();
+    }
+    write!(s, "\r\n{:x}\r\n", body.len()).unwrap();
+    s.write_all(&body).unwrap();
+    s.write_all(b"\r\n").unwrap();
+    let started = Instant::now();
+    let mut response = Vec::new();
+    let closed = loop {
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => response.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+        if String::from_utf8_lossy(&response).contains("0\r\n\r\n") {
+            break true;
+        }
+    };
+    let text = String::from_utf8_lossy(&response).into_owned();
+    eprintln!(
+        "a quiet upload was ended {:.1} s after its last byte",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(closed, "the server ended the quiet upload: {text}");
+    assert_eq!(text.matches("PERSISTED").count(), 1, "{text}");
+}
