@@ -1312,3 +1312,83 @@ async fn producers_and_readers_per_stream_are_capped() {
     drop(a);
     assert!(read().is_ok());
 }
+
+/// An SDP offer sent to a channel whose master is away waits for a real
+/// master, also when the server cannot be master of that channel (no
+/// stream of its name): the server must not take the offer and drop it.
+#[tokio::test]
+async fn an_offer_waits_for_a_master_the_server_cannot_replace() {
+    use kinema_engine::channels::Channels;
+    use kinema_engine::signaling::{
+        Connection, Hub, Outgoing, Role, ServerMaster, SignalingConfig,
+    };
+    use std::sync::Arc;
+
+    /// A server that serves no stream (as for a channel named after none).
+    struct NoStreams;
+    impl ServerMaster for NoStreams {
+        fn serves(&self, _channel: &str) -> bool {
+            false
+        }
+        fn attach(&self, _channel: &str, conn: Connection) -> Result<(), Connection> {
+            Err(conn)
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let channels = Channels::open(
+        Store::open_local(dir.path()).unwrap(),
+        "us-east-1",
+        "000000000000",
+        10,
+        kinema_engine::Clock::system(),
+    )
+    .unwrap();
+    let arn = channels
+        .create("doorbell", None, None, BTreeMap::new())
+        .await
+        .unwrap()
+        .arn;
+    let hub = Hub::new(channels, SignalingConfig::default());
+    hub.set_server_master(Arc::new(NoStreams));
+    let viewer = hub.connect(&arn, Role::Viewer, Some("v1")).await.unwrap();
+    assert!(
+        viewer
+            .send(r#"{"action": "SDP_OFFER", "messagePayload": "b2ZmZXI="}"#.into())
+            .await
+    );
+    let mut master = hub.connect(&arn, Role::Master, None).await.unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), master.recv())
+        .await
+        .expect("the master gets the waiting offer");
+    match got {
+        Some(Outgoing::Text(t)) => {
+            assert!(t.contains("SDP_OFFER") && t.contains("b2ZmZXI="), "{t}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Two creates of one name in the same millisecond share an on-disk id:
+/// the refused one must leave the winner's files alone.
+#[tokio::test(start_paused = true)]
+async fn a_refused_create_in_the_same_millisecond_keeps_the_winners_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(
+        Store::open_local(dir.path()).unwrap(),
+        EngineConfig {
+            clock: kinema_engine::Clock::following_tokio(T0_MS),
+            ..config()
+        },
+    )
+    .await
+    .unwrap();
+    let create = || engine.create_stream("twin", None, None, None, Some(1), BTreeMap::new());
+    let (a, b) = tokio::join!(create(), create());
+    assert!(a.is_ok() != b.is_ok(), "one wins: {a:?} {b:?}");
+    let id = a.or(b).unwrap().id;
+    assert!(
+        dir.path().join(format!("index/{id}.idx")).exists(),
+        "the winner's index is still there"
+    );
+}

@@ -75,7 +75,10 @@ impl Engine {
         // then no files are left behind.
         let refused = {
             let mut streams = write(&self.inner.streams);
-            let refused = refusal(&streams);
+            // A create of the same name in the same millisecond has the
+            // same id: its files are the winner's and must stay.
+            let refused =
+                refusal(&streams).map(|e| (e, streams.values().any(|s| s.id() == info.id)));
             if refused.is_none() {
                 streams.insert(
                     name.to_string(),
@@ -94,8 +97,8 @@ impl Engine {
             }
             refused
         };
-        if let Some(e) = refused {
-            if let Err(cleanup) = self.inner.store.delete_stream(&info.id).await {
+        if let Some((e, owned)) = refused {
+            if !owned && let Err(cleanup) = self.inner.store.delete_stream(&info.id).await {
                 tracing::warn!(stream = name, error = %cleanup, "cannot remove a refused stream's files");
             }
             return Err(e);
