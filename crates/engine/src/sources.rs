@@ -443,8 +443,10 @@ fn redact(url: &str) -> String {
 fn camera_host(url: &str) -> Option<(String, u16)> {
     let (scheme, rest) = url.split_once("://")?;
     let default_port = if scheme == "rtsps" { 322 } else { 554 };
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    // As GStreamer reads it: the authority ends at the first '/' or '?',
+    // and credentials end at its last '@' (an '@' in the path is path).
     let authority = rest.split(['/', '?']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let (host, after) = v6.split_once(']')?;
         (host, after.strip_prefix(':'))
@@ -740,9 +742,16 @@ mod tests {
         assert_eq!(h("rtsp://cam/x"), Some(("cam".into(), 554)));
         assert_eq!(h("rtsps://cam:8322/x"), Some(("cam".into(), 8322)));
         assert_eq!(
-            h("rtsp://u:p/w@10.0.0.5:8554/s"),
+            h("rtsp://u:pw@10.0.0.5:8554/s"),
             Some(("10.0.0.5".into(), 8554))
         );
+        // An '@' after the first '/' is in the path: the host is the one
+        // the camera pipeline connects to (not example.com).
+        assert_eq!(
+            h("rtsp://169.254.169.254/x@example.com"),
+            Some(("169.254.169.254".into(), 554))
+        );
+        assert_eq!(h("rtsp://u:pa/ss@10.0.0.5/s"), None);
         assert_eq!(h("rtsp://[::1]:8554/s"), Some(("::1".into(), 8554)));
         assert_eq!(h("rtsp://[fe80::1]/s"), Some(("fe80::1".into(), 554)));
         assert_eq!(h("rtsp:///s"), None);
