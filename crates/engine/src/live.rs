@@ -338,6 +338,10 @@ impl Live {
 }
 
 impl ServerMaster for Live {
+    fn serves(&self, channel: &str) -> bool {
+        self.inner.engine.live_frames(channel).is_ok()
+    }
+
     fn attach(&self, channel: &str, conn: Connection) -> Result<(), Connection> {
         if self.inner.engine.live_frames(channel).is_err() {
             return Err(conn);

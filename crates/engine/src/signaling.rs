@@ -29,8 +29,12 @@ pub enum Outgoing {
 
 /// The server acting as master on channels named after streams.
 pub trait ServerMaster: Send + Sync {
+    /// Whether the server can be master of `channel` (a stream of that
+    /// name exists). Asked before it joins, so that a channel it cannot
+    /// serve keeps its queued offers for a real master.
+    fn serves(&self, channel: &str) -> bool;
     /// Takes over `conn` as the master of `channel` if the server can serve
-    /// it (a stream of that name exists); otherwise hands it back.
+    /// it; otherwise hands it back.
     fn attach(&self, channel: &str, conn: Connection) -> Result<(), Connection>;
 }
 
@@ -400,6 +404,11 @@ impl Runner {
         let Some(master) = self.hub.inner.master.get().cloned() else {
             return;
         };
+        // Joining hands the master the offers that wait: only join when
+        // the server can answer them.
+        if !master.serves(&self.name) {
+            return;
+        }
         let id = ConnId(self.hub.inner.next_conn.fetch_add(1, Ordering::Relaxed));
         // The server's master answers every viewer of the channel; its
         // queue is sized for all of them offering at once.
