@@ -302,7 +302,7 @@ pub async fn run(
                 tokio::select! {
                     _ = ds_stop.changed() => return,
                     _ = tick.tick() => {
-                        if let Err(e) = ds.enforce_retention(kinema_engine::now_ms()).await {
+                        if let Err(e) = ds.enforce_retention(ds.config().clock.now_ms()).await {
                             tracing::error!(error = %e, "data-stream retention failed");
                         }
                     }
