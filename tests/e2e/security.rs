@@ -602,8 +602,7 @@ fn temporary_credentials_work_until_they_expire() {
             "gst-launch-1.0 -q videotestsrc num-buffers=60 \
              ! video/x-raw,format=I420,width=160,height=120,framerate=30/1 \
              ! x264enc speed-preset=ultrafast key-int-max=15 \
-             ! kinemasink endpoint={} stream-name=front-door fragment-duration=500 \
-               create-stream-if-missing=false",
+             ! kinemasink endpoint={} stream-name=front-door fragment-duration=500",
             server.url()
         ))
         .env("GST_PLUGIN_PATH", plugin_dir())

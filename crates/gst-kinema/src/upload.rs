@@ -265,9 +265,24 @@ async fn next_event(conn: &mut Option<Conn>) -> ConnEvent {
     }
 }
 
+/// Creates the stream unless it exists: DescribeStream first, as the
+/// producer SDKs do, so a key allowed to stream into an existing stream
+/// but not to create one still works.
 async fn create_stream(s: &Settings) -> Result<(), String> {
     let client = kinema_client::Client::new(&s.endpoint, &s.access_key, &s.secret_key)
         .with_session_token(s.session_token.as_deref());
+    match client
+        .post(
+            "/describeStream",
+            serde_json::json!({ "StreamName": s.stream }),
+        )
+        .await
+    {
+        Ok(_) => return Ok(()),
+        Err(kinema_client::ClientError::Service { kind, .. })
+            if kind == "ResourceNotFoundException" => {}
+        Err(e) => return Err(format!("DescribeStream failed: {e}")),
+    }
     let body = serde_json::json!({
         "StreamName": s.stream,
         "DataRetentionInHours": s.retention_hours,
