@@ -82,16 +82,19 @@ impl AppState {
         }
     }
 
-    fn data_stream_arn(&self, name: Option<&str>, arn: Option<&str>) -> String {
-        match (arn, name) {
-            (Some(a), _) => a.to_string(),
-            (None, Some(n)) => format!(
-                "arn:aws:kinesis:{}:{}:stream/{n}",
-                self.region(),
-                self.account()
-            ),
-            (None, None) => "*".into(),
+    /// A data stream's ARN, from the very name the operation will use
+    /// (`DataStreams::resolve_name`, which refuses a name and an ARN that
+    /// disagree, and ARNs not of this server's form).
+    fn data_stream_arn(&self, name: Option<&str>, arn: Option<&str>) -> Result<String, ApiError> {
+        if name.is_none() && arn.is_none() {
+            return Ok("*".into());
         }
+        let name = self.datastreams.resolve_name(name, arn)?;
+        Ok(format!(
+            "arn:aws:kinesis:{}:{}:stream/{name}",
+            self.region(),
+            self.account()
+        ))
     }
 
     fn kinema_arn(&self, kind: &str, name: &str) -> String {
@@ -103,28 +106,80 @@ impl AppState {
     }
 }
 
-/// Names a signed request as an action on a resource. `body` is the JSON
-/// body when the route has one (streaming uploads carry their stream in
-/// headers). Unknown routes are named too, so that nothing is unchecked.
-pub(crate) fn target(st: &AppState, parts: &Parts, body: Option<&[u8]>) -> Target {
+/// Percent-decoding of a path segment, as the router decodes it for the
+/// handler (no '+' rule).
+fn decode_segment(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Some(v) = std::str::from_utf8(&b[i + 1..(i + 3).min(b.len())])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Names a signed request as the actions on resources it needs (usually
+/// one). `body` is the JSON body when the route has one (streaming uploads
+/// carry their stream in headers). Path segments and query keys are read
+/// decoded, as the handlers see them; a query that names its channel or
+/// client twice is refused. Unknown routes are named too, so that nothing
+/// is unchecked.
+pub(crate) fn target(
+    st: &AppState,
+    parts: &Parts,
+    body: Option<&[u8]>,
+) -> Result<Vec<Target>, ApiError> {
     let json: Value = body
         .and_then(|b| serde_json::from_slice(b).ok())
         .unwrap_or(Value::Null);
     let path = parts.uri.path();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let query = |name: &str| {
-        parts.uri.query().and_then(|q| {
-            q.split('&').find_map(|p| {
-                let (k, v) = p.split_once('=')?;
-                (k == name).then(|| crate::sigv4::decode_query_value(v))
-            })
+    let decoded: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(decode_segment)
+        .collect();
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    let pairs: Vec<(String, String)> = parts
+        .uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (
+                crate::sigv4::decode_query_value(k),
+                crate::sigv4::decode_query_value(v),
+            )
         })
+        .collect();
+    for name in ["X-Amz-ChannelARN", "X-Amz-ClientId"] {
+        if pairs.iter().filter(|(k, _)| k == name).count() > 1 {
+            return Err(ApiError::invalid(format!("{name} is given more than once")));
+        }
+    }
+    let query = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
     };
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
     let video = |b: &Value| st.video_arn(field(b, "StreamName"), field(b, "StreamARN"));
     let t = |action: String, resource: String| Target { action, resource };
     let method = parts.method.as_str();
-    match (method, segments.as_slice()) {
+    let one = match (method, segments.as_slice()) {
         ("POST", [""]) if header("x-amz-target").is_none() => {
             let form = crate::sts::form(body.unwrap_or_default());
             let action = form.get("Action").map_or("Unknown", String::as_str);
@@ -138,17 +193,30 @@ pub(crate) fn target(st: &AppState, parts: &Parts, body: Option<&[u8]>) -> Targe
             let op = header("x-amz-target")
                 .and_then(|t| t.strip_prefix("Kinesis_20131202."))
                 .unwrap_or("Unknown");
+            // The stream the operation will act on: a consumer's own
+            // stream, an iterator's, a page token's, or the named one.
             let resource = match op {
                 "ListStreams" => "*".to_string(),
-                _ => {
-                    let consumer_stream = field(&json, "ConsumerARN")
-                        .and_then(|c| c.split_once("/consumer/"))
-                        .map(|(s, _)| s);
-                    st.data_stream_arn(
-                        field(&json, "StreamName"),
-                        field(&json, "StreamARN").or(consumer_stream),
-                    )
+                _ if field(&json, "ConsumerARN").is_some() => {
+                    let consumer = field(&json, "ConsumerARN").unwrap_or_default();
+                    let stream = consumer.split("/consumer/").next().unwrap_or_default();
+                    st.data_stream_arn(None, Some(stream))?
                 }
+                "GetRecords" => {
+                    let stream = field(&json, "ShardIterator")
+                        .and_then(|i| st.datastreams.iterator_stream(i));
+                    match stream {
+                        Some(n) => st.data_stream_arn(Some(&n), None)?,
+                        // The operation refuses it; nothing to name.
+                        None => "*".into(),
+                    }
+                }
+                "ListShards" if field(&json, "NextToken").is_some() => {
+                    let token = field(&json, "NextToken").unwrap_or_default();
+                    let stream = token.split_once('/').map_or(token, |(n, _)| n);
+                    st.data_stream_arn(Some(stream), None)?
+                }
+                _ => st.data_stream_arn(field(&json, "StreamName"), field(&json, "StreamARN"))?,
             };
             t(format!("kinesis:{op}"), resource)
         }
@@ -191,15 +259,15 @@ pub(crate) fn target(st: &AppState, parts: &Parts, body: Option<&[u8]>) -> Targe
         ),
         ("GET", ["v1", "datastreams", stream, "subscribe"]) => t(
             "kinesis:SubscribeToShard".into(),
-            st.data_stream_arn(Some(stream), None),
+            st.data_stream_arn(Some(stream), None)?,
         ),
         ("GET", ["v1", "datastreams", stream, "groups", _]) => t(
             "kinema:DescribeConsumerGroup".into(),
-            st.data_stream_arn(Some(stream), None),
+            st.data_stream_arn(Some(stream), None)?,
         ),
         ("POST", ["v1", "datastreams", stream, "groups", _, action]) => t(
             format!("kinema:{}ConsumerGroup", pascal(action)),
-            st.data_stream_arn(Some(stream), None),
+            st.data_stream_arn(Some(stream), None)?,
         ),
         ("GET", ["v1", "keys"]) => t("kinema:ListAccessKeys".into(), "*".into()),
         ("POST", ["v1", "keys"]) => t("kinema:CreateAccessKey".into(), st.kinema_arn("key", "*")),
@@ -217,10 +285,19 @@ pub(crate) fn target(st: &AppState, parts: &Parts, body: Option<&[u8]>) -> Targe
             t("kinema:DeletePolicy".into(), st.kinema_arn("policy", name))
         }
         ("GET", ["v1", "sources"]) => t("kinema:ListSources".into(), "*".into()),
-        ("POST", ["v1", "sources"]) => t(
-            "kinema:CreateSource".into(),
-            st.kinema_arn("source", field(&json, "name").unwrap_or("*")),
-        ),
+        ("POST", ["v1", "sources"]) => {
+            // A source writes into its stream as a producer would.
+            return Ok(vec![
+                t(
+                    "kinema:CreateSource".into(),
+                    st.kinema_arn("source", field(&json, "name").unwrap_or("*")),
+                ),
+                t(
+                    "kinesisvideo:PutMedia".into(),
+                    st.video_arn(Some(field(&json, "stream").unwrap_or("*")), None),
+                ),
+            ]);
+        }
         (m, ["v1", "sources", name]) => t(
             format!(
                 "kinema:{}Source",
@@ -245,7 +322,8 @@ pub(crate) fn target(st: &AppState, parts: &Parts, body: Option<&[u8]>) -> Targe
             st.video_arn(Some(stream), None),
         ),
         _ => t(format!("kinema:{method}{path}"), "*".into()),
-    }
+    };
+    Ok(vec![one])
 }
 
 /// Whether an action changes something (and so is audited when allowed).

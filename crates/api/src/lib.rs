@@ -279,9 +279,14 @@ async fn authenticate(State(state): State<Arc<AppState>>, req: Request, next: Ne
             if let Some(c) = conn {
                 c.authenticated();
             }
-            let target = authorize::target(&state, &parts, bytes.as_deref());
-            if let Err(e) = authorize::authorize(&principal, &target, &peer) {
-                return refuse(e);
+            let targets = match authorize::target(&state, &parts, bytes.as_deref()) {
+                Ok(t) => t,
+                Err(e) => return refuse(e),
+            };
+            for target in &targets {
+                if let Err(e) = authorize::authorize(&principal, target, &peer) {
+                    return refuse(e);
+                }
             }
             let mut req = Request::from_parts(parts, body);
             req.extensions_mut().insert(principal);

@@ -285,12 +285,32 @@ impl DataStreams {
         name: Option<&str>,
         arn: Option<&str>,
     ) -> Result<String, EngineError> {
-        match (name, arn) {
-            (Some(n), _) => Ok(n.to_string()),
-            (None, Some(a)) => a
-                .rsplit_once(":stream/")
-                .map(|(_, n)| n.to_string())
-                .ok_or_else(|| EngineError::InvalidArgument(format!("{a} is not a stream ARN"))),
+        // The ARN must be this server's form exactly, and name the same
+        // stream as the name when both are given: authorisation and the
+        // operation must mean one stream.
+        let from_arn = match arn {
+            None => None,
+            Some(a) => {
+                let prefix = format!(
+                    "arn:aws:kinesis:{}:{}:stream/",
+                    self.inner.config.region, self.inner.config.account_id
+                );
+                let n = a
+                    .strip_prefix(&prefix)
+                    .filter(|n| valid_name(n))
+                    .ok_or_else(|| {
+                        EngineError::InvalidArgument(format!(
+                            "{a} is not a stream ARN of this server"
+                        ))
+                    })?;
+                Some(n)
+            }
+        };
+        match (name, from_arn) {
+            (Some(n), Some(a)) if n != a => Err(EngineError::InvalidArgument(
+                "StreamName and StreamARN name different streams".into(),
+            )),
+            (Some(n), _) | (None, Some(n)) => Ok(n.to_string()),
             (None, None) => Err(EngineError::InvalidArgument(
                 "StreamName or StreamARN is required".into(),
             )),

@@ -31,6 +31,14 @@ impl DataStreams {
         }))
     }
 
+    /// The stream a genuine shard iterator reads (for authorisation).
+    pub fn iterator_stream(&self, iterator: &str) -> Option<String> {
+        let pos = self.inner.key.decode(iterator, self.now_ms()).ok()?;
+        let stream = self.by_stamp(pos.stream)?;
+        let name = lock(&stream.info).name.clone();
+        Some(name)
+    }
+
     fn by_stamp(&self, stamp: u64) -> Option<Arc<DStream>> {
         read(&self.inner.streams)
             .values()
