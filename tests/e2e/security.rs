@@ -641,6 +641,7 @@ fn temporary_credentials_work_until_they_expire() {
         session_name: Some("old".into()),
         expires_ms: kinema_engine::now_ms() - 1_000,
         policy: None,
+        issuer_mark: kinema_iam::session::issuer_mark(&session_key, SECRET),
     };
     let expired_secret = kinema_iam::session::secret_of(&session_key, &claims.access_key_id);
     let expired_token = kinema_iam::session::token(&session_key, &claims);
@@ -895,6 +896,34 @@ fn keys_and_policies_change_at_run_time() {
         run_python(&server, "sts.py", &["use", tid, tsecret, ttoken, "ok"]).trim(),
         "ok"
     );
+    // Rotating the key ends the sessions it made.
+    let rotated = kinema_cli(&server, &["keys", "rotate", &id]);
+    let third = rotated["SecretAccessKey"].as_str().unwrap().to_string();
+    assert_eq!(
+        run_python(
+            &server,
+            "sts.py",
+            &["use", tid, tsecret, ttoken, "UnrecognizedClientException"]
+        )
+        .trim(),
+        "ok"
+    );
+    let key = (id.as_str(), third.as_str());
+    let temp: serde_json::Value = serde_json::from_str(&run_python(
+        &server,
+        "sts.py",
+        &["assume_as", key.0, key.1, "anyone"],
+    ))
+    .unwrap();
+    let (tid, tsecret, ttoken) = (
+        temp["AccessKeyId"].as_str().unwrap(),
+        temp["SecretAccessKey"].as_str().unwrap(),
+        temp["SessionToken"].as_str().unwrap(),
+    );
+    assert_eq!(
+        run_python(&server, "sts.py", &["use", tid, tsecret, ttoken, "ok"]).trim(),
+        "ok"
+    );
     kinema_cli(&server, &["keys", "delete", &id]);
     assert!(!run_aws_as(&server, key, &["kinesisvideo", "list-streams"]).0);
     assert_eq!(
@@ -990,4 +1019,153 @@ fn a_quiet_put_media_is_ended_after_its_idle_timeout() {
     );
     assert!(closed, "the server ended the quiet upload: {text}");
     assert_eq!(text.matches("PERSISTED").count(), 1, "{text}");
+}
+
+/// A request signed with `key`, sent raw: (status, response text).
+fn signed_raw(
+    server: &Server,
+    (method, path): (&str, &str),
+    headers: &[(&str, &str)],
+    body: &[u8],
+    (key, secret, service): (&str, &str, &str),
+) -> (u16, String) {
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", server.url()))
+        .header("host", format!("127.0.0.1:{}", server.port));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let mut req = b.body(()).unwrap();
+    kinema_server::put_media::sign_request(&mut req, key, secret, "us-east-1", service, Some(body))
+        .unwrap();
+    let mut s = connect(server);
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    )
+    .unwrap();
+    for (k, v) in req.headers() {
+        write!(s, "{k}: {}\r\n", v.to_str().unwrap()).unwrap();
+    }
+    write!(s, "\r\n").unwrap();
+    s.write_all(body).unwrap();
+    let resp = read_to_string(&mut s);
+    (
+        resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0),
+        resp,
+    )
+}
+
+/// Found by review: authorisation must name the object the operation acts
+/// on. A data-stream call whose name and ARN disagree, or whose ARN hides
+/// another name, is refused; a signaling URL naming two channels is
+/// refused; percent-encoded path segments are judged decoded; a source
+/// may only feed a stream its creator may put media into; and rotating a
+/// key ends the sessions it made.
+#[test]
+fn authorisation_names_the_object_the_operation_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{POLICIES}\n[policies.events-only]\nVersion = \"2012-10-17\"\n\
+         [[policies.events-only.Statement]]\nEffect = \"Allow\"\nAction = \"kinesis:*\"\n\
+         Resource = \"arn:aws:kinesis:*:*:stream/events\"\n\
+         [policies.no-secret-source]\n[[policies.no-secret-source.Statement]]\n\
+         Effect = \"Allow\"\nAction = [\"kinema:*\"]\nResource = \"*\"\n\
+         [[policies.no-secret-source.Statement]]\nEffect = \"Deny\"\n\
+         Action = \"kinema:DescribeSource\"\nResource = \"arn:aws:kinema:*:*:source/secret\"\n\
+         [[access_keys]]\nid = \"AKIDEVENTS\"\nsecret = \"events-secret\"\npolicies = [\"events-only\"]\n\
+         [[access_keys]]\nid = \"AKIDSOURCES\"\nsecret = \"sources-secret\"\npolicies = [\"no-secret-source\"]\n"
+    );
+    let server = Server::start_with_config(&dir.path().join("data"), &config);
+    assert_eq!(run_python(&server, "iam.py", &["setup"]).trim(), "ok");
+    run_python(&server, "ds.py", &["create", "secret", "1"]);
+    let events = ("AKIDEVENTS", "events-secret", "kinesis");
+    let kinesis = |op: &str, body: &str| {
+        signed_raw(
+            &server,
+            ("POST", "/"),
+            &[
+                ("x-amz-target", &format!("Kinesis_20131202.{op}")),
+                ("content-type", "application/x-amz-json-1.1"),
+            ],
+            body.as_bytes(),
+            events,
+        )
+    };
+    let (status, resp) = kinesis(
+        "DeleteStream",
+        r#"{"StreamName": "secret", "StreamARN": "arn:aws:kinesis:us-east-1:000000000000:stream/events"}"#,
+    );
+    assert_eq!(status, 400, "{resp}");
+    let (status, resp) = kinesis(
+        "DeleteStream",
+        r#"{"StreamARN": "arn:aws:kinesis:us-east-1:000000000000:stream/events:stream/secret"}"#,
+    );
+    assert_eq!(status, 400, "{resp}");
+    let (status, resp) = kinesis("DescribeStreamSummary", r#"{"StreamName": "events"}"#);
+    assert_eq!(status, 200, "{resp}");
+    let (status, resp) = signed_raw(
+        &server,
+        ("POST", "/"),
+        &[
+            ("x-amz-target", "Kinesis_20131202.DescribeStreamSummary"),
+            ("content-type", "application/x-amz-json-1.1"),
+        ],
+        br#"{"StreamName": "secret"}"#,
+        (KEY_ID, SECRET, "kinesis"),
+    );
+    assert_eq!(status, 200, "the other stream is still there: {resp}");
+
+    // Two channels in one signaling URL.
+    let (_, chan) = api(
+        &server,
+        "POST",
+        "/describeSignalingChannel",
+        Some(r#"{"ChannelName": "door-chan"}"#),
+    );
+    let arn = chan["ChannelInfo"]["ChannelARN"].as_str().unwrap();
+    let enc = kinema_client::uri_encode(arn);
+    let url = kinema_client::presign_url(
+        &format!(
+            "ws://127.0.0.1:{}/?X-Amz-ChannelARN={enc}&X-Amz-ChannelARN={enc}x",
+            server.port
+        ),
+        KEY_ID,
+        SECRET,
+        "us-east-1",
+        "kinesisvideo",
+        Duration::from_secs(60),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt.block_on(async {
+        match tokio_tungstenite::connect_async(url).await {
+            Ok(_) => 101,
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+            Err(e) => panic!("{e}"),
+        }
+    });
+    assert_eq!(status, 400, "two channels in one URL are refused");
+
+    // An encoded path segment is the segment the handler sees.
+    let sources = ("AKIDSOURCES", "sources-secret", "kinesisvideo");
+    let (status, resp) = signed_raw(&server, ("GET", "/v1/sources/%73ecret"), &[], b"", sources);
+    assert_eq!(status, 403, "{resp}");
+    // A source feeds only a stream its creator may put media into.
+    let body = br#"{"name": "intruder", "url": "rtsp://192.0.2.1/cam", "stream": "front-door"}"#;
+    let (status, resp) = signed_raw(
+        &server,
+        ("POST", "/v1/sources"),
+        &[("content-type", "application/json")],
+        body,
+        sources,
+    );
+    assert_eq!(status, 403, "{resp}");
+    assert!(resp.contains("kinesisvideo:PutMedia"), "{resp}");
 }

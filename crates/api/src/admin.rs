@@ -51,12 +51,14 @@ fn sealing_key(server_key: &[u8; 32]) -> LessSafeKey {
     LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &k).expect("a 32-byte key"))
 }
 
+/// Random bytes from the kernel; never a silent run of zeros (an abort
+/// instead: no secret can be made without them).
 fn random<const N: usize>() -> [u8; N] {
     use std::io::Read;
     let mut b = [0u8; N];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut b);
-    }
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("/dev/urandom is readable");
     b
 }
 

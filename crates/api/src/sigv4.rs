@@ -266,6 +266,10 @@ impl KeyStore {
         }
         // A session ends with the key that made it (revocation).
         let issuer = self.key(&claims.issuer).ok_or(AuthError::TokenInvalid)?;
+        // A rotated issuer secret ends its sessions too.
+        if kinema_iam::session::issuer_mark(&sessions.key, &issuer.secret) != claims.issuer_mark {
+            return Err(AuthError::TokenInvalid);
+        }
         let policies = sessions
             .policies_of(&claims, Some(self.resolve(&issuer.policies)))
             .ok_or(AuthError::TokenInvalid)?;

@@ -95,12 +95,14 @@ fn xml(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// Random bytes from the kernel. A server that cannot read them cannot
+/// make credentials at all: that is an abort, not a key of zeros.
 fn random_bytes<const N: usize>() -> [u8; N] {
     use std::io::Read;
     let mut b = [0u8; N];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut b);
-    }
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("/dev/urandom is readable");
     b
 }
 
@@ -164,7 +166,23 @@ pub(crate) async fn dispatch(st: &AppState, caller: &Principal, body: &[u8]) -> 
         Some(claims) => claims.issuer.clone(),
         None => caller.access_key_id.clone(),
     };
+    let Some(issuer_key) = st.keys.key(&issuer) else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            "the calling key no longer exists",
+        );
+    };
+    let issuer_mark = session::issuer_mark(&sessions.key, &issuer_key.secret);
     let (action, claims) = match f.get("Action").map(String::as_str) {
+        Some("AssumeRole") if caller.session.is_some() => {
+            // No chains: a session cannot outlive or widen through another.
+            return error(
+                StatusCode::FORBIDDEN,
+                "AccessDenied",
+                "Cannot call AssumeRole with session credentials",
+            );
+        }
         Some("AssumeRole") => {
             let Some(name) = f
                 .get("RoleArn")
@@ -234,6 +252,7 @@ pub(crate) async fn dispatch(st: &AppState, caller: &Principal, body: &[u8]) -> 
                     session_name: Some(session_name),
                     expires_ms: now_ms + i64::from(seconds) * 1000,
                     policy,
+                    issuer_mark: issuer_mark.clone(),
                 },
             )
         }
@@ -258,6 +277,7 @@ pub(crate) async fn dispatch(st: &AppState, caller: &Principal, body: &[u8]) -> 
                     session_name: None,
                     expires_ms: now_ms + i64::from(seconds) * 1000,
                     policy: None,
+                    issuer_mark,
                 },
             )
         }

@@ -446,7 +446,12 @@ fn camera_host(url: &str) -> Option<(String, u16)> {
     // As GStreamer reads it: the authority ends at the first '/' or '?',
     // and credentials end at its last '@' (an '@' in the path is path).
     let authority = rest.split(['/', '?']).next()?;
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    // GStreamer ends the credentials at the first '@'; a second one makes
+    // the host ambiguous (the port is then read up to it), so refuse it.
+    let authority = authority.split_once('@').map_or(authority, |(_, h)| h);
+    if authority.contains('@') {
+        return None;
+    }
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let (host, after) = v6.split_once(']')?;
         (host, after.strip_prefix(':'))
@@ -752,6 +757,7 @@ mod tests {
             Some(("169.254.169.254".into(), 554))
         );
         assert_eq!(h("rtsp://u:pa/ss@10.0.0.5/s"), None);
+        assert_eq!(h("rtsp://a:b@169.254.169.254:80@example.com/x"), None);
         assert_eq!(h("rtsp://[::1]:8554/s"), Some(("::1".into(), 8554)));
         assert_eq!(h("rtsp://[fe80::1]/s"), Some(("fe80::1".into(), 554)));
         assert_eq!(h("rtsp:///s"), None);

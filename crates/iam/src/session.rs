@@ -25,6 +25,16 @@ pub struct SessionClaims {
     pub expires_ms: i64,
     /// A session policy (IAM JSON) that narrows the role's.
     pub policy: Option<String>,
+    /// A fingerprint of the issuer's secret when the session was made
+    /// ([`issuer_mark`]): rotating the secret ends the session.
+    #[serde(default)]
+    pub issuer_mark: String,
+}
+
+/// A short fingerprint of an issuing key's secret, for
+/// [`SessionClaims::issuer_mark`].
+pub fn issuer_mark(key: &[u8; 32], issuer_secret: &str) -> String {
+    B64.encode(&mac(key, b"kinema-session-issuer\0", issuer_secret.as_bytes())[..12])
 }
 
 /// Why a session token is not accepted.
@@ -89,6 +99,7 @@ mod tests {
             session_name: Some("front-door".into()),
             expires_ms: 2_000,
             policy: None,
+            issuer_mark: String::new(),
         }
     }
 
