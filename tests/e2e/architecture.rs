@@ -84,6 +84,9 @@ fn gstreamer_is_named_only_by_its_adapter_crates() {
     let owners: &[(&str, &[&str])] = &[
         ("gstreamer", &["kinema-media", "gst-plugin-kinema"]),
         ("object_store", &["kinema-store"]),
+        // The cluster's JetStream state; the bench also runs JetStream as
+        // the data streams' reference.
+        ("async-nats", &["kinema-store", "kinema-bench"]),
         ("axum", &["kinema-api"]),
         ("ort", &["kinema-infer"]),
         ("webrtc", &["kinema-rtc"]),

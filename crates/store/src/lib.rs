@@ -35,9 +35,13 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use kinema_archive::index::{self, Record};
 use kinema_core::sync::{lock, read, write};
-use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, PutMode, PutOptions};
+
+mod cluster;
+
+pub use cluster::{Cluster, ClusterConfig, Conflict, IndexEvent, KeyChange};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -59,6 +63,18 @@ pub enum StoreError {
     },
     #[error("background storage task failed: {0}")]
     Join(String),
+    #[error("cluster state: {0}")]
+    Cluster(String),
+    /// Another node wrote this stream's index: this node is no longer its writer.
+    #[error("fenced: {0}")]
+    Fenced(String),
+    /// A cluster's fragment object that exists already (see
+    /// [`Store::replace_fragment`]).
+    #[error("fragment object {0} exists")]
+    ObjectExists(String),
+    /// Another live node holds the stream's writer lease.
+    #[error("the stream is written by another node: {0}")]
+    LeaseHeld(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -116,6 +132,9 @@ pub struct Store {
     objects: Arc<dyn ObjectStore>,
     /// Where local objects live, so they can be fsynced after `put`.
     local_objects: Option<PathBuf>,
+    /// The shared state of a cluster (index, metadata, leases in
+    /// JetStream; objects in a bucket), `None` on one machine.
+    cluster: Option<Cluster>,
 }
 
 impl std::fmt::Debug for Store {
@@ -145,7 +164,30 @@ impl Store {
             root: root.to_path_buf(),
             objects: Arc::new(objects),
             local_objects: Some(objects_dir),
+            cluster: None,
         })
+    }
+
+    /// Opens a cluster node's store: fragment objects in the bucket, index,
+    /// stream metadata and leases in JetStream (created on first use), and
+    /// node-local documents and data streams under `root`.
+    pub async fn open_cluster(root: &Path, config: &ClusterConfig) -> Result<Store, StoreError> {
+        for dir in [root.to_path_buf(), root.join("index"), root.join("meta")] {
+            fs::create_dir_all(&dir).map_err(io(&dir))?;
+        }
+        let objects = cluster::s3(config)?;
+        let cluster = Cluster::connect(config).await?;
+        Ok(Store {
+            root: root.to_path_buf(),
+            objects,
+            local_objects: None,
+            cluster: Some(cluster),
+        })
+    }
+
+    /// The cluster's shared state, `None` on one machine.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
     }
 
     pub fn root(&self) -> &Path {
@@ -171,9 +213,23 @@ impl Store {
         .await
     }
 
-    /// Ids of every stream with an index or objects on disk.
-    pub fn stored_stream_ids(&self) -> Result<Vec<String>, StoreError> {
+    /// Ids of every stream with an index or objects stored.
+    pub async fn stored_stream_ids(&self) -> Result<Vec<String>, StoreError> {
         let mut ids = std::collections::BTreeSet::new();
+        if let Some(c) = &self.cluster {
+            ids.extend(c.indexed_stream_ids().await?);
+            let listed = self
+                .objects
+                .list_with_delimiter(Some(&ObjectPath::from("streams")))
+                .await?;
+            ids.extend(
+                listed
+                    .common_prefixes
+                    .iter()
+                    .filter_map(|p| p.filename().map(str::to_string)),
+            );
+            return Ok(ids.into_iter().collect());
+        }
         let index = self.root.join("index");
         for e in fs::read_dir(&index).map_err(io(&index))? {
             let name = e
@@ -209,6 +265,22 @@ impl Store {
         object: Bytes,
     ) -> Result<(), StoreError> {
         let key = Self::fragment_key(stream_id, number);
+        if self.cluster.is_some() {
+            // Never replace an object here: one left by a writer that lost
+            // its lease is replaced only by a writer that proved it holds
+            // the fence ([`Store::replace_fragment`]).
+            return match self
+                .objects
+                .put_opts(&key, object.into(), PutMode::Create.into())
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    Err(StoreError::ObjectExists(key.to_string()))
+                }
+                Err(e) => Err(e.into()),
+            };
+        }
         self.objects.put(&key, object.into()).await?;
         if let Some(base) = &self.local_objects {
             // object_store's local backend renames a staged file into place
@@ -222,6 +294,23 @@ impl Store {
             })
             .await?;
         }
+        Ok(())
+    }
+
+    /// Replaces an object that [`Store::put_fragment`] found in place (an
+    /// earlier writer's, never indexed). Only for the stream's current
+    /// writer, after [`IndexLog::confirm_writer`].
+    pub async fn replace_fragment(
+        &self,
+        stream_id: &str,
+        number: u64,
+        object: Bytes,
+    ) -> Result<(), StoreError> {
+        let key = Self::fragment_key(stream_id, number);
+        tracing::info!(key = %key, "replacing an unindexed object of an earlier writer");
+        self.delete_fragment(stream_id, number).await?;
+        let opts = PutOptions::from(PutMode::Create);
+        self.objects.put_opts(&key, object.into(), opts).await?;
         Ok(())
     }
 
@@ -265,6 +354,9 @@ impl Store {
         if let Some(base) = &self.local_objects {
             let _ = fs::remove_dir(base.join("streams").join(stream_id));
         }
+        if let Some(c) = &self.cluster {
+            return c.delete_index(stream_id).await;
+        }
         let idx = self.index_path(stream_id);
         match fs::remove_file(&idx) {
             Ok(()) => Ok(()),
@@ -287,27 +379,49 @@ impl Store {
         sync_dir(path.parent().expect("index files live in index/"))?;
         Ok((
             IndexLog {
-                file: Arc::new(Mutex::new(LogFile { broken: false })),
-                path,
+                kind: IndexKind::File {
+                    file: Arc::new(Mutex::new(LogFile { broken: false })),
+                    path,
+                },
             },
             records,
         ))
     }
 
-    /// [`Store::open_index`] on the blocking pool.
+    /// [`Store::open_index`] on the blocking pool; in a cluster, the
+    /// stream's shared index, whose writer has yet to take the lease (see
+    /// [`IndexLog::prepare_write`]).
     pub async fn open_index_async(&self, stream_id: &str) -> Result<IndexLog, StoreError> {
+        if let Some(c) = &self.cluster {
+            return Ok(IndexLog {
+                kind: IndexKind::Shared(Box::new(SharedIndex {
+                    cluster: c.clone(),
+                    stream_id: stream_id.to_string(),
+                    last: 0,
+                    lease: None,
+                    seqs: BTreeMap::new(),
+                })),
+            });
+        }
         let (store, id) = (self.clone(), stream_id.to_string());
         blocking(move || Ok(store.open_index(&id)?.0)).await
     }
 
-    /// [`Store::rewrite_index`] on the blocking pool.
-    pub async fn rewrite_index_async(
+    /// Drops the records before `records` from a stream's index: the file
+    /// is rewritten with just them; a shared index purges the messages of
+    /// trimmed fragments.
+    pub async fn compact_index(
         &self,
+        log: &mut IndexLog,
         stream_id: &str,
         records: Vec<Record>,
-    ) -> Result<IndexLog, StoreError> {
+    ) -> Result<(), StoreError> {
+        if let IndexKind::Shared(shared) = &mut log.kind {
+            return shared.compact(&records).await;
+        }
         let (store, id) = (self.clone(), stream_id.to_string());
-        blocking(move || store.rewrite_index(&id, &records)).await
+        *log = blocking(move || store.rewrite_index(&id, &records)).await?;
+        Ok(())
     }
 
     /// Rewrites a stream's index with just `records` (compaction after trims).
@@ -376,11 +490,134 @@ impl Store {
     }
 }
 
-/// A stream's append-only index log. Cheap to clone.
-#[derive(Clone, Debug)]
+/// A stream's append-only index: a log file, or in a cluster the
+/// stream's subject of the shared index with this node's writer lease.
+#[derive(Debug)]
 pub struct IndexLog {
-    file: Arc<Mutex<LogFile>>,
-    path: PathBuf,
+    kind: IndexKind,
+}
+
+#[derive(Debug)]
+enum IndexKind {
+    File {
+        file: Arc<Mutex<LogFile>>,
+        path: PathBuf,
+    },
+    Shared(Box<SharedIndex>),
+}
+
+/// A writer's view of a shared index.
+struct SharedIndex {
+    cluster: Cluster,
+    stream_id: String,
+    /// The subject's last sequence as this writer knows it: every append
+    /// expects it (the fence).
+    last: u64,
+    /// The lease's revision and when it was last renewed.
+    lease: Option<(u64, std::time::Instant)>,
+    /// Sequence of each live fragment's record (for compaction).
+    seqs: BTreeMap<u64, u64>,
+}
+
+impl std::fmt::Debug for SharedIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedIndex")
+            .field("stream_id", &self.stream_id)
+            .field("last", &self.last)
+            .field("lease", &self.lease)
+            .finish()
+    }
+}
+
+impl SharedIndex {
+    async fn prepare(&mut self) -> Result<Option<Vec<Record>>, StoreError> {
+        let renew_after = std::time::Duration::from_millis(self.cluster.lease_ms() / 3);
+        if let Some((_, at)) = self.lease
+            && at.elapsed() < renew_after
+        {
+            return Ok(None);
+        }
+        let held = self.lease.map(|(rev, _)| rev);
+        let started = std::time::Instant::now();
+        let (rev, taken_over) = match self.cluster.acquire_lease(&self.stream_id, held).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.lease = None;
+                return Err(e);
+            }
+        };
+        self.lease = Some((rev, started));
+        if !taken_over {
+            return Ok(None);
+        }
+        // A new writer: move the subject past every earlier writer's
+        // expected sequence, then read what they wrote.
+        let result = async {
+            let last = self.cluster.last_sequence(&self.stream_id).await?;
+            self.cluster
+                .append_index(&self.stream_id, None, last)
+                .await?;
+            self.cluster.read_index(&self.stream_id).await
+        }
+        .await;
+        let (records, seqs, last) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.lease = None;
+                return Err(e);
+            }
+        };
+        self.last = last;
+        self.seqs = seqs;
+        tracing::info!(stream_id = %self.stream_id, records = records.len(), "took over a stream's index");
+        Ok(Some(records))
+    }
+
+    async fn append(&mut self, record: &Record) -> Result<(), StoreError> {
+        if self.lease.is_none() {
+            return Err(StoreError::Fenced("this node holds no lease".into()));
+        }
+        match self
+            .cluster
+            .append_index(&self.stream_id, Some(record), self.last)
+            .await
+        {
+            Ok(seq) => {
+                self.last = seq;
+                if let Record::Fragment(f) = record {
+                    self.seqs.insert(f.number, seq);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Unknown state: the next write takes the lease anew and
+                // rereads the index.
+                self.lease = None;
+                Err(e)
+            }
+        }
+    }
+
+    async fn compact(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        let first_live = records.iter().find_map(|r| match r {
+            Record::Fragment(f) => Some(f.number),
+            Record::Trim { .. } => None,
+        });
+        let keep_from = match first_live {
+            Some(n) => {
+                self.seqs = self.seqs.split_off(&n);
+                self.seqs.values().next().copied()
+            }
+            None => {
+                self.seqs.clear();
+                None
+            }
+        }
+        .unwrap_or(self.last);
+        // The newest Trim record is at or after `keep_from` when nothing
+        // lives; otherwise the fragments kept say what remains.
+        self.cluster.compact_index(&self.stream_id, keep_from).await
+    }
 }
 
 /// An append-only file of framed records whose appends return once they
@@ -402,11 +639,67 @@ struct LogFile {
 }
 
 impl IndexLog {
-    /// Appends a record and returns once it is on disk.
-    pub async fn append(&self, record: Record) -> Result<(), StoreError> {
-        let mut bytes = Vec::with_capacity(64);
-        index::encode(&record, &mut bytes);
-        append_durably(self.file.clone(), self.path.clone(), bytes).await
+    /// Appends a record and returns once it is durable (on disk, or
+    /// acknowledged by JetStream). In a cluster, [`IndexLog::prepare_write`]
+    /// must have succeeded first.
+    pub async fn append(&mut self, record: Record) -> Result<(), StoreError> {
+        match &mut self.kind {
+            IndexKind::File { file, path } => {
+                let mut bytes = Vec::with_capacity(64);
+                index::encode(&record, &mut bytes);
+                append_durably(file.clone(), path.clone(), bytes).await
+            }
+            IndexKind::Shared(shared) => shared.append(&record).await,
+        }
+    }
+
+    /// Makes this node the stream's writer before an append: nothing on
+    /// one machine; in a cluster, takes or renews the writer lease. When
+    /// the lease was taken over (no append of this node may follow an
+    /// earlier writer's unseen ones), returns the index's records as they
+    /// are now, which the caller's catalog must be rebuilt from.
+    pub async fn prepare_write(&mut self) -> Result<Option<Vec<Record>>, StoreError> {
+        match &mut self.kind {
+            IndexKind::File { .. } => Ok(None),
+            IndexKind::Shared(shared) => shared.prepare().await,
+        }
+    }
+
+    /// Proves that this node is still the stream's writer: its lease
+    /// renews and no other node appended since its last append.
+    pub async fn confirm_writer(&mut self) -> Result<(), StoreError> {
+        let IndexKind::Shared(shared) = &mut self.kind else {
+            return Ok(());
+        };
+        let held = shared.lease.map(|(rev, _)| rev);
+        let started = std::time::Instant::now();
+        let renewed = shared.cluster.acquire_lease(&shared.stream_id, held).await;
+        let last = shared.cluster.last_sequence(&shared.stream_id).await;
+        match (renewed, last) {
+            (Ok((rev, false)), Ok(last)) if last == shared.last => {
+                shared.lease = Some((rev, started));
+                Ok(())
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                shared.lease = None;
+                Err(e)
+            }
+            _ => {
+                // The index moved or the lease was taken anew: the next
+                // write takes over again and rereads the index.
+                shared.lease = None;
+                Err(StoreError::Fenced("another node wrote this stream".into()))
+            }
+        }
+    }
+
+    /// Gives up the writer lease (a cluster's other nodes may write at once).
+    pub async fn release(&mut self) {
+        if let IndexKind::Shared(shared) = &mut self.kind
+            && let Some((rev, _)) = shared.lease.take()
+        {
+            shared.cluster.release_lease(&shared.stream_id, rev).await;
+        }
     }
 }
 
@@ -729,7 +1022,7 @@ mod tests {
             .put_fragment("s1", 7, Bytes::from_static(b"mkv"))
             .await
             .unwrap();
-        let (log, recs) = store.open_index("s1").unwrap();
+        let (mut log, recs) = store.open_index("s1").unwrap();
         assert!(recs.is_empty());
         log.append(Record::Fragment(meta(7))).await.unwrap();
         log.append(Record::Trim { through: 3 }).await.unwrap();

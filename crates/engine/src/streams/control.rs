@@ -2,15 +2,13 @@
 //! retention, delete and tags, each saved in the `video-streams` document.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
+use super::{Engine, Stream, StreamInfo, StreamUpdate, valid_name};
+use crate::EngineError;
 use kinema_archive::Catalog;
 use kinema_core::sync::{lock, read, write};
-use tokio::sync::{Mutex, broadcast, watch};
-
-use super::{Engine, LIVE_FRAMES_QUEUE, Stream, StreamInfo, StreamUpdate, valid_name};
-use crate::EngineError;
 
 const MAX_TAGS: usize = 50;
 
@@ -69,6 +67,25 @@ impl Engine {
         if let Some(e) = refused {
             return Err(e);
         }
+        if self.inner.store.cluster().is_some() {
+            // The bucket decides who has the name; this node's cache may
+            // already hold the stream from the bucket's watch.
+            let revision = self.create_shared_info(&info).await?;
+            let log = self.inner.store.open_index_async(&info.id).await?;
+            let mut streams = write(&self.inner.streams);
+            let stale = streams.get(name).filter(|s| s.id() != info.id).cloned();
+            if let Some(old) = stale {
+                old.deleted.store(true, Ordering::SeqCst);
+                old.live.send_modify(|_| {});
+                streams.remove(name);
+            }
+            if !streams.contains_key(name) {
+                let stream = Stream::new(info.clone(), revision, Catalog::new(), log);
+                streams.insert(name.to_string(), Arc::new(stream));
+            }
+            tracing::info!(stream = name, retention_hours, "created stream");
+            return Ok(info);
+        }
         self.inner.store.prepare_stream(&info.id).await?;
         let log = self.inner.store.open_index_async(&info.id).await?;
         // Another create may have won the name or the last place meanwhile:
@@ -80,20 +97,8 @@ impl Engine {
             let refused =
                 refusal(&streams).map(|e| (e, streams.values().any(|s| s.id() == info.id)));
             if refused.is_none() {
-                streams.insert(
-                    name.to_string(),
-                    Arc::new(Stream {
-                        info: std::sync::Mutex::new(info.clone()),
-                        catalog: RwLock::new(Catalog::new()),
-                        persist: Mutex::new(log),
-                        live: watch::channel(0).0,
-                        frames: broadcast::channel(LIVE_FRAMES_QUEUE).0,
-                        producers: AtomicUsize::new(0),
-                        readers: AtomicUsize::new(0),
-                        deleted: AtomicBool::new(false),
-                        trims: AtomicUsize::new(0),
-                    }),
-                );
+                let stream = Stream::new(info.clone(), 0, Catalog::new(), log);
+                streams.insert(name.to_string(), Arc::new(stream));
             }
             refused
         };
@@ -153,18 +158,18 @@ impl Engine {
         update: StreamUpdate,
     ) -> Result<(), EngineError> {
         let stream = self.resolve(name, arn)?;
-        {
-            let mut info = lock(&stream.info);
-            Self::check_version(&info, Some(current_version))?;
-            if let Some(d) = update.device_name {
-                info.device_name = Some(d);
+        self.change_info(&stream, |info| {
+            Self::check_version(info, Some(current_version))?;
+            if let Some(d) = &update.device_name {
+                info.device_name = Some(d.clone());
             }
-            if let Some(m) = update.media_type {
-                info.media_type = Some(m);
+            if let Some(m) = &update.media_type {
+                info.media_type = Some(m.clone());
             }
             info.version = self.new_version();
-        }
-        self.save_meta().await
+            Ok(())
+        })
+        .await
     }
 
     pub async fn update_data_retention(
@@ -176,9 +181,8 @@ impl Engine {
         change_hours: u32,
     ) -> Result<(), EngineError> {
         let stream = self.resolve(name, arn)?;
-        {
-            let mut info = lock(&stream.info);
-            Self::check_version(&info, Some(current_version))?;
+        self.change_info(&stream, |info| {
+            Self::check_version(info, Some(current_version))?;
             let new = if increase {
                 info.retention_hours
                     .checked_add(change_hours)
@@ -194,8 +198,9 @@ impl Engine {
             };
             info.retention_hours = new;
             info.version = self.new_version();
-        }
-        self.save_meta().await
+            Ok(())
+        })
+        .await
     }
 
     pub async fn delete_stream(
@@ -206,10 +211,20 @@ impl Engine {
         let stream = self.resolve(None, Some(arn))?;
         let info = stream.info();
         Self::check_version(&info, current_version)?;
-        write(&self.inner.streams).remove(&info.name);
+        if self.inner.store.cluster().is_some() {
+            self.delete_shared_info(&stream).await?;
+        }
+        {
+            let mut streams = write(&self.inner.streams);
+            if streams.get(&info.name).is_some_and(|s| s.id() == info.id) {
+                streams.remove(&info.name);
+            }
+        }
         stream.deleted.store(true, Ordering::SeqCst);
         stream.live.send_modify(|_| {});
-        self.save_meta().await?;
+        if self.inner.store.cluster().is_none() {
+            self.save_meta().await?;
+        }
         // Wait for any persist in flight, then remove the data.
         let _g = stream.persist.lock().await;
         self.inner.store.delete_stream(&info.id).await?;
@@ -224,14 +239,14 @@ impl Engine {
         tags: BTreeMap<String, String>,
     ) -> Result<(), EngineError> {
         let stream = self.resolve(name, arn)?;
-        {
-            let mut info = lock(&stream.info);
+        self.change_info(&stream, |info| {
             let mut merged = info.tags.clone();
-            merged.extend(tags);
+            merged.extend(tags.clone());
             validate_tags(&merged)?;
             info.tags = merged;
-        }
-        self.save_meta().await
+            Ok(())
+        })
+        .await
     }
 
     pub async fn untag_stream(
@@ -241,11 +256,30 @@ impl Engine {
         keys: &[String],
     ) -> Result<(), EngineError> {
         let stream = self.resolve(name, arn)?;
-        {
-            let mut info = lock(&stream.info);
+        self.change_info(&stream, |info| {
             for k in keys {
                 info.tags.remove(k);
             }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Changes a stream's metadata and saves it: in the shared bucket in a
+    /// cluster (retried on a concurrent change), else in the document.
+    async fn change_info(
+        &self,
+        stream: &Stream,
+        mut change: impl FnMut(&mut StreamInfo) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        if self.inner.store.cluster().is_some() {
+            return self.change_shared_info(stream, change).await;
+        }
+        {
+            let mut info = lock(&stream.info);
+            let mut changed = info.clone();
+            change(&mut changed)?;
+            *info = changed;
         }
         self.save_meta().await
     }

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use kinema_archive::FragmentMeta;
 use kinema_archive::index::Record;
 use kinema_archive::ingest::{CompletedFragment, IngestEvent, IngestSession, TimecodeType};
+use kinema_archive::{Catalog, FragmentMeta};
 use kinema_core::sync::{lock, read, write};
+use kinema_store::{IndexLog, StoreError};
 
 use super::{Engine, LiveFragment, LiveFrame, Stream};
 use crate::EngineError;
@@ -41,12 +42,20 @@ impl Engine {
         stream: &Stream,
         frag: CompletedFragment,
     ) -> Result<FragmentMeta, EngineError> {
-        let log = stream.persist.lock().await;
+        let mut log = stream.persist.lock().await;
         if stream.deleted.load(Ordering::SeqCst) {
             return Err(EngineError::ResourceNotFound(
                 "the stream was deleted".into(),
             ));
         }
+        let patience = self
+            .inner
+            .store
+            .cluster()
+            .map(|c| std::time::Duration::from_millis(c.lease_ms() + 1_000))
+            .unwrap_or_default();
+        self.become_writer_patiently(stream, &mut log, patience)
+            .await?;
         let (number, floor) = {
             let c = read(&stream.catalog);
             (
@@ -78,14 +87,33 @@ impl Engine {
             return Ok(stored);
         }
         let object = frag.object;
-        self.inner
+        match self
+            .inner
             .store
             .put_fragment(&id, number, object.clone())
-            .await?;
+            .await
+        {
+            Err(StoreError::ObjectExists(_)) => {
+                // An earlier writer's object that never made it into the
+                // index: replaced only while this node provably writes.
+                log.confirm_writer().await?;
+                self.inner
+                    .store
+                    .replace_fragment(&id, number, object.clone())
+                    .await?;
+            }
+            r => r?,
+        }
         log.append(Record::Fragment(meta)).await?;
-        write(&stream.catalog)
-            .append(meta)
-            .expect("numbers are assigned under the persist lock, so they always increase");
+        {
+            // In a cluster the index follower may have added it already.
+            let mut catalog = write(&stream.catalog);
+            if number >= catalog.next_number() {
+                catalog
+                    .append(meta)
+                    .expect("numbers are assigned under the persist lock, so they always increase");
+            }
+        }
         stream.live.send_replace(number);
         if self.inner.live_fragments.receiver_count() > 0 {
             let _ = self.inner.live_fragments.send(LiveFragment {
@@ -95,6 +123,76 @@ impl Engine {
             });
         }
         Ok(meta)
+    }
+}
+
+impl Engine {
+    /// Makes this node the stream's writer (in a cluster: its lease). A
+    /// node that takes a stream over rebuilds the catalog from the shared
+    /// index, so numbering continues after every earlier writer's last
+    /// fragment, and removes objects no index record names (an earlier
+    /// writer's unindexed or trimmed ones).
+    pub(super) async fn become_writer(
+        &self,
+        stream: &Stream,
+        log: &mut IndexLog,
+    ) -> Result<(), EngineError> {
+        let Some(records) = log.prepare_write().await? else {
+            return Ok(());
+        };
+        self.rebuild_catalog(stream, records).await
+    }
+
+    /// Like [`Engine::become_writer`], waiting up to `patience` for a
+    /// lease another node holds (a node that died keeps it until it
+    /// expires): a producer that reconnects through another node is
+    /// answered once the stream is free, not refused meanwhile.
+    pub(super) async fn become_writer_patiently(
+        &self,
+        stream: &Stream,
+        log: &mut IndexLog,
+        patience: std::time::Duration,
+    ) -> Result<(), EngineError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match self.become_writer(stream, log).await {
+                Err(EngineError::Storage(StoreError::LeaseHeld(why)))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(why, "waiting for a stream's writer lease");
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn rebuild_catalog(
+        &self,
+        stream: &Stream,
+        records: Vec<Record>,
+    ) -> Result<(), EngineError> {
+        let mut catalog = Catalog::new();
+        let trims = records
+            .iter()
+            .filter(|r| matches!(r, Record::Trim { .. }))
+            .count();
+        for r in records {
+            super::cluster::apply_record(&mut catalog, r);
+        }
+        let id = stream.id();
+        for n in self.inner.store.list_fragments(&id).await? {
+            if catalog.get(n).is_none() {
+                self.inner.store.delete_fragment(&id, n).await?;
+            }
+        }
+        let last = catalog.last().map(|f| f.number);
+        *write(&stream.catalog) = catalog;
+        stream.trims.store(trims, Ordering::Relaxed);
+        if let Some(n) = last {
+            stream.live.send_replace(n);
+        }
+        Ok(())
     }
 }
 
@@ -168,7 +266,20 @@ impl PutMediaSession {
 
 impl Drop for PutMediaSession {
     fn drop(&mut self) {
-        self.stream.producers.fetch_sub(1, Ordering::SeqCst);
+        let left = self.stream.producers.fetch_sub(1, Ordering::SeqCst) - 1;
         self.stream.live.send_modify(|_| {});
+        // The last producer gone: another node may take the stream at once.
+        if left == 0
+            && self.engine.inner.store.cluster().is_some()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let stream = self.stream.clone();
+            rt.spawn(async move {
+                let mut log = stream.persist.lock().await;
+                if stream.producers.load(Ordering::SeqCst) == 0 {
+                    log.release().await;
+                }
+            });
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! plane), `ingest` (PutMedia sessions and persisting), `reads` (GetMedia,
 //! fragments by number and time) and `retention`.
 
+mod cluster;
 mod control;
 mod ingest;
 mod reads;
@@ -94,6 +95,8 @@ pub struct StreamUpdate {
 
 struct Stream {
     info: std::sync::Mutex<StreamInfo>,
+    /// In a cluster, the revision of `info` in the shared bucket.
+    revision: AtomicU64,
     catalog: RwLock<Catalog>,
     /// Serialises persisting (numbering, index appends) and holds the index log.
     persist: Mutex<IndexLog>,
@@ -108,6 +111,22 @@ struct Stream {
 }
 
 impl Stream {
+    fn new(info: StreamInfo, revision: u64, catalog: Catalog, log: IndexLog) -> Stream {
+        let last = catalog.last().map(|f| f.number).unwrap_or(0);
+        Stream {
+            info: std::sync::Mutex::new(info),
+            revision: AtomicU64::new(revision),
+            catalog: RwLock::new(catalog),
+            persist: Mutex::new(log),
+            live: watch::channel(last).0,
+            frames: broadcast::channel(LIVE_FRAMES_QUEUE).0,
+            producers: AtomicUsize::new(0),
+            readers: AtomicUsize::new(0),
+            deleted: AtomicBool::new(false),
+            trims: AtomicUsize::new(0),
+        }
+    }
+
     fn info(&self) -> StreamInfo {
         lock(&self.info).clone()
     }
@@ -173,10 +192,13 @@ impl Engine {
     /// Opens the engine over a store, recovering every stream's catalog from
     /// its index log and removing objects no index entry names.
     pub async fn open(store: Store, config: EngineConfig) -> Result<Engine, EngineError> {
+        if store.cluster().is_some() {
+            return Self::open_cluster(store, config).await;
+        }
         let infos: Vec<StreamInfo> = store.load_meta(META_DOC)?.unwrap_or_default();
         // Data of streams the metadata no longer lists: a crash during
         // DeleteStream (metadata saved, data not yet removed).
-        for id in store.stored_stream_ids()? {
+        for id in store.stored_stream_ids().await? {
             if !infos.iter().any(|i| i.id == id) {
                 tracing::info!(stream_id = %id, "removing the data of a deleted stream");
                 store.delete_stream(&id).await?;
@@ -206,26 +228,13 @@ impl Engine {
                 }
             }
             tracing::info!(stream = %info.name, fragments = catalog.len(), "recovered stream");
-            let last = catalog.last().map(|f| f.number).unwrap_or(0);
-            streams.insert(
-                info.name.clone(),
-                Arc::new(Stream {
-                    info: std::sync::Mutex::new(info),
-                    catalog: RwLock::new(catalog),
-                    persist: Mutex::new(log),
-                    live: watch::channel(last).0,
-                    frames: broadcast::channel(LIVE_FRAMES_QUEUE).0,
-                    producers: AtomicUsize::new(0),
-                    readers: AtomicUsize::new(0),
-                    deleted: AtomicBool::new(false),
-                    trims: AtomicUsize::new(
-                        records
-                            .iter()
-                            .filter(|r| matches!(r, Record::Trim { .. }))
-                            .count(),
-                    ),
-                }),
-            );
+            let trims = records
+                .iter()
+                .filter(|r| matches!(r, Record::Trim { .. }))
+                .count();
+            let stream = Stream::new(info.clone(), 0, catalog, log);
+            stream.trims.store(trims, Ordering::Relaxed);
+            streams.insert(info.name.clone(), Arc::new(stream));
         }
         Ok(Engine {
             inner: Arc::new(Inner {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use kinema_archive::index::Record;
 use kinema_core::sync::{read, write};
+use kinema_store::{IndexLog, StoreError};
 
 use super::{Engine, Stream};
 use crate::EngineError;
@@ -48,6 +49,26 @@ impl Engine {
         let Some(through) = through else {
             return Ok(0);
         };
+        // In a cluster one node trims a stream: its writer, or a node
+        // that takes the lease while no producer is connected.
+        match self.become_writer(stream, &mut log).await {
+            Err(EngineError::Storage(StoreError::LeaseHeld(_))) => return Ok(0),
+            r => r?,
+        }
+        let result = self.trim(stream, &mut log, through).await;
+        if stream.producers.load(Ordering::SeqCst) == 0 {
+            log.release().await;
+        }
+        result
+    }
+
+    async fn trim(
+        &self,
+        stream: &Stream,
+        log: &mut IndexLog,
+        through: u64,
+    ) -> Result<usize, EngineError> {
+        let info = stream.info();
         log.append(Record::Trim { through }).await?;
         let removed = write(&stream.catalog).trim_through(through);
         for f in &removed {
@@ -57,10 +78,9 @@ impl Engine {
             let records: Vec<Record> = std::iter::once(Record::Trim { through })
                 .chain(read(&stream.catalog).iter().map(|f| Record::Fragment(*f)))
                 .collect();
-            *log = self
-                .inner
+            self.inner
                 .store
-                .rewrite_index_async(&info.id, records)
+                .compact_index(log, &info.id, records)
                 .await?;
             stream.trims.store(1, Ordering::Relaxed);
         }
