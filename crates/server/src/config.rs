@@ -70,6 +70,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub source_access: SourceAccessConfig,
+    /// Cluster mode: fragments in an S3-compatible bucket, index, stream
+    /// metadata and leases in NATS JetStream (see ARCHITECTURE.md).
+    #[serde(default)]
+    pub cluster: Option<kinema_store::ClusterConfig>,
 }
 
 /// What sources created through the API may reach (`[source_access]`).
@@ -282,6 +286,7 @@ pub struct Resolved {
     pub limits: kinema_api::serve::LimitsConfig,
     pub source_access: kinema_engine::sources::SourceAccess,
     pub metrics_bearer_token: Option<String>,
+    pub cluster: Option<kinema_store::ClusterConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -522,6 +527,7 @@ impl Config {
                 .metrics_bearer_token
                 .clone()
                 .filter(|t| !t.is_empty()),
+            cluster: self.cluster.clone(),
             source_access: kinema_engine::sources::SourceAccess {
                 media_dirs: self.source_access.media_dirs.clone(),
                 allow_networks: self

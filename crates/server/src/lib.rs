@@ -42,6 +42,16 @@ fn iterator_key() -> anyhow::Result<[u8; 32]> {
     Ok(key)
 }
 
+/// A secret every node of a cluster shares: made by the first node that
+/// needs it, kept in the cluster's documents.
+async fn shared_key(cluster: &kinema_store::Cluster, name: &str) -> anyhow::Result<[u8; 32]> {
+    let fresh = iterator_key()?;
+    let kept = cluster.create_doc(name, fresh.to_vec().into()).await?;
+    kept.as_ref()
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("the cluster's {name} is not a 32-byte key"))
+}
+
 /// Descriptors kept for everything but client connections beyond the
 /// data streams' active segments: TURN and WebRTC sockets, GStreamer,
 /// files opened for a moment (fragments, index appends, older segments).
@@ -115,7 +125,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut cfg = cfg;
     fit_descriptors(&mut cfg);
-    let store = Store::open_local(&cfg.data_dir)?;
+    let store = match &cfg.cluster {
+        Some(c) => Store::open_cluster(&cfg.data_dir, c).await?,
+        None => Store::open_local(&cfg.data_dir)?,
+    };
     let engine = Engine::open(store.clone(), cfg.engine.clone()).await?;
     let datastreams = kinema_engine::datastreams::DataStreams::open(
         store.clone(),
@@ -256,7 +269,10 @@ pub async fn run(
             .with_named_policies(cfg.named_policies.clone())
             .in_region(&cfg.engine.region)
             .with_sessions(kinema_api::sts::Sessions {
-                key: session_key(&cfg.data_dir)?,
+                key: match store.cluster() {
+                    Some(c) => shared_key(c, "sts-key").await?,
+                    None => session_key(&cfg.data_dir)?,
+                },
                 roles: cfg
                     .roles
                     .iter()
@@ -264,7 +280,11 @@ pub async fn run(
                     .collect(),
                 account_id: cfg.engine.account_id.clone(),
             }),
-        token_key: iterator_key()?,
+        token_key: match store.cluster() {
+            // Page tokens made on one node are read on another.
+            Some(c) => shared_key(c, "page-token-key").await?,
+            None => iterator_key()?,
+        },
         metrics_token: cfg.metrics_bearer_token.clone(),
         limits: Arc::new(kinema_api::serve::Limits::new(cfg.limits.clone())),
         metrics: Metrics::new(sources.clone(), detectors.clone(), live.clone()),
