@@ -11,7 +11,7 @@ APT_PACKAGES=(
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-x
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
-  ffmpeg strace nats-server chromium coturn iproute2 util-linux
+  ffmpeg strace nats-server chromium coturn iproute2 util-linux haproxy
 )
 # Node.js and npm for the browser tests, unless the machine has them already.
 command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(nodejs npm)
@@ -28,9 +28,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Python clients nobody here wrote: boto3 and the AWS CLI, pinned, in a private venv.
+# Python clients nobody here wrote: boto3 and the AWS CLI, pinned, in a
+# private venv; and moto's server, the S3-compatible store of the cluster tests.
 VENV="$CACHE/venv"
-PY_REQS="boto3==1.43.11 botocore==1.43.11 awscli==1.45.11"
+PY_REQS="boto3==1.43.11 botocore==1.43.11 awscli==1.45.11 moto[server]==5.2.5"
 stamp="$VENV/.kinema-reqs"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$PY_REQS" ]; then
   echo "setup: creating python venv at $VENV"

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::support::*;
 
-fn gst(pipeline: &str) -> Command {
+pub(crate) fn gst(pipeline: &str) -> Command {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(format!("exec gst-launch-1.0 {pipeline}"))
@@ -22,7 +22,7 @@ fn gst(pipeline: &str) -> Command {
 }
 
 /// Live test video: `frames` at 30 fps, a keyframe every `gop`.
-fn camera(frames: u32, gop: u32, live: bool, kbps: u32) -> String {
+pub(crate) fn camera(frames: u32, gop: u32, live: bool, kbps: u32) -> String {
     format!(
         "videotestsrc is-live={live} num-buffers={frames} \
          ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \

@@ -3,6 +3,7 @@
 //! GStreamer) and checked by independent readers (ffprobe, matroskademux).
 
 mod architecture;
+mod cluster;
 mod datastreams;
 mod detection;
 mod groups;

@@ -154,6 +154,19 @@ impl Server {
         }
     }
 
+    /// A process that serves Kinema's API on `port` without being a
+    /// Kinema server itself (a load balancer in front of several).
+    pub fn adopt(child: Child, port: u16) -> Server {
+        Server {
+            child,
+            port,
+            scheme: "http",
+            netns: false,
+            ca: None,
+            log: Default::default(),
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
