@@ -576,3 +576,110 @@ fn losing_a_nats_server_loses_no_frame() {
     );
     assert_eq!(ffprobe_frames(&file), 240, "{}", cluster.node(0).log());
 }
+
+fn http_get(url: &str) -> Vec<u8> {
+    let out = Command::new("curl")
+        .args(["-sS", "-f", "--max-time", "10", url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "GET {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The URIs of a playlist (lines that are not tags), resolved against it.
+fn playlist_uris(playlist_url: &str, text: &str) -> Vec<String> {
+    let base = &playlist_url[..playlist_url.rfind('/').unwrap() + 1];
+    let map = text.lines().find_map(|l| {
+        l.strip_prefix("#EXT-X-MAP:URI=\"")
+            .and_then(|r| r.split('"').next())
+    });
+    map.into_iter()
+        .chain(
+            text.lines()
+                .filter(|l| !l.is_empty() && !l.starts_with('#')),
+        )
+        .map(|u| format!("{base}{u}"))
+        .collect()
+}
+
+/// A LIVE HLS session opened on node 0 is played through the balancer;
+/// node 0 is killed and the same session keeps listing new segments,
+/// served by the other nodes (its token is self-contained, signed with
+/// the cluster's key). An ON_DEMAND session opened on node 0 is read
+/// whole by ffmpeg from node 2.
+#[test]
+fn a_live_hls_session_outlives_the_node_that_made_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::start(dir.path(), 3);
+    create_stream(cluster.node(1), "cam", 24);
+    let producer = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(gst_curl_command(cluster.node(1), "cam", 450, 30, true))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let listed = wait_for(Duration::from_secs(30), || {
+        (list(cluster.node(0), "cam").len() >= 3).then_some(())
+    });
+    assert!(listed.is_some(), "no fragments");
+    let url = run_python(
+        cluster.node(0),
+        "playback.py",
+        &["live_url", "cam", "FRAGMENTED_MP4"],
+    );
+    let url = url
+        .trim()
+        .replace(&cluster.node(0).url(), &cluster.balancer.url());
+    assert!(url.starts_with(&cluster.balancer.url()), "{url}");
+    let master = String::from_utf8(http_get(&url)).unwrap();
+    let media_url = playlist_uris(&url, &master)
+        .pop()
+        .expect("a media playlist");
+    let before = playlist_uris(
+        &media_url,
+        &String::from_utf8(http_get(&media_url)).unwrap(),
+    );
+
+    cluster.nodes[0].as_mut().unwrap().kill9();
+    cluster.nodes[0] = None;
+    let grown = wait_for(Duration::from_secs(20), || {
+        let text = String::from_utf8(http_get(&media_url)).ok()?;
+        let now = playlist_uris(&media_url, &text);
+        (now.len() >= before.len() + 2).then_some(now)
+    })
+    .expect("the session lists new segments after its node died");
+    let file = dir.path().join("live.mp4");
+    let init = http_get(&grown[0]);
+    let last = http_get(grown.last().unwrap());
+    std::fs::write(&file, [init, last].concat()).unwrap();
+    assert!(ffprobe_frames(&file) >= 30, "the newest segment decodes");
+
+    let acks = parse_acks(&producer.wait_with_output().unwrap().stdout);
+    assert_eq!(persisted(&acks).len(), 15, "{acks:?}");
+    // Opened on node 1 (node 0 is gone), read whole by ffmpeg from node 2.
+    let url = run_python(
+        cluster.node(1),
+        "playback.py",
+        &["ondemand_url", "cam", "FRAGMENTED_MP4"],
+    );
+    let url = url
+        .trim()
+        .replace(&cluster.node(1).url(), &cluster.node(2).url());
+    let copy = dir.path().join("ondemand.mkv");
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-i", &url, "-c", "copy"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ffprobe_frames(&copy), 450);
+}

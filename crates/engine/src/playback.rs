@@ -1,5 +1,6 @@
 //! Playback of stored video, without HTTP: HLS and DASH sessions (random
-//! tokens held in memory until they expire, bounded per stream; the
+//! tokens held in memory until they expire, bounded per stream; or, in a
+//! cluster, self-contained tokens signed with a key every node shares; the
 //! fragments a session lists now), their init and media segments, MP4
 //! clips and still images. Planning is sans-IO (`kinema-hls::session`,
 //! `kinema-archive::plan`); remuxing (`kinema-remux`) and decoding
@@ -76,7 +77,7 @@ pub struct SessionRequest {
 }
 
 /// An open session: what its playlists and segments are made from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Session {
     pub protocol: Protocol,
     pub stream: String,
@@ -151,6 +152,8 @@ pub struct StillsPage {
 pub struct Playback {
     engine: Engine,
     sessions: Arc<Sessions>,
+    /// Set in a cluster: sessions live in their tokens, signed with this.
+    signing: Option<[u8; 32]>,
 }
 
 /// Open sessions by token.
@@ -194,6 +197,145 @@ impl Sessions {
     }
 }
 
+/// Sessions carried in their tokens: `v1.<base64url JSON>.<base64url of
+/// the first 16 bytes of its HMAC-SHA256>`.
+mod signed {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use hmac::{Hmac, Mac};
+    use kinema_archive::TimeKind;
+    use kinema_hls::session::{Mode, Selection};
+    use kinema_hls::{Container, Discontinuity};
+    use serde::{Deserialize, Serialize};
+    use sha2::Sha256;
+
+    use super::{Protocol, Session};
+
+    const TAG: usize = 16;
+
+    /// A session in short field names (the token rides in every URL).
+    #[derive(Serialize, Deserialize)]
+    struct Claims {
+        p: u8,
+        s: String,
+        i: String,
+        k: u8,
+        m: u8,
+        a: Option<i64>,
+        b: Option<i64>,
+        n: usize,
+        c: u8,
+        d: u8,
+        t: bool,
+        e: i64,
+        o: i64,
+        f: u64,
+        x: String,
+        w: u32,
+        h: u32,
+        r: u64,
+    }
+
+    fn mac(key: &[u8; 32], body: &str) -> Hmac<Sha256> {
+        let mut m = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+        m.update(b"kinema playback session v1\0");
+        m.update(body.as_bytes());
+        m
+    }
+
+    pub(super) fn encode(s: &Session, key: &[u8; 32]) -> String {
+        let claims = Claims {
+            p: match s.protocol {
+                Protocol::Hls => 0,
+                Protocol::Dash => 1,
+            },
+            s: s.stream.clone(),
+            i: s.stream_id.clone(),
+            k: match s.kind {
+                TimeKind::Producer => 0,
+                TimeKind::Server => 1,
+            },
+            m: match s.selection.mode {
+                Mode::Live => 0,
+                Mode::LiveReplay => 1,
+                Mode::OnDemand => 2,
+            },
+            a: s.selection.start_ms,
+            b: s.selection.end_ms,
+            n: s.selection.max_fragments,
+            c: match s.container {
+                Container::FragmentedMp4 => 0,
+                Container::MpegTs => 1,
+            },
+            d: match s.discontinuity {
+                Discontinuity::Always => 0,
+                Discontinuity::Never => 1,
+                Discontinuity::OnDiscontinuity => 2,
+            },
+            t: s.program_date_time,
+            e: s.expires_ms,
+            o: s.origin_ms,
+            f: s.init_fragment,
+            x: s.codecs.clone(),
+            w: s.width,
+            h: s.height,
+            r: s.bandwidth,
+        };
+        let json = serde_json::to_vec(&claims).expect("claims serialise");
+        let body = B64.encode(json);
+        let tag = mac(key, &body).finalize().into_bytes();
+        format!("v1.{body}.{}", B64.encode(&tag[..TAG]))
+    }
+
+    /// The session of a token this key signed, `None` for anything else.
+    pub(super) fn decode(token: &str, key: &[u8; 32]) -> Option<Session> {
+        let rest = token.strip_prefix("v1.")?;
+        let (body, tag) = rest.split_once('.')?;
+        let tag = B64.decode(tag).ok()?;
+        if tag.len() != TAG {
+            return None;
+        }
+        mac(key, body).verify_truncated_left(&tag).ok()?;
+        let c: Claims = serde_json::from_slice(&B64.decode(body).ok()?).ok()?;
+        Some(Session {
+            protocol: [Protocol::Hls, Protocol::Dash]
+                .get(usize::from(c.p))
+                .copied()?,
+            stream: c.s,
+            stream_id: c.i,
+            kind: [TimeKind::Producer, TimeKind::Server]
+                .get(usize::from(c.k))
+                .copied()?,
+            selection: Selection {
+                mode: [Mode::Live, Mode::LiveReplay, Mode::OnDemand]
+                    .get(usize::from(c.m))
+                    .copied()?,
+                start_ms: c.a,
+                end_ms: c.b,
+                max_fragments: c.n,
+            },
+            container: [Container::FragmentedMp4, Container::MpegTs]
+                .get(usize::from(c.c))
+                .copied()?,
+            discontinuity: [
+                Discontinuity::Always,
+                Discontinuity::Never,
+                Discontinuity::OnDiscontinuity,
+            ]
+            .get(usize::from(c.d))
+            .copied()?,
+            program_date_time: c.t,
+            expires_ms: c.e,
+            origin_ms: c.o,
+            init_fragment: c.f,
+            codecs: c.x,
+            width: c.w,
+            height: c.h,
+            bandwidth: c.r,
+        })
+    }
+}
+
 fn invalid(m: &str) -> EngineError {
     EngineError::InvalidArgument(m.into())
 }
@@ -207,7 +349,17 @@ impl Playback {
                 map: Mutex::new(HashMap::new()),
                 per_stream: per_stream.max(1),
             }),
+            signing: None,
         }
+    }
+
+    /// Sessions in self-contained tokens signed with `key` (HMAC-SHA256),
+    /// so that any node sharing the key serves a session another node
+    /// opened, across restarts. Nothing is held per session, so the
+    /// per-stream bound does not apply.
+    pub fn with_signed_tokens(mut self, key: [u8; 32]) -> Playback {
+        self.signing = Some(key);
+        self
     }
 
     fn now_ms(&self) -> i64 {
@@ -296,13 +448,29 @@ impl Playback {
             height: frag.track.height,
             bandwidth: u64::from(meta.size) * 8 * 1000 / u64::from(meta.duration_ms.max(1)),
         };
-        self.sessions.insert(session, now)
+        match &self.signing {
+            Some(key) => Ok(signed::encode(&session, key)),
+            None => self.sessions.insert(session, now),
+        }
     }
 
     /// The unexpired session of `token` for `protocol`; a stream deleted
     /// (or deleted and re-created) since ends its sessions.
     pub fn session(&self, token: &str, protocol: Protocol) -> Result<Session, EngineError> {
-        let s = self.sessions.get(token, self.now_ms())?;
+        let s = match &self.signing {
+            Some(key) => {
+                let s = signed::decode(token, key).ok_or_else(|| {
+                    EngineError::NotAuthorized("the session token is not valid".into())
+                })?;
+                if s.expires_ms <= self.now_ms() {
+                    return Err(EngineError::NotAuthorized(
+                        "the playback session has expired".into(),
+                    ));
+                }
+                s
+            }
+            None => self.sessions.get(token, self.now_ms())?,
+        };
         if s.protocol != protocol {
             return Err(EngineError::NotAuthorized(
                 "the session token is not valid for this protocol".into(),
@@ -627,6 +795,40 @@ mod tests {
             height: 240,
             bandwidth: 1,
         }
+    }
+
+    #[test]
+    fn a_signed_token_carries_its_session_and_nothing_else_passes() {
+        let mut s = session("1-cam", 5_000);
+        s.selection = Selection {
+            mode: Mode::OnDemand,
+            start_ms: Some(1_000),
+            end_ms: Some(9_000),
+            max_fragments: 1000,
+        };
+        s.container = Container::MpegTs;
+        s.discontinuity = Discontinuity::OnDiscontinuity;
+        s.kind = TimeKind::Server;
+        s.protocol = Protocol::Dash;
+        let key = [7u8; 32];
+        let token = signed::encode(&s, &key);
+        assert_eq!(signed::decode(&token, &key), Some(s.clone()));
+        assert!(
+            token
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+            "URL-safe: {token}"
+        );
+        assert_eq!(signed::decode(&token, &[8u8; 32]), None, "another key");
+        let (body, tag) = token.rsplit_once('.').unwrap();
+        let mut forged = session("1-cam", i64::MAX);
+        forged.protocol = Protocol::Dash;
+        let other = signed::encode(&forged, &[9u8; 32]);
+        let other_body = other.rsplit_once('.').unwrap().0;
+        assert_eq!(signed::decode(&format!("{other_body}.{tag}"), &key), None);
+        assert_eq!(signed::decode(&format!("{body}.AAAA"), &key), None);
+        assert_eq!(signed::decode("v1.", &key), None);
+        assert_eq!(signed::decode("", &key), None);
     }
 
     fn sessions(per_stream: usize) -> Sessions {

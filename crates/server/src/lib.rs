@@ -289,10 +289,17 @@ pub async fn run(
         limits: Arc::new(kinema_api::serve::Limits::new(cfg.limits.clone())),
         metrics: Metrics::new(sources.clone(), detectors.clone(), live.clone()),
         public_url: cfg.public_url.clone(),
-        playback: kinema_engine::playback::Playback::new(
-            engine.clone(),
-            cfg.playback_sessions_per_stream,
-        ),
+        playback: {
+            let playback = kinema_engine::playback::Playback::new(
+                engine.clone(),
+                cfg.playback_sessions_per_stream,
+            );
+            match store.cluster() {
+                // A session opened on one node plays from every node.
+                Some(c) => playback.with_signed_tokens(shared_key(c, "playback-token-key").await?),
+                None => playback,
+            }
+        },
         shutdown: stop_rx.clone(),
     });
     // Keys and policies made at run time by earlier runs.
