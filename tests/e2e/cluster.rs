@@ -43,7 +43,7 @@ pub struct TestCluster {
     nats: Vec<Option<Proc>>,
     nats_ports: Vec<u16>,
     route_ports: Vec<u16>,
-    _moto: Proc,
+    moto: Proc,
     moto_port: u16,
     pub nodes: Vec<Option<Server>>,
     pub balancer: Server,
@@ -70,7 +70,7 @@ impl TestCluster {
             nats: Vec::new(),
             nats_ports,
             route_ports,
-            _moto: moto,
+            moto,
             moto_port,
             nodes: Vec::new(),
             balancer: Server::adopt(Command::new("true").spawn().unwrap(), 0),
@@ -140,7 +140,8 @@ impl TestCluster {
         format!(
             "[cluster]\nnode = \"{name}\"\nnats_urls = [{}]\nreplicas = 3\n\
              s3_bucket = \"kinema\"\ns3_endpoint = \"http://127.0.0.1:{}\"\n\
-             s3_access_key_id = \"moto\"\ns3_secret_access_key = \"moto\"\nlease_ms = 3000\n",
+             s3_access_key_id = \"moto\"\ns3_secret_access_key = \"moto\"\nlease_ms = 3000\n\
+             s3_timeout_ms = 4000\n",
             urls.join(", "),
             self.moto_port
         )
@@ -200,6 +201,13 @@ impl TestCluster {
 
     pub fn node(&self, i: usize) -> &Server {
         self.nodes[i].as_ref().expect("a running node")
+    }
+
+    /// Sends a signal (`-STOP`, `-CONT`) to the S3 server.
+    pub fn signal_s3(&self, signal: &str) {
+        let pid = self.moto.0.id().to_string();
+        let ok = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(ok.success());
     }
 
     pub fn kill_nats(&mut self, i: usize) {
@@ -682,4 +690,25 @@ fn a_live_hls_session_outlives_the_node_that_made_it() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(ffprobe_frames(&copy), 450);
+}
+
+/// The bucket stops answering during ingest: the producer gets `ERROR`
+/// acknowledgements, never a false `PERSISTED`, and nothing is listed
+/// for the fragments that failed; once the bucket answers again the
+/// next upload is stored.
+#[test]
+fn an_unreachable_bucket_gives_error_acks_then_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::start(dir.path(), 1);
+    create_stream(cluster.node(0), "cam", 24);
+    cluster.signal_s3("-STOP");
+    let acks = put_with_gst_curl(cluster.node(0), "cam", 60, 30, false);
+    cluster.signal_s3("-CONT");
+    assert!(persisted(&acks).is_empty(), "{acks:?}");
+    assert!(!acks_of(&acks, "ERROR").is_empty(), "{acks:?}");
+    assert!(list(cluster.node(0), "cam").is_empty());
+    let acks = put_with_gst_curl(cluster.node(0), "cam", 60, 30, false);
+    let stored = persisted(&acks);
+    assert_eq!(stored.len(), 2, "{acks:?}\n{}", cluster.node(0).log());
+    assert_eq!(numbers(&list(cluster.node(0), "cam")), stored);
 }
