@@ -288,6 +288,12 @@ fn any_node_serves_a_stream_created_and_written_on_others() {
     expected.extend(&second);
     assert_eq!(numbers(&all), expected);
 
+    // GetMedia on node 2 follows, live, what node 1 is storing.
+    let producer = gst_curl_command(cluster.node(1), "cam", 60, 30, true);
+    let out = run_python(cluster.node(2), "kv.py", &["live", "cam", &producer, "2"]);
+    let out: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(out["fragments"].as_array().unwrap().len(), 2, "{out}");
+
     // Metadata: changed on node 2, described on node 0; a second stream of
     // the same name is refused on node 1.
     let described = |i: usize| -> Value {
