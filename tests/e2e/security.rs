@@ -771,7 +771,7 @@ fn a_camera_keeps_streaming_through_an_unauthenticated_flood() {
 }
 
 /// Runs `kinema ARGS` as the test's administrator; returns its JSON.
-fn kinema_cli(server: &Server, args: &[&str]) -> serde_json::Value {
+pub(crate) fn kinema_cli(server: &Server, args: &[&str]) -> serde_json::Value {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kinema"))
         .args(args)
         .args(["--endpoint", &server.url()])

@@ -23,7 +23,7 @@ use serde_json::json;
 use crate::sigv4::{Key, KeyPolicies, KeyStore};
 use crate::{ApiError, AppState};
 
-const META_DOC: &str = "identities";
+pub const META_DOC: &str = "identities";
 
 type St = State<Arc<AppState>>;
 
@@ -95,19 +95,37 @@ fn open(key: &LessSafeKey, id: &str, sealed: &str) -> Option<String> {
     String::from_utf8(plain.to_vec()).ok()
 }
 
-/// Loads the keys and policies saved by earlier runs into `keys`.
-pub fn load(
+/// Loads the keys and policies saved by earlier runs (in a cluster: by
+/// any node) into `keys`, replacing the ones made at run time.
+pub async fn load(
     keys: &KeyStore,
     engine: &kinema_engine::Engine,
     server_key: &[u8; 32],
 ) -> Result<(), String> {
-    let saved: Saved = engine
-        .load_document(META_DOC)
-        .map_err(|e| e.to_string())?
-        .unwrap_or_default();
+    let mut revision = keys.saved.lock().await;
+    let (saved, rev) = engine
+        .load_shared_document::<Saved>(META_DOC)
+        .await
+        .map_err(|e| e.to_string())?;
+    let saved = saved.unwrap_or_default();
     let sealing = sealing_key(server_key);
-    for (name, json) in saved.policies {
-        let policy = Policy::parse(&json).map_err(|e| format!("saved policy {name}: {e}"))?;
+    // Parse everything before changing anything.
+    let mut policies = Vec::new();
+    for (name, json) in &saved.policies {
+        let policy = Policy::parse(json).map_err(|e| format!("saved policy {name}: {e}"))?;
+        policies.push((name.clone(), policy));
+    }
+    for (id, _) in keys.managed_keys() {
+        if !saved.keys.iter().any(|k| k.id == id) {
+            keys.remove_key(&id);
+        }
+    }
+    for (name, managed) in keys.list_policies() {
+        if managed && !saved.policies.iter().any(|(n, _)| *n == name) {
+            keys.remove_policy(&name);
+        }
+    }
+    for (name, policy) in policies {
         keys.put_policy(&name, policy, true);
     }
     for k in saved.keys {
@@ -122,10 +140,15 @@ pub fn load(
             },
         );
     }
+    *revision = rev;
     Ok(())
 }
 
-async fn save(st: &AppState) -> Result<(), ApiError> {
+/// Saves the keys and policies made at run time. The caller holds
+/// `st.keys.saved` (the revision they were loaded or last saved at) across
+/// its change and this save: when another node saved first, the save is
+/// refused and the caller undoes its change.
+async fn save(st: &AppState, revision: &mut u64) -> Result<(), ApiError> {
     let Some(server_key) = st.keys.sessions().map(|s| s.key) else {
         return Err(ApiError::internal());
     };
@@ -155,7 +178,11 @@ async fn save(st: &AppState) -> Result<(), ApiError> {
             })
             .collect(),
     };
-    Ok(st.engine.save_document(META_DOC, &saved).await?)
+    *revision = st
+        .engine
+        .save_shared_document(META_DOC, &saved, *revision)
+        .await?;
+    Ok(())
 }
 
 /// `AKID` and 16 characters of [A-Z2-7].
@@ -193,6 +220,7 @@ struct CreateKey {
 /// answer only.
 pub(crate) async fn create_key(State(st): St, body: Bytes) -> Result<Response, ApiError> {
     let input: CreateKey = crate::video::parse(&body)?;
+    let mut saved = st.keys.saved.lock().await;
     check_policies(&st, &input.policies)?;
     let id = new_key_id();
     let secret = new_secret();
@@ -204,7 +232,7 @@ pub(crate) async fn create_key(State(st): St, body: Bytes) -> Result<Response, A
             managed: true,
         },
     );
-    if let Err(e) = save(&st).await {
+    if let Err(e) = save(&st, &mut saved).await {
         st.keys.remove_key(&id);
         return Err(e);
     }
@@ -251,9 +279,10 @@ pub(crate) async fn delete_key(
     State(st): St,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let mut saved = st.keys.saved.lock().await;
     let key = managed_key(&st, &id)?;
     st.keys.remove_key(&id);
-    if let Err(e) = save(&st).await {
+    if let Err(e) = save(&st, &mut saved).await {
         st.keys.put_key(&id, key);
         return Err(e);
     }
@@ -265,6 +294,7 @@ pub(crate) async fn rotate_key(
     State(st): St,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let mut saved = st.keys.saved.lock().await;
     let old = managed_key(&st, &id)?;
     let secret = new_secret();
     st.keys.put_key(
@@ -274,7 +304,7 @@ pub(crate) async fn rotate_key(
             ..old.clone()
         },
     );
-    if let Err(e) = save(&st).await {
+    if let Err(e) = save(&st, &mut saved).await {
         st.keys.put_key(&id, old);
         return Err(e);
     }
@@ -326,9 +356,10 @@ pub(crate) async fn put_policy(
             e.to_string(),
         )
     })?;
+    let mut saved = st.keys.saved.lock().await;
     let before = st.keys.policy(&name);
     st.keys.put_policy(&name, policy, true);
-    if let Err(e) = save(&st).await {
+    if let Err(e) = save(&st, &mut saved).await {
         match before {
             Some((p, m)) => st.keys.put_policy(&name, p, m),
             None => {
@@ -344,18 +375,18 @@ pub(crate) async fn delete_policy(
     State(st): St,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    match st.keys.policy(&name) {
+    let mut saved = st.keys.saved.lock().await;
+    let (p, m) = match st.keys.policy(&name) {
         None => return Err(ApiError::not_found(format!("no policy named {name}"))),
         Some((_, false)) => {
             return Err(ApiError::invalid(format!(
                 "{name} is defined in the configuration file; change it there"
             )));
         }
-        Some(_) => {}
-    }
-    let (p, m) = st.keys.policy(&name).expect("checked above");
+        Some(found) => found,
+    };
     st.keys.remove_policy(&name);
-    if let Err(e) = save(&st).await {
+    if let Err(e) = save(&st, &mut saved).await {
         st.keys.put_policy(&name, p, m);
         return Err(e);
     }

@@ -102,6 +102,9 @@ pub struct KeyStore {
     region: Option<String>,
     /// Temporary credentials (`ASIA...` keys with a session token).
     sessions: Option<Arc<Sessions>>,
+    /// Serialises run-time changes of keys and policies and their saves;
+    /// holds the revision of the saved document they came from.
+    pub(crate) saved: Arc<tokio::sync::Mutex<u64>>,
 }
 
 impl KeyStore {

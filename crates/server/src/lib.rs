@@ -304,8 +304,25 @@ pub async fn run(
     });
     // Keys and policies made at run time by earlier runs.
     if let Some(sessions) = state.keys.sessions() {
-        kinema_api::admin::load(&state.keys, &engine, &sessions.key)
+        let server_key = sessions.key;
+        // In a cluster, keys and policies changed on any node.
+        let changes = engine
+            .watch_shared_document(kinema_api::admin::META_DOC)
+            .await?;
+        kinema_api::admin::load(&state.keys, &engine, &server_key)
+            .await
             .map_err(|e| anyhow::anyhow!("loading saved access keys: {e}"))?;
+        if let Some(mut changes) = changes {
+            let (state, engine) = (state.clone(), engine.clone());
+            tokio::spawn(async move {
+                while changes.recv().await.is_some() {
+                    if let Err(e) = kinema_api::admin::load(&state.keys, &engine, &server_key).await
+                    {
+                        tracing::error!(error = %e, "reloading access keys changed on another node");
+                    }
+                }
+            });
+        }
     }
     let mut retention_stop = stop_rx.clone();
     let retention = tokio::spawn({

@@ -312,6 +312,46 @@ impl Cluster {
             .map_err(nats("reading a document"))
     }
 
+    /// A document and its revision (0: it does not exist yet).
+    pub async fn load_doc_revision(&self, name: &str) -> Result<(Option<Bytes>, u64), StoreError> {
+        let entry = self
+            .docs
+            .entry(name)
+            .await
+            .map_err(nats("reading a document"))?;
+        Ok(match entry {
+            Some(e) if e.operation == kv::Operation::Put => (Some(e.value), e.revision),
+            Some(e) => (None, e.revision),
+            None => (None, 0),
+        })
+    }
+
+    /// Replaces a document if it is still at `revision` (0: absent);
+    /// returns the new revision.
+    pub async fn update_doc(
+        &self,
+        name: &str,
+        value: Bytes,
+        revision: u64,
+    ) -> Result<Result<u64, Conflict>, StoreError> {
+        if revision == 0 {
+            return match self.docs.create(name, value).await {
+                Ok(rev) => Ok(Ok(rev)),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    Ok(Err(Conflict::Changed))
+                }
+                Err(e) => Err(nats("saving a document")(e)),
+            };
+        }
+        match self.docs.update(name, value, revision).await {
+            Ok(rev) => Ok(Ok(rev)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                Ok(Err(Conflict::Changed))
+            }
+            Err(e) => Err(nats("saving a document")(e)),
+        }
+    }
+
     pub async fn save_doc(&self, name: &str, value: Bytes) -> Result<(), StoreError> {
         self.docs
             .put(name, value)

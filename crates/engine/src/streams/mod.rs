@@ -290,6 +290,70 @@ impl Engine {
         Ok(self.inner.store.save_meta(name, value).await?)
     }
 
+    /// A document every node of a cluster shares (in its JetStream
+    /// documents bucket) and its revision; on one machine, the same as
+    /// [`Engine::load_document`], at revision 0.
+    pub async fn load_shared_document<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<(Option<T>, u64), EngineError> {
+        let Some(c) = self.inner.store.cluster() else {
+            return Ok((self.load_document(name)?, 0));
+        };
+        let (bytes, revision) = c.load_doc_revision(name).await?;
+        let value = bytes
+            .map(|b| serde_json::from_slice(&b))
+            .transpose()
+            .map_err(|e| EngineError::Internal(format!("shared document {name}: {e}")))?;
+        Ok((value, revision))
+    }
+
+    /// Replaces a shared document if no node changed it since `revision`
+    /// (what [`Engine::load_shared_document`] or the last save returned);
+    /// returns the new revision, or `ResourceInUse` when another node was
+    /// first (reload, then try again). On one machine it always saves.
+    pub async fn save_shared_document<T: serde::Serialize>(
+        &self,
+        name: &str,
+        value: &T,
+        revision: u64,
+    ) -> Result<u64, EngineError> {
+        let Some(c) = self.inner.store.cluster() else {
+            self.save_document(name, value).await?;
+            return Ok(0);
+        };
+        let bytes = serde_json::to_vec(value).map_err(|e| EngineError::Internal(e.to_string()))?;
+        c.update_doc(name, bytes.into(), revision)
+            .await?
+            .map_err(|_| {
+                EngineError::ResourceInUse(format!(
+                    "{name} was changed on another node meanwhile; try again"
+                ))
+            })
+    }
+
+    /// In a cluster, a signal each time the shared document `name` changes
+    /// (on any node); `None` on one machine.
+    pub async fn watch_shared_document(
+        &self,
+        name: &str,
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<()>>, EngineError> {
+        let Some(c) = self.inner.store.cluster() else {
+            return Ok(None);
+        };
+        let (_, mut changes) = c.watch_docs().await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let name = name.to_string();
+        tokio::spawn(async move {
+            while let Some(change) = changes.recv().await {
+                if change.key == name && tx.try_send(()).is_err() && tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        Ok(Some(rx))
+    }
+
     fn new_version(&self) -> String {
         let n = self.inner.versions.fetch_add(1, Ordering::Relaxed);
         format!("{}{:06}", self.clock().now_ms(), n % 1_000_000)
