@@ -670,6 +670,22 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_sample_parses() {
+        let cfg = Config::parse(include_str!("../../../samples/cluster.toml"))
+            .expect("samples/cluster.toml parses");
+        let r = cfg.resolve(None, None, None).unwrap();
+        let c = r.cluster.expect("a [cluster] section");
+        assert_eq!(c.nats_urls.len(), 3);
+        assert_eq!((c.replicas, c.lease_ms), (3, 6000));
+        assert_eq!(c.s3_bucket, "kinema-video");
+        assert_eq!(c.node_name(), "kinema-a");
+        assert!(
+            Config::parse("[cluster]\nnats_urls = []\n").is_err(),
+            "a bucket is needed"
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         assert!(Config::parse("[server]\nlisten_addr = \"x\"\n").is_err());
         assert!(Config::parse("").is_ok());
