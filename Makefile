@@ -52,3 +52,4 @@ bench: setup
 	$(CARGO_TARGET_DIR)/release/kinema-bench-hls $(HLS_BENCH_ARGS)
 	$(CARGO_TARGET_DIR)/release/kinema-bench-detect $(DETECT_BENCH_ARGS)
 	$(CARGO_TARGET_DIR)/release/kinema-bench-webrtc $(WEBRTC_BENCH_ARGS)
+	$(CARGO_TARGET_DIR)/release/kinema-bench-cluster $(CLUSTER_BENCH_ARGS)

@@ -2,15 +2,19 @@
 // Each benchmark program compiles this module and uses a different part of it.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
 use kinema_client::sign_request;
 use kinema_mkv::{Event, Reader};
-use tokio::sync::mpsc;
+use tokio::sync::{Mutex, mpsc};
 
 pub const KEY: &str = "AKIDBENCH";
 pub const SECRET: &str = "bench-secret";
@@ -188,4 +192,73 @@ pub fn ack_lines(buf: &mut Vec<u8>, data: &[u8]) -> Vec<serde_json::Value> {
         out.push(serde_json::from_slice(&line).unwrap_or_default());
     }
     out
+}
+
+/// One real-time uploader. Returns PERSISTED latencies in milliseconds.
+pub async fn upload(
+    client: HttpClient,
+    url: String,
+    stream: String,
+    header: Bytes,
+    clusters: Arc<Vec<Bytes>>,
+    seconds: usize,
+    phase: Duration,
+) -> anyhow::Result<Vec<f64>> {
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
+    let body: BoxBody = StreamBody::new(tokio_stream(rx)).boxed();
+    let uri: http::Uri = format!("{url}/putMedia").parse()?;
+    let mut req = http::Request::post(uri.clone())
+        .header("host", uri.authority().context("authority")?.as_str())
+        .header("x-amzn-stream-name", &stream)
+        .header("x-amzn-fragment-timecode-type", "RELATIVE")
+        .header(
+            "x-amzn-producer-start-timestamp",
+            format!("{:.3}", kinema_engine::now_ms() as f64 / 1000.0),
+        )
+        .body(body)?;
+    sign_request(&mut req, KEY, SECRET, "us-east-1", "kinesisvideo", None)?;
+    // When the bytes completing fragment i were sent (the start of cluster i+1).
+    let sent: Arc<Mutex<BTreeMap<usize, Instant>>> = Arc::default();
+    let sender = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let start = Instant::now() + phase;
+            tx.send(Ok(Frame::data(header))).await.ok()?;
+            let n = clusters.len().min(seconds + 1);
+            for (i, c) in clusters.iter().take(n).enumerate() {
+                tokio::time::sleep_until((start + Duration::from_secs(i as u64)).into()).await;
+                if i > 0 {
+                    sent.lock().await.insert(i - 1, Instant::now());
+                }
+                tx.send(Ok(Frame::data(c.clone()))).await.ok()?;
+            }
+            // Hold the connection until the acks are in, then end the body.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Some(())
+        })
+    };
+    let resp = client.request(req).await?;
+    let mut body = resp.into_body();
+    let mut latencies = Vec::new();
+    let mut buf = Vec::new();
+    let mut fragment = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        for v in ack_lines(&mut buf, &data) {
+            match v["EventType"].as_str() {
+                Some("PERSISTED") => {
+                    if let Some(t) = sent.lock().await.get(&fragment) {
+                        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    fragment += 1;
+                }
+                Some("ERROR") => bail!("{stream}: error ack {v}"),
+                _ => {}
+            }
+        }
+    }
+    let _ = sender.await;
+    Ok(latencies)
 }

@@ -14,96 +14,21 @@
 //! second, as independent cameras do; `--aligned` makes every stream cut a
 //! fragment at the same instant (the worst case for the disk).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use bytes::Bytes;
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use kinema_archive::{Catalog, FragmentMeta, TimeKind};
-use kinema_server::put_media::sign_request;
-use tokio::sync::{Mutex, mpsc};
 
 mod common;
 use common::{
-    BoxBody, HttpClient, KEY, SECRET, ServerProc, ack_lines, call, cpu_seconds, make_clip,
-    percentile, signed_post, split_clusters, start_server, tokio_stream,
+    HttpClient, ServerProc, call, cpu_seconds, make_clip, percentile, signed_post, split_clusters,
+    start_server, upload,
 };
-
-/// One real-time uploader. Returns PERSISTED latencies in milliseconds.
-async fn upload(
-    client: HttpClient,
-    url: String,
-    stream: String,
-    header: Bytes,
-    clusters: Arc<Vec<Bytes>>,
-    seconds: usize,
-    phase: Duration,
-) -> anyhow::Result<Vec<f64>> {
-    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
-    let body: BoxBody = StreamBody::new(tokio_stream(rx)).boxed();
-    let uri: http::Uri = format!("{url}/putMedia").parse()?;
-    let mut req = http::Request::post(uri.clone())
-        .header("host", uri.authority().context("authority")?.as_str())
-        .header("x-amzn-stream-name", &stream)
-        .header("x-amzn-fragment-timecode-type", "RELATIVE")
-        .header(
-            "x-amzn-producer-start-timestamp",
-            format!("{:.3}", kinema_engine::now_ms() as f64 / 1000.0),
-        )
-        .body(body)?;
-    sign_request(&mut req, KEY, SECRET, "us-east-1", "kinesisvideo", None)?;
-    // When the bytes completing fragment i were sent (the start of cluster i+1).
-    let sent: Arc<Mutex<BTreeMap<usize, Instant>>> = Arc::default();
-    let sender = {
-        let sent = sent.clone();
-        tokio::spawn(async move {
-            let start = Instant::now() + phase;
-            tx.send(Ok(Frame::data(header))).await.ok()?;
-            let n = clusters.len().min(seconds + 1);
-            for (i, c) in clusters.iter().take(n).enumerate() {
-                tokio::time::sleep_until((start + Duration::from_secs(i as u64)).into()).await;
-                if i > 0 {
-                    sent.lock().await.insert(i - 1, Instant::now());
-                }
-                tx.send(Ok(Frame::data(c.clone()))).await.ok()?;
-            }
-            // Hold the connection until the acks are in, then end the body.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            Some(())
-        })
-    };
-    let resp = client.request(req).await?;
-    let mut body = resp.into_body();
-    let mut latencies = Vec::new();
-    let mut buf = Vec::new();
-    let mut fragment = 0usize;
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else {
-            continue;
-        };
-        for v in ack_lines(&mut buf, &data) {
-            match v["EventType"].as_str() {
-                Some("PERSISTED") => {
-                    if let Some(t) = sent.lock().await.get(&fragment) {
-                        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-                    }
-                    fragment += 1;
-                }
-                Some("ERROR") => bail!("{stream}: error ack {v}"),
-                _ => {}
-            }
-        }
-    }
-    let _ = sender.await;
-    Ok(latencies)
-}
 
 async fn ingest_run(
     work: &Path,
