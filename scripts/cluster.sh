@@ -15,7 +15,7 @@ export KINEMA_ACCESS_KEY_ID="${KINEMA_ACCESS_KEY_ID:-kinema-demo}"
 export KINEMA_SECRET_ACCESS_KEY="${KINEMA_SECRET_ACCESS_KEY:-kinema-demo-secret}"
 
 bash "$ROOT/scripts/setup.sh"
-cargo build --release -p kinema-server
+cargo build --release -p kinema-server -p gst-plugin-kinema
 mkdir -p "$WORK"
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
