@@ -317,6 +317,71 @@ fn any_node_serves_a_stream_created_and_written_on_others() {
     );
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["__type"], "ResourceInUseException", "{body}");
+
+    // Signaling channels: made on node 0, described on node 2 (AWS CLI),
+    // the name refused on node 1, deleted on node 2, gone on node 0.
+    let (ok, out, err) = run_aws(
+        cluster.node(0),
+        &[
+            "kinesisvideo",
+            "create-signaling-channel",
+            "--channel-name",
+            "door",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let arn: Value = serde_json::from_str(&out).unwrap();
+    let arn = arn["ChannelARN"].as_str().unwrap().to_string();
+    let described = wait_for(Duration::from_secs(10), || {
+        let (ok, out, _) = run_aws(
+            cluster.node(2),
+            &[
+                "kinesisvideo",
+                "describe-signaling-channel",
+                "--channel-name",
+                "door",
+            ],
+        );
+        ok.then_some(out)
+    })
+    .expect("node 2 describes the channel made on node 0");
+    assert!(described.contains(&arn), "{described}");
+    let (ok, _, err) = run_aws(
+        cluster.node(1),
+        &[
+            "kinesisvideo",
+            "create-signaling-channel",
+            "--channel-name",
+            "door",
+        ],
+    );
+    assert!(!ok && err.contains("ResourceInUse"), "{err}");
+    let (ok, out, err) = run_aws(
+        cluster.node(2),
+        &[
+            "kinesisvideo",
+            "delete-signaling-channel",
+            "--channel-arn",
+            &arn,
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let gone = wait_for(Duration::from_secs(10), || {
+        let (ok, _, _) = run_aws(
+            cluster.node(0),
+            &[
+                "kinesisvideo",
+                "describe-signaling-channel",
+                "--channel-name",
+                "door",
+            ],
+        );
+        (!ok).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "node 0 no longer describes the deleted channel"
+    );
 }
 
 /// The node a `kinemasink` upload goes through (HAProxy picks it) is

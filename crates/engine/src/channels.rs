@@ -1,14 +1,15 @@
 //! Signaling channels: the control plane (`kinesisvideo` CreateSignalingChannel,
 //! Describe, List, Update, Delete), kept in the `signaling-channels`
-//! metadata document. The live signaling state of a channel (connections,
-//! waiting messages) is in [`crate::signaling`]; this registry knows names,
-//! ARNs, versions and settings.
+//! metadata document; in a cluster, a shared document every node follows
+//! and changes with the revision it read. The live signaling state of a
+//! channel (connections, waiting messages) is in [`crate::signaling`]; this
+//! registry knows names, ARNs, versions and settings.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use kinema_store::Store;
+use kinema_store::{Conflict, Store};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
@@ -46,10 +47,13 @@ struct Inner {
     max_channels: usize,
     clock: Clock,
     channels: std::sync::RwLock<BTreeMap<String, ChannelInfo>>,
-    /// Serialises changes and their saves.
-    changes: Mutex<()>,
+    /// Serialises changes and their saves; holds the revision of the shared
+    /// document the channels came from (in a cluster).
+    changes: Mutex<u64>,
     versions: AtomicU64,
 }
+
+type All = BTreeMap<String, ChannelInfo>;
 
 fn valid_name(name: &str) -> bool {
     kinema_core::names::valid(name, kinema_core::names::MAX_VIDEO_NAME)
@@ -66,28 +70,94 @@ fn ttl_ok(ttl: u32) -> Result<(), EngineError> {
 }
 
 impl Channels {
-    pub fn open(
+    pub async fn open(
         store: Store,
         region: &str,
         account_id: &str,
         max_channels: usize,
         clock: Clock,
     ) -> Result<Channels, EngineError> {
-        let saved: Vec<ChannelInfo> = store.load_meta(META_DOC)?.unwrap_or_default();
-        Ok(Channels {
+        let changes = match store.cluster() {
+            Some(c) => Some(c.watch_docs().await?.1),
+            None => None,
+        };
+        let (saved, revision) = load(&store).await?;
+        let channels = Channels {
             inner: Arc::new(Inner {
                 store,
                 region: region.to_string(),
                 account_id: account_id.to_string(),
                 max_channels,
                 clock,
-                channels: std::sync::RwLock::new(
-                    saved.into_iter().map(|c| (c.name.clone(), c)).collect(),
-                ),
-                changes: Mutex::new(()),
+                channels: std::sync::RwLock::new(saved),
+                changes: Mutex::new(revision),
                 versions: AtomicU64::new(0),
             }),
-        })
+        };
+        if let Some(mut changes) = changes {
+            // Channels changed on other nodes.
+            let weak = Arc::downgrade(&channels.inner);
+            tokio::spawn(async move {
+                while let Some(change) = changes.recv().await {
+                    if change.key != META_DOC {
+                        continue;
+                    }
+                    let Some(inner) = weak.upgrade() else { return };
+                    if let Err(e) = (Channels { inner }).reload().await {
+                        tracing::warn!(error = %e, "reloading signaling channels");
+                    }
+                }
+            });
+        }
+        Ok(channels)
+    }
+
+    async fn reload(&self) -> Result<(), EngineError> {
+        let mut revision = self.inner.changes.lock().await;
+        let (all, rev) = load(&self.inner.store).await?;
+        *self.write() = all;
+        *revision = rev;
+        Ok(())
+    }
+
+    /// Applies `change` to the channels and saves them; in a cluster, with
+    /// the revision they were read at, rereading and trying again when
+    /// another node saved first.
+    async fn change<R>(
+        &self,
+        mut change: impl FnMut(&mut All) -> Result<R, EngineError>,
+    ) -> Result<R, EngineError> {
+        let mut revision = self.inner.changes.lock().await;
+        for _ in 0..8 {
+            let mut all = self.read().clone();
+            let result = change(&mut all)?;
+            let list: Vec<&ChannelInfo> = all.values().collect();
+            let Some(cluster) = self.inner.store.cluster() else {
+                self.inner.store.save_meta(META_DOC, &list).await?;
+                *self.write() = all;
+                return Ok(result);
+            };
+            let bytes =
+                serde_json::to_vec(&list).map_err(|e| EngineError::Internal(e.to_string()))?;
+            match cluster
+                .update_doc(META_DOC, bytes.into(), *revision)
+                .await?
+            {
+                Ok(rev) => {
+                    *self.write() = all;
+                    *revision = rev;
+                    return Ok(result);
+                }
+                Err(Conflict::Changed) => {
+                    let (fresh, rev) = load(&self.inner.store).await?;
+                    *self.write() = fresh;
+                    *revision = rev;
+                }
+            }
+        }
+        Err(EngineError::ResourceInUse(
+            "the signaling channels are being changed by others; try again".into(),
+        ))
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ChannelInfo>> {
@@ -105,12 +175,6 @@ impl Channels {
             self.inner.clock.now_ms(),
             self.inner.versions.fetch_add(1, Ordering::Relaxed) % 10_000
         )
-    }
-
-    async fn save(&self) -> Result<(), EngineError> {
-        let all: Vec<ChannelInfo> = self.read().values().cloned().collect();
-        self.inner.store.save_meta(META_DOC, &all).await?;
-        Ok(())
     }
 
     pub async fn create(
@@ -137,7 +201,6 @@ impl Channels {
         }
         let ttl = message_ttl_seconds.unwrap_or(DEFAULT_MESSAGE_TTL_SECONDS);
         ttl_ok(ttl)?;
-        let _changes = self.inner.changes.lock().await;
         let creation_ms = self.inner.clock.now_ms();
         let info = ChannelInfo {
             name: name.to_string(),
@@ -152,21 +215,22 @@ impl Channels {
             version: self.new_version(),
             tags,
         };
-        {
-            let mut all = self.write();
+        let max = self.inner.max_channels;
+        self.change(|all| {
             if all.contains_key(name) {
                 return Err(EngineError::ResourceInUse(format!(
                     "the signaling channel {name} already exists"
                 )));
             }
-            if all.len() >= self.inner.max_channels {
+            if all.len() >= max {
                 return Err(EngineError::ClientLimitExceeded(
                     "too many signaling channels".into(),
                 ));
             }
             all.insert(name.to_string(), info.clone());
-        }
-        self.save().await?;
+            Ok(())
+        })
+        .await?;
         Ok(info)
     }
 
@@ -221,9 +285,7 @@ impl Channels {
         if let Some(t) = message_ttl_seconds {
             ttl_ok(t)?;
         }
-        let _changes = self.inner.changes.lock().await;
-        let info = {
-            let mut all = self.write();
+        self.change(|all| {
             let c = all.values_mut().find(|c| c.arn == arn).ok_or_else(|| {
                 EngineError::ResourceNotFound(format!("no signaling channel {arn}"))
             })?;
@@ -237,10 +299,9 @@ impl Channels {
                 c.message_ttl_seconds = t;
             }
             c.version = self.new_version();
-            c.clone()
-        };
-        self.save().await?;
-        Ok(info)
+            Ok(c.clone())
+        })
+        .await
     }
 
     pub async fn delete(
@@ -248,9 +309,7 @@ impl Channels {
         arn: &str,
         current_version: Option<&str>,
     ) -> Result<ChannelInfo, EngineError> {
-        let _changes = self.inner.changes.lock().await;
-        let info = {
-            let mut all = self.write();
+        self.change(|all| {
             let name = all
                 .values()
                 .find(|c| c.arn == arn)
@@ -265,11 +324,30 @@ impl Channels {
                     "CurrentVersion {v} does not match the channel's version"
                 )));
             }
-            all.remove(&name).ok_or_else(|| {
-                EngineError::ResourceNotFound(format!("no signaling channel {arn}"))
-            })?
-        };
-        self.save().await?;
-        Ok(info)
+            all.remove(&name)
+                .ok_or_else(|| EngineError::ResourceNotFound(format!("no signaling channel {arn}")))
+        })
+        .await
     }
+}
+
+/// The saved channels and their revision (0 on one machine or before the
+/// first save).
+async fn load(store: &Store) -> Result<(All, u64), EngineError> {
+    let (saved, revision): (Vec<ChannelInfo>, u64) = match store.cluster() {
+        Some(c) => {
+            let (bytes, rev) = c.load_doc_revision(META_DOC).await?;
+            let saved = bytes
+                .map(|b| serde_json::from_slice(&b))
+                .transpose()
+                .map_err(|e| EngineError::Internal(format!("{META_DOC}: {e}")))?
+                .unwrap_or_default();
+            (saved, rev)
+        }
+        None => (store.load_meta(META_DOC)?.unwrap_or_default(), 0),
+    };
+    Ok((
+        saved.into_iter().map(|c| (c.name.clone(), c)).collect(),
+        revision,
+    ))
 }

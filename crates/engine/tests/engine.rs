@@ -1343,6 +1343,7 @@ async fn an_offer_waits_for_a_master_the_server_cannot_replace() {
         10,
         kinema_engine::Clock::system(),
     )
+    .await
     .unwrap();
     let arn = channels
         .create("doorbell", None, None, BTreeMap::new())

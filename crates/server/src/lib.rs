@@ -165,7 +165,8 @@ pub async fn run(
         &cfg.engine.account_id,
         MAX_SIGNALING_CHANNELS,
         cfg.engine.clock,
-    )?;
+    )
+    .await?;
     let w = &cfg.webrtc;
     let hub = kinema_engine::signaling::Hub::new(
         channels.clone(),
