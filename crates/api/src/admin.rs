@@ -51,19 +51,8 @@ fn sealing_key(server_key: &[u8; 32]) -> LessSafeKey {
     LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &k).expect("a 32-byte key"))
 }
 
-/// Random bytes from the kernel; never a silent run of zeros (an abort
-/// instead: no secret can be made without them).
-fn random<const N: usize>() -> [u8; N] {
-    use std::io::Read;
-    let mut b = [0u8; N];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .expect("/dev/urandom is readable");
-    b
-}
-
 fn seal(key: &LessSafeKey, id: &str, secret: &str) -> String {
-    let nonce = random::<12>();
+    let nonce = crate::sts::random_bytes::<12>();
     let mut data = secret.as_bytes().to_vec();
     // Sealing in place cannot fail for a buffer this size.
     let _ = key.seal_in_place_append_tag(
@@ -185,18 +174,8 @@ async fn save(st: &AppState, revision: &mut u64) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `AKID` and 16 characters of [A-Z2-7].
-fn new_key_id() -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let id: String = random::<16>()
-        .iter()
-        .map(|b| ALPHABET[usize::from(b & 31)] as char)
-        .collect();
-    format!("AKID{id}")
-}
-
 fn new_secret() -> String {
-    base64::engine::general_purpose::STANDARD.encode(random::<30>())
+    base64::engine::general_purpose::STANDARD.encode(crate::sts::random_bytes::<30>())
 }
 
 fn check_policies(st: &AppState, names: &[String]) -> Result<(), ApiError> {
@@ -222,7 +201,7 @@ pub(crate) async fn create_key(State(st): St, body: Bytes) -> Result<Response, A
     let input: CreateKey = crate::video::parse(&body)?;
     let mut saved = st.keys.saved.lock().await;
     check_policies(&st, &input.policies)?;
-    let id = new_key_id();
+    let id = crate::sts::key_id("AKID");
     let secret = new_secret();
     st.keys.put_key(
         &id,

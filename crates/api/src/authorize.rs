@@ -106,29 +106,6 @@ impl AppState {
     }
 }
 
-/// Percent-decoding of a path segment, as the router decodes it for the
-/// handler (no '+' rule).
-fn decode_segment(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Some(v) = std::str::from_utf8(&b[i + 1..(i + 3).min(b.len())])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Names a signed request as the actions on resources it needs (usually
 /// one). `body` is the JSON body when the route has one (streaming uploads
 /// carry their stream in headers). Path segments and query keys are read
@@ -147,23 +124,11 @@ pub(crate) fn target(
     let decoded: Vec<String> = path
         .trim_start_matches('/')
         .split('/')
-        .map(decode_segment)
+        // As the router decodes a segment for its handler: no '+' rule.
+        .map(|s| crate::sigv4::percent_decode(s, false))
         .collect();
     let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
-    let pairs: Vec<(String, String)> = parts
-        .uri
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (
-                crate::sigv4::decode_query_value(k),
-                crate::sigv4::decode_query_value(v),
-            )
-        })
-        .collect();
+    let pairs = crate::sigv4::query_pairs(parts.uri.query().unwrap_or_default());
     for name in ["X-Amz-ChannelARN", "X-Amz-ClientId"] {
         if pairs.iter().filter(|(k, _)| k == name).count() > 1 {
             return Err(ApiError::invalid(format!("{name} is given more than once")));

@@ -362,31 +362,48 @@ fn check_skew(t: SystemTime, now: SystemTime) -> Result<(), AuthError> {
     }
 }
 
+/// A query-string value decoded: `%XX` escapes and `+` as a space.
 pub(crate) fn decode_query_value(v: &str) -> String {
-    let bytes = v.as_bytes();
+    percent_decode(v, true)
+}
+
+/// Percent-decoding: each valid `%XX` becomes its byte (an invalid or cut
+/// escape stays as it is), `+` becomes a space where `plus_as_space`
+/// (query strings and forms, not path segments).
+pub(crate) fn percent_decode(s: &str, plus_as_space: bool) -> String {
+    let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(
-                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
-                    16,
-                ) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz");
+                if let Ok(b) = u8::from_str_radix(hex, 16) {
+                    out.push(b);
+                    i += 3;
+                    continue;
                 }
+                out.push(b'%');
             }
-            b'+' => out.push(b' '),
+            b'+' if plus_as_space => out.push(b' '),
             b => out.push(b),
         }
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The `key=value` pairs of a query string or form body, decoded, in order
+/// (repeated keys kept).
+pub(crate) fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode_query_value(k), decode_query_value(v))
+        })
+        .collect()
 }
 
 /// Verifies a request signed in its `Authorization` header, or presigned in
@@ -809,5 +826,16 @@ mod tests {
             "AKID/20150830/us-east-1"
         );
         assert_eq!(decode_query_value("a%2"), "a%2");
+        assert_eq!(percent_decode("a+b%20c%zz", true), "a b c%zz");
+        assert_eq!(
+            percent_decode("a+b%20c", false),
+            "a+b c",
+            "a path keeps '+'"
+        );
+        assert_eq!(
+            query_pairs("X=1&&Y=a%2Fb&Z&X=2"),
+            [("X", "1"), ("Y", "a/b"), ("Z", ""), ("X", "2")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
     }
 }

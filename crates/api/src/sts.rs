@@ -97,7 +97,7 @@ fn xml(s: &str) -> String {
 
 /// Random bytes from the kernel. A server that cannot read them cannot
 /// make credentials at all: that is an abort, not a key of zeros.
-fn random_bytes<const N: usize>() -> [u8; N] {
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     use std::io::Read;
     let mut b = [0u8; N];
     std::fs::File::open("/dev/urandom")
@@ -110,29 +110,21 @@ fn request_id() -> String {
     hex::encode(random_bytes::<16>())
 }
 
-/// `ASIA` and 16 characters of [A-Z2-7], as AWS's temporary key ids look.
-fn temporary_key_id() -> String {
+/// `prefix` and 16 random characters of [A-Z2-7], as AWS's key ids look
+/// (`AKID` for keys, `ASIA` for temporary ones).
+pub(crate) fn key_id(prefix: &str) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     let id: String = random_bytes::<16>()
         .iter()
         .map(|b| ALPHABET[usize::from(b & 31)] as char)
         .collect();
-    format!("ASIA{id}")
+    format!("{prefix}{id}")
 }
 
 /// The form fields of a Query-protocol request.
 pub(crate) fn form(body: &[u8]) -> HashMap<String, String> {
-    std::str::from_utf8(body)
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (
-                crate::sigv4::decode_query_value(k),
-                crate::sigv4::decode_query_value(v),
-            )
-        })
+    crate::sigv4::query_pairs(std::str::from_utf8(body).unwrap_or_default())
+        .into_iter()
         .collect()
 }
 
@@ -246,7 +238,7 @@ pub(crate) async fn dispatch(st: &AppState, caller: &Principal, body: &[u8]) -> 
             (
                 "AssumeRole",
                 SessionClaims {
-                    access_key_id: temporary_key_id(),
+                    access_key_id: key_id("ASIA"),
                     issuer,
                     role: Some(name.to_string()),
                     session_name: Some(session_name),
@@ -271,7 +263,7 @@ pub(crate) async fn dispatch(st: &AppState, caller: &Principal, body: &[u8]) -> 
             (
                 "GetSessionToken",
                 SessionClaims {
-                    access_key_id: temporary_key_id(),
+                    access_key_id: key_id("ASIA"),
                     issuer,
                     role: None,
                     session_name: None,
