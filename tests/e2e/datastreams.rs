@@ -126,37 +126,16 @@ fn write_quotas_throttle_per_entry_and_boto3_retries_through_them() {
 
 /// Sends a signed JSON 1.1 request with a raw body; returns status and body.
 fn raw_kinesis(server: &Server, target: &str, body: &[u8]) -> (u16, Value) {
-    use std::io::{Read, Write};
-    let mut req = http::Request::post(format!("{}/", server.url()))
-        .header("host", format!("127.0.0.1:{}", server.port))
-        .header("x-amz-target", target)
-        .header("content-type", "application/x-amz-json-1.1")
-        .body(())
-        .unwrap();
-    kinema_server::put_media::sign_request(
-        &mut req,
-        KEY_ID,
-        SECRET,
-        "us-east-1",
-        "kinesis",
-        Some(body),
-    )
-    .unwrap();
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    write!(
-        s,
-        "POST / HTTP/1.1\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    )
-    .unwrap();
-    for (k, v) in req.headers() {
-        write!(s, "{k}: {}\r\n", v.to_str().unwrap()).unwrap();
-    }
-    write!(s, "\r\n").unwrap();
-    s.write_all(body).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp[9..12].parse().unwrap();
+    let (status, resp) = signed_raw(
+        server,
+        ("POST", "/"),
+        &[
+            ("x-amz-target", target),
+            ("content-type", "application/x-amz-json-1.1"),
+        ],
+        body,
+        (KEY_ID, SECRET, "kinesis"),
+    );
     let body = resp.split("\r\n\r\n").nth(1).unwrap_or_default();
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }

@@ -238,35 +238,18 @@ fn signed_post_scoped(
     unsigned: bool,
     (region, service): (&str, &str),
 ) -> (u16, String) {
-    let mut req = http::Request::post(format!("{}{path}", server.url()))
-        .header("host", format!("127.0.0.1:{}", server.port))
-        .header("content-type", "application/json")
-        .body(())
-        .unwrap();
-    kinema_server::put_media::sign_request(
-        &mut req,
-        KEY_ID,
-        SECRET,
+    let signer = Signer {
         region,
-        service,
-        (!unsigned).then_some(body),
+        sign_body: !unsigned,
+        ..Signer::from((KEY_ID, SECRET, service))
+    };
+    signed_raw(
+        server,
+        ("POST", path),
+        &[("content-type", "application/json")],
+        body,
+        signer,
     )
-    .unwrap();
-    let mut s = connect(server);
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    )
-    .unwrap();
-    for (k, v) in req.headers() {
-        write!(s, "{k}: {}\r\n", v.to_str().unwrap()).unwrap();
-    }
-    write!(s, "\r\n").unwrap();
-    s.write_all(body).unwrap();
-    let resp = read_to_string(&mut s);
-    let status = resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, resp)
 }
 
 /// Finding 8: a control-plane call must sign its body; `UNSIGNED-PAYLOAD`
@@ -1019,43 +1002,6 @@ fn a_quiet_put_media_is_ended_after_its_idle_timeout() {
     );
     assert!(closed, "the server ended the quiet upload: {text}");
     assert_eq!(text.matches("PERSISTED").count(), 1, "{text}");
-}
-
-/// A request signed with `key`, sent raw: (status, response text).
-fn signed_raw(
-    server: &Server,
-    (method, path): (&str, &str),
-    headers: &[(&str, &str)],
-    body: &[u8],
-    (key, secret, service): (&str, &str, &str),
-) -> (u16, String) {
-    let mut b = http::Request::builder()
-        .method(method)
-        .uri(format!("{}{path}", server.url()))
-        .header("host", format!("127.0.0.1:{}", server.port));
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    let mut req = b.body(()).unwrap();
-    kinema_server::put_media::sign_request(&mut req, key, secret, "us-east-1", service, Some(body))
-        .unwrap();
-    let mut s = connect(server);
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    )
-    .unwrap();
-    for (k, v) in req.headers() {
-        write!(s, "{k}: {}\r\n", v.to_str().unwrap()).unwrap();
-    }
-    write!(s, "\r\n").unwrap();
-    s.write_all(body).unwrap();
-    let resp = read_to_string(&mut s);
-    (
-        resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0),
-        resp,
-    )
 }
 
 /// Found by review: authorisation must name the object the operation acts

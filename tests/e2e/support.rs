@@ -463,3 +463,73 @@ pub fn api(
 pub fn make_mp4(path: &Path, frames: u32, gop: u32) {
     kinema_media::rtsp_server::write_test_clip(path, frames, gop).unwrap();
 }
+
+/// How [`signed_raw`] signs: a key, the scope, and whether the body's hash
+/// is signed (else `UNSIGNED-PAYLOAD`).
+pub struct Signer<'a> {
+    pub key: &'a str,
+    pub secret: &'a str,
+    pub region: &'a str,
+    pub service: &'a str,
+    pub sign_body: bool,
+}
+
+impl<'a> From<(&'a str, &'a str, &'a str)> for Signer<'a> {
+    /// `(key, secret, service)` in us-east-1, body signed.
+    fn from((key, secret, service): (&'a str, &'a str, &'a str)) -> Self {
+        Signer {
+            key,
+            secret,
+            region: "us-east-1",
+            service,
+            sign_body: true,
+        }
+    }
+}
+
+/// A SigV4-signed request written by hand on a fresh connection (so a
+/// test controls every header and byte); returns the status and the whole
+/// response.
+pub fn signed_raw<'a>(
+    server: &Server,
+    (method, path): (&str, &str),
+    headers: &[(&str, &str)],
+    body: &[u8],
+    signer: impl Into<Signer<'a>>,
+) -> (u16, String) {
+    use std::io::Write;
+    let signer = signer.into();
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", server.url()))
+        .header("host", format!("127.0.0.1:{}", server.port));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let mut req = b.body(()).unwrap();
+    kinema_server::put_media::sign_request(
+        &mut req,
+        signer.key,
+        signer.secret,
+        signer.region,
+        signer.service,
+        signer.sign_body.then_some(body),
+    )
+    .unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    )
+    .unwrap();
+    for (k, v) in req.headers() {
+        write!(s, "{k}: {}\r\n", v.to_str().unwrap()).unwrap();
+    }
+    write!(s, "\r\n").unwrap();
+    s.write_all(body).unwrap();
+    let resp = read_to_string(&mut s);
+    let status = resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, resp)
+}
