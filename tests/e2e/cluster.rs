@@ -877,3 +877,32 @@ fn keys_made_on_one_node_work_on_every_node() {
         "node 0 refuses the key deleted on node 1"
     );
 }
+
+/// A stream's writer keeps its lease while its producer is connected,
+/// even with fragments longer than the lease (5 s against 3 s): another
+/// node's upload to the same stream meanwhile is refused with an ERROR
+/// acknowledgement instead of taking the stream away, and every fragment
+/// of the first producer is stored.
+#[test]
+fn a_writer_keeps_its_stream_between_long_fragments() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::start(dir.path(), 2);
+    create_stream(cluster.node(0), "cam", 24);
+    let first = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(gst_curl_command(cluster.node(0), "cam", 450, 150, true))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = wait_for(Duration::from_secs(30), || {
+        (!list(cluster.node(1), "cam").is_empty()).then_some(())
+    });
+    assert!(started.is_some(), "no fragment: {}", cluster.node(0).log());
+    let second = put_with_gst_curl(cluster.node(1), "cam", 30, 30, false);
+    assert!(persisted(&second).is_empty(), "{second:?}");
+    assert!(!acks_of(&second, "ERROR").is_empty(), "{second:?}");
+    let acks = parse_acks(&first.wait_with_output().unwrap().stdout);
+    assert_eq!(persisted(&acks).len(), 3, "{acks:?}");
+    assert!(acks_of(&acks, "ERROR").is_empty(), "{acks:?}");
+}

@@ -29,12 +29,44 @@ impl Engine {
             self.inner.config.max_producers_per_stream,
             "producers",
         )?;
+        if stream.producers.load(Ordering::SeqCst) == 1 {
+            self.keep_writing(&stream);
+        }
         Ok(PutMediaSession {
             engine: self.clone(),
             session: IngestSession::new(timecode_type, start_ns, self.inner.config.ingest),
             stream,
             track: None,
         })
+    }
+
+    /// In a cluster, renews the stream's lease while producers are
+    /// connected here, so that fragments longer than the lease (or a pause
+    /// between them) do not let another node take a stream that is still
+    /// being written through this one.
+    fn keep_writing(&self, stream: &Arc<Stream>) {
+        let Some(lease_ms) = self.inner.store.cluster().map(|c| c.lease_ms()) else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (engine, stream) = (self.clone(), stream.clone());
+        let every = std::time::Duration::from_millis(lease_ms / 3);
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if stream.producers.load(Ordering::SeqCst) == 0
+                    || stream.deleted.load(Ordering::SeqCst)
+                {
+                    return;
+                }
+                let mut log = stream.persist.lock().await;
+                if let Err(e) = engine.become_writer(&stream, &mut log).await {
+                    tracing::debug!(error = %e, "renewing a stream's lease");
+                }
+            }
+        });
     }
 
     async fn persist(
