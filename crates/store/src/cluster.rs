@@ -483,7 +483,13 @@ impl Cluster {
         expected: u64,
     ) -> Result<u64, StoreError> {
         let mut payload = Vec::with_capacity(64);
-        let mut publish = context::Publish::build().expected_last_subject_sequence(expected);
+        // A message id unique to this append: a retry after a lost
+        // acknowledgement is answered by JetStream's duplicate detection
+        // with the first attempt's sequence, before the expected sequence
+        // is checked.
+        let mut publish = context::Publish::build()
+            .expected_last_subject_sequence(expected)
+            .message_id(format!("{}-{}", self.node, nuid()));
         match record {
             Some(r) => index::encode(r, &mut payload),
             None => publish = publish.header(MARKER_HEADER, self.node.as_str()),
@@ -500,40 +506,18 @@ impl Cluster {
             match result {
                 Ok(ack) => return Ok(ack.sequence),
                 Err(e) if e.kind() == context::PublishErrorKind::WrongLastSequence => {
-                    // A retry after a lost acknowledgement finds its own
-                    // message: the subject's last message is ours.
-                    if tries > 1 && self.last_is_own(&subject, expected).await {
-                        return self.last_sequence(stream_id).await;
-                    }
                     return Err(StoreError::Fenced(format!(
                         "the index of {stream_id} moved past {expected}: another node writes it"
                     )));
                 }
                 // No answer while JetStream elects a leader: try again for
-                // a few seconds (the expected sequence makes a retry safe).
+                // a few seconds (the message id makes a retry safe).
                 Err(e) if tries < 8 => {
                     tracing::debug!(error = %e, tries, "index append: retrying");
                     tokio::time::sleep(Duration::from_millis(250 * tries)).await;
                 }
                 Err(e) => return Err(nats("appending to the index")(e)),
             }
-        }
-    }
-
-    async fn last_is_own(&self, subject: &str, expected: u64) -> bool {
-        // Only one message can follow `expected` under this fence; if the
-        // newest message's predecessor is `expected`, it is ours.
-        match self.index.get_last_raw_message_by_subject(subject).await {
-            Ok(m) => {
-                let prev = self
-                    .index
-                    .get_raw_message(expected.max(1))
-                    .await
-                    .map(|p| p.sequence == expected)
-                    .unwrap_or(expected == 0);
-                prev && m.sequence > expected
-            }
-            Err(_) => false,
         }
     }
 
@@ -752,13 +736,18 @@ async fn ordered(
     Ok(Ordered { stream, pending })
 }
 
+/// A process-unique name: time, process id and a counter.
 fn nuid() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     format!(
-        "{}{}",
-        now_ms(),
-        N.fetch_add(1, Ordering::Relaxed) + u64::from(std::process::id()) * 1_000_000
+        "{nanos:x}{:x}{:x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
     )
 }
 
