@@ -332,7 +332,7 @@ fn any_node_serves_a_stream_created_and_written_on_others() {
     assert!(ok, "{out}{err}");
     let arn: Value = serde_json::from_str(&out).unwrap();
     let arn = arn["ChannelARN"].as_str().unwrap().to_string();
-    let described = wait_for(Duration::from_secs(10), || {
+    let described = wait_for(Duration::from_secs(30), || {
         let (ok, out, _) = run_aws(
             cluster.node(2),
             &[
@@ -366,7 +366,7 @@ fn any_node_serves_a_stream_created_and_written_on_others() {
         ],
     );
     assert!(ok, "{out}{err}");
-    let gone = wait_for(Duration::from_secs(10), || {
+    let gone = wait_for(Duration::from_secs(30), || {
         let (ok, _, _) = run_aws(
             cluster.node(0),
             &[
@@ -808,7 +808,7 @@ fn keys_made_on_one_node_work_on_every_node() {
     let id = made["AccessKeyId"].as_str().unwrap().to_string();
     let secret = made["SecretAccessKey"].as_str().unwrap().to_string();
     let key = (id.as_str(), secret.as_str());
-    let accepted = wait_for(Duration::from_secs(10), || {
+    let accepted = wait_for(Duration::from_secs(30), || {
         let (ok, _, _) = run_aws_as(cluster.node(1), key, &["kinesisvideo", "list-streams"]);
         ok.then_some(())
     });
@@ -855,7 +855,7 @@ fn keys_made_on_one_node_work_on_every_node() {
     });
     for (id, secret) in &made {
         for i in 0..2 {
-            let works = wait_for(Duration::from_secs(10), || {
+            let works = wait_for(Duration::from_secs(30), || {
                 let (ok, _, _) = run_aws_as(
                     cluster.node(i),
                     (id, secret),
@@ -868,7 +868,7 @@ fn keys_made_on_one_node_work_on_every_node() {
     }
 
     kinema_cli(cluster.node(1), &["keys", "delete", &id]);
-    let refused = wait_for(Duration::from_secs(10), || {
+    let refused = wait_for(Duration::from_secs(30), || {
         let (ok, _, _) = run_aws_as(cluster.node(0), key, &["kinesisvideo", "list-streams"]);
         (!ok).then_some(())
     });

@@ -18,6 +18,16 @@
 //! names the subject sequence it expects to follow, which a takeover
 //! marker moves on: a node that was paused past its lease cannot append
 //! even if it never noticed that it lost the lease.
+//!
+//! Every message names its node (`Kinema-Node`), and a record counts only
+//! if its node wrote the subject's last marker before it ([`Owners`]):
+//! nats-server before 2.9.21 checks the expected sequence of a replicated
+//! stream before proposing a write, not when applying it (nats-server
+//! issue 4320), so two writes expecting the same sequence can both land.
+//! Under this rule every node reads the same index whatever the server
+//! lets through, and a writer whose record landed after another node's
+//! marker learns it (the first message after the one it expected is not
+//! its own) and reports the append as fenced.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,6 +48,9 @@ const STREAMS_BUCKET: &str = "kinema_streams";
 const DOCS_BUCKET: &str = "kinema_docs";
 const LEASES_BUCKET: &str = "kinema_leases";
 const MARKER_HEADER: &str = "Kinema-Marker";
+const NODE_HEADER: &str = "Kinema-Node";
+/// How long one message of an index read may take before the read fails.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `[cluster]`: where the shared state lives.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -136,6 +149,7 @@ fn index_subject(stream_id: &str) -> String {
 /// The shared state's handles. Cheap to clone.
 #[derive(Clone)]
 pub struct Cluster {
+    client: async_nats::Client,
     js: jetstream::Context,
     index: stream::Stream,
     streams: kv::Store,
@@ -161,6 +175,28 @@ pub struct IndexEvent {
     pub sequence: u64,
     /// `None` for a takeover marker.
     pub record: Option<Record>,
+    /// The node that wrote it (absent in messages of older versions).
+    pub node: Option<String>,
+}
+
+/// Which node owns each stream's index: the writer of its last marker.
+/// Records of any other node are void (see the module documentation).
+#[derive(Debug, Default)]
+pub struct Owners(std::collections::HashMap<String, String>);
+
+impl Owners {
+    /// Takes in one message in index order; whether its record counts.
+    pub fn admit(&mut self, e: &IndexEvent) -> bool {
+        match (&e.record, &e.node) {
+            (None, Some(node)) => {
+                self.0.insert(e.stream_id.clone(), node.clone());
+                false
+            }
+            (None, None) => false,
+            (Some(_), Some(node)) => self.0.get(&e.stream_id).is_none_or(|o| o == node),
+            (Some(_), None) => true,
+        }
+    }
 }
 
 /// What a key-value write can answer besides an error.
@@ -206,7 +242,7 @@ impl Cluster {
             .await
             .map_err(|_| StoreError::Cluster("no NATS server answered in 30 s".into()))?
             .map_err(nats("connecting to NATS"))?;
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let replicas = config.replicas.max(1);
         let index = retry("creating the index stream", || {
             js.get_or_create_stream(stream::Config {
@@ -216,6 +252,10 @@ impl Cluster {
                 num_replicas: replicas,
                 allow_rollup: true,
                 deny_delete: false,
+                allow_direct: true,
+                // Each append's message id is remembered this long, so
+                // that a retry is answered as a duplicate.
+                duplicate_window: Duration::from_secs(120),
                 ..Default::default()
             })
         })
@@ -224,6 +264,7 @@ impl Cluster {
         let docs = key_value(&js, DOCS_BUCKET, replicas).await?;
         let leases = key_value(&js, LEASES_BUCKET, replicas).await?;
         Ok(Cluster {
+            client,
             js,
             index,
             streams,
@@ -387,22 +428,31 @@ impl Cluster {
         &self,
     ) -> Result<(Vec<IndexEvent>, mpsc::UnboundedReceiver<IndexEvent>), StoreError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut messages = ordered(&self.index, format!("{INDEX_PREFIX}>"), 1).await?;
+        let mut messages = ordered(self, format!("{INDEX_PREFIX}>"), 1).await?;
+        let mut owners = Owners::default();
         let mut initial = Vec::new();
         let mut next = 1;
         if messages.pending > 0 {
-            while let Some(m) = messages.stream.next().await {
-                let m = m.map_err(nats("reading the index"))?;
+            loop {
+                let m = tokio::time::timeout(READ_TIMEOUT, messages.stream.next())
+                    .await
+                    .map_err(|_| StoreError::Cluster("the index stopped answering".into()))?
+                    .ok_or_else(|| StoreError::Cluster("the index read ended".into()))?
+                    .map_err(nats("reading the index"))?;
                 let Ok(info) = m.info() else { continue };
                 let (seq, pending) = (info.stream_sequence, info.pending);
                 next = seq + 1;
-                initial.extend(index_event(&m.subject, seq, &m));
+                if let Some(e) = index_event(&m.subject, seq, &m)
+                    && owners.admit(&e)
+                {
+                    initial.push(e);
+                }
                 if pending == 0 {
                     break;
                 }
             }
         }
-        let stream = self.index.clone();
+        let cluster = self.clone();
         tokio::spawn(async move {
             let mut messages = messages.stream;
             loop {
@@ -418,8 +468,12 @@ impl Cluster {
                     };
                     let Ok(info) = m.info() else { continue };
                     let seq = info.stream_sequence;
+                    if seq < next {
+                        continue;
+                    }
                     next = seq + 1;
                     if let Some(e) = index_event(&m.subject, seq, &m)
+                        && owners.admit(&e)
                         && tx.send(e).is_err()
                     {
                         return;
@@ -431,7 +485,7 @@ impl Cluster {
                         return;
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    match ordered(&stream, format!("{INDEX_PREFIX}>"), next).await {
+                    match ordered(&cluster, format!("{INDEX_PREFIX}>"), next).await {
                         Ok(o) => {
                             messages = o.stream;
                             break;
@@ -452,25 +506,40 @@ impl Cluster {
         stream_id: &str,
     ) -> Result<(Vec<Record>, BTreeMap<u64, u64>, u64), StoreError> {
         let subject = index_subject(stream_id);
-        let mut messages = ordered(&self.index, subject.clone(), 1).await?;
-        let (mut records, mut seqs, mut last) = (Vec::new(), BTreeMap::new(), 0);
-        if messages.pending > 0 {
-            while let Some(m) = messages.stream.next().await {
-                let m = m.map_err(nats("reading an index"))?;
-                let Ok(info) = m.info() else { continue };
-                last = info.stream_sequence;
-                if let Some(r) = index_event(&m.subject, last, &m).and_then(|e| e.record) {
-                    if let Record::Fragment(f) = r {
-                        seqs.insert(f.number, last);
-                    }
-                    records.push(r);
+        // Read up to the last message as of now: messages purged meanwhile
+        // are not waited for.
+        let end = self.last_sequence(stream_id).await?;
+        let (mut records, mut seqs, mut owners) = (Vec::new(), BTreeMap::new(), Owners::default());
+        if end == 0 {
+            return Ok((records, seqs, 0));
+        }
+        let mut messages = ordered(self, subject.clone(), 1).await?;
+        if messages.pending == 0 {
+            return Ok((records, seqs, end));
+        }
+        loop {
+            let m = tokio::time::timeout(READ_TIMEOUT, messages.stream.next())
+                .await
+                .map_err(|_| StoreError::Cluster("the index stopped answering".into()))?
+                .ok_or_else(|| StoreError::Cluster("the index read ended".into()))?
+                .map_err(nats("reading an index"))?;
+            let Ok(info) = m.info() else { continue };
+            let seq = info.stream_sequence;
+            if m.subject.as_str() == subject
+                && let Some(e) = index_event(&m.subject, seq, &m)
+                && owners.admit(&e)
+                && let Some(r) = e.record
+            {
+                if let Record::Fragment(f) = r {
+                    seqs.insert(f.number, seq);
                 }
-                if info.pending == 0 {
-                    break;
-                }
+                records.push(r);
+            }
+            if seq >= end || info.pending == 0 {
+                break;
             }
         }
-        Ok((records, seqs, last))
+        Ok((records, seqs, end))
     }
 
     /// Appends to a stream's index after `expected` (the subject's last
@@ -489,7 +558,8 @@ impl Cluster {
         // is checked.
         let mut publish = context::Publish::build()
             .expected_last_subject_sequence(expected)
-            .message_id(format!("{}-{}", self.node, nuid()));
+            .message_id(format!("{}-{}", self.node, nuid()))
+            .header(NODE_HEADER, self.node.as_str());
         match record {
             Some(r) => index::encode(r, &mut payload),
             None => publish = publish.header(MARKER_HEADER, self.node.as_str()),
@@ -504,7 +574,8 @@ impl Cluster {
                 Err(e) => Err(e),
             };
             match result {
-                Ok(ack) => return Ok(ack.sequence),
+                Ok(ack) if record.is_none() => return Ok(ack.sequence),
+                Ok(ack) => return self.check_own(&subject, expected, ack.sequence).await,
                 Err(e) if e.kind() == context::PublishErrorKind::WrongLastSequence => {
                     return Err(StoreError::Fenced(format!(
                         "the index of {stream_id} moved past {expected}: another node writes it"
@@ -518,6 +589,32 @@ impl Cluster {
                 }
                 Err(e) => return Err(nats("appending to the index")(e)),
             }
+        }
+    }
+
+    /// A record appended at `sequence` counts only if nothing came between
+    /// it and the message it expected to follow (see [`Owners`]).
+    async fn check_own(
+        &self,
+        subject: &str,
+        expected: u64,
+        sequence: u64,
+    ) -> Result<u64, StoreError> {
+        let first = retry("checking an index append", || {
+            self.index
+                .direct_get_next_for_subject(subject, Some(expected + 1))
+        })
+        .await?;
+        let seq = first
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_SEQUENCE))
+            .and_then(|v| v.as_str().parse::<u64>().ok());
+        match seq {
+            Some(s) if s == sequence => Ok(sequence),
+            _ => Err(StoreError::Fenced(format!(
+                "another node's message came before this append to {subject}"
+            ))),
         }
     }
 
@@ -706,15 +803,11 @@ struct Ordered {
     pending: u64,
 }
 
-async fn ordered(
-    stream: &stream::Stream,
-    filter: String,
-    from: u64,
-) -> Result<Ordered, StoreError> {
-    let client_inbox = format!("_INBOX.kinema.{}", nuid());
-    let consumer = stream
+async fn ordered(cluster: &Cluster, filter: String, from: u64) -> Result<Ordered, StoreError> {
+    let consumer = cluster
+        .index
         .create_consumer(consumer::push::OrderedConfig {
-            deliver_subject: client_inbox,
+            deliver_subject: cluster.client.new_inbox(),
             filter_subject: filter,
             deliver_policy: if from <= 1 {
                 consumer::DeliverPolicy::All
@@ -769,10 +862,16 @@ fn index_event(subject: &str, seq: u64, m: &jetstream::Message) -> Option<IndexE
             }
         }
     };
+    let node = m
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(NODE_HEADER).or_else(|| h.get(MARKER_HEADER)))
+        .map(|v| v.as_str().to_string());
     Some(IndexEvent {
         stream_id,
         sequence: seq,
         record,
+        node,
     })
 }
 
@@ -873,6 +972,31 @@ pub(crate) fn s3(config: &ClusterConfig) -> Result<Arc<dyn object_store::ObjectS
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_last_marker_writer_s_records_count() {
+        let e = |stream: &str, node: Option<&str>, record: bool| IndexEvent {
+            stream_id: stream.into(),
+            sequence: 0,
+            record: record.then_some(Record::Trim { through: 0 }),
+            node: node.map(str::to_string),
+        };
+        let mut owners = Owners::default();
+        // Before any marker, and records of older versions, count.
+        assert!(owners.admit(&e("s", Some("a"), true)));
+        assert!(
+            !owners.admit(&e("s", Some("a"), false)),
+            "a marker is no record"
+        );
+        assert!(owners.admit(&e("s", Some("a"), true)));
+        // b takes over: a's late record, landed after b's marker, is void.
+        assert!(!owners.admit(&e("s", Some("b"), false)));
+        assert!(!owners.admit(&e("s", Some("a"), true)));
+        assert!(owners.admit(&e("s", Some("b"), true)));
+        assert!(owners.admit(&e("s", None, true)));
+        // Streams are independent.
+        assert!(owners.admit(&e("t", Some("a"), true)));
+    }
 
     #[test]
     fn hex_keys_round_trip_every_name() {

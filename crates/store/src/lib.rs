@@ -606,14 +606,18 @@ impl SharedIndex {
         let keep_from = match first_live {
             Some(n) => {
                 self.seqs = self.seqs.split_off(&n);
-                self.seqs.values().next().copied()
+                // Without the first live record's own sequence nothing is
+                // purged: a later one would drop live records.
+                match self.seqs.get(&n) {
+                    Some(&seq) => seq,
+                    None => return Ok(()),
+                }
             }
             None => {
                 self.seqs.clear();
-                None
+                self.last
             }
-        }
-        .unwrap_or(self.last);
+        };
         // The newest Trim record is at or after `keep_from` when nothing
         // lives; otherwise the fragments kept say what remains.
         self.cluster.compact_index(&self.stream_id, keep_from).await
@@ -690,6 +694,15 @@ impl IndexLog {
                 shared.lease = None;
                 Err(StoreError::Fenced("another node wrote this stream".into()))
             }
+        }
+    }
+
+    /// Forgets the writer lease without giving it back: the next write
+    /// takes the stream over again (after a takeover whose follow-up
+    /// failed).
+    pub fn abandon(&mut self) {
+        if let IndexKind::Shared(shared) = &mut self.kind {
+            shared.lease = None;
         }
     }
 

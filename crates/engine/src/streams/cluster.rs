@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{RwLock, Weak};
 use std::time::Duration;
 
@@ -53,6 +53,7 @@ impl Engine {
                 meta_lock: Mutex::new(()),
                 versions: AtomicU64::new(0),
                 live_fragments: broadcast::channel(LIVE_FRAGMENTS_QUEUE).0,
+                unreadable_meta: AtomicBool::new(false),
             }),
         };
         for change in infos {
@@ -89,6 +90,8 @@ impl Engine {
             Some(Ok(info)) => Some(info),
             Some(Err(e)) => {
                 tracing::warn!(stream = %name, error = %e, "ignoring unreadable stream metadata");
+                // Its data must not be taken for a deleted stream's.
+                self.inner.unreadable_meta.store(true, Ordering::SeqCst);
                 return;
             }
             None => None,
@@ -118,6 +121,7 @@ impl Engine {
             }
             (Some(s), None) => {
                 write(&self.inner.streams).remove(&name);
+                pending.remove(&s.id());
                 forget(&s);
             }
             (None, None) => {}
@@ -287,6 +291,10 @@ async fn collect_orphans(inner: Weak<Inner>) {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let Some(inner) = inner.upgrade() else { return };
     let engine = Engine { inner };
+    if engine.inner.unreadable_meta.load(Ordering::SeqCst) {
+        tracing::warn!("some stream metadata is unreadable here: no data is collected");
+        return;
+    }
     let ids = match engine.inner.store.stored_stream_ids().await {
         Ok(ids) => ids,
         Err(e) => {

@@ -172,7 +172,13 @@ impl Engine {
         let Some(records) = log.prepare_write().await? else {
             return Ok(());
         };
-        self.rebuild_catalog(stream, records).await
+        let rebuilt = self.rebuild_catalog(stream, records).await;
+        if rebuilt.is_err() {
+            // The catalog may lack the earlier writer's last fragments:
+            // the next write must take the stream over (and reread) again.
+            log.abandon();
+        }
+        rebuilt
     }
 
     /// Like [`Engine::become_writer`], waiting up to `patience` for a

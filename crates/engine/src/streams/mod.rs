@@ -145,6 +145,9 @@ struct Inner {
     /// inside the process (detection). A lagging receiver loses fragments;
     /// ingest never waits for it.
     live_fragments: broadcast::Sender<LiveFragment>,
+    /// In a cluster: some stream metadata could not be read here (then no
+    /// stored data is taken for a deleted stream's).
+    unreadable_meta: AtomicBool,
 }
 
 /// A fragment just persisted, with its bytes (still in memory from ingest).
@@ -244,6 +247,7 @@ impl Engine {
                 meta_lock: Mutex::new(()),
                 versions: AtomicU64::new(0),
                 live_fragments: broadcast::channel(LIVE_FRAGMENTS_QUEUE).0,
+                unreadable_meta: AtomicBool::new(false),
             }),
         })
     }

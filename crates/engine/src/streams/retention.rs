@@ -20,10 +20,21 @@ impl Engine {
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize, EngineError> {
         let streams: Vec<Arc<Stream>> = read(&self.inner.streams).values().cloned().collect();
         let mut deleted = 0;
+        let mut failed = None;
         for stream in streams {
-            deleted += self.enforce_retention_on(&stream, now_ms).await?;
+            // One stream's failure does not keep the others from expiring.
+            match self.enforce_retention_on(&stream, now_ms).await {
+                Ok(n) => deleted += n,
+                Err(e) => {
+                    tracing::warn!(stream = %stream.info().name, error = %e, "retention");
+                    failed = Some(e);
+                }
+            }
         }
-        Ok(deleted)
+        match failed {
+            Some(e) if deleted == 0 => Err(e),
+            _ => Ok(deleted),
+        }
     }
 
     async fn enforce_retention_on(
@@ -53,7 +64,13 @@ impl Engine {
         // that takes the lease while no producer is connected.
         match self.become_writer(stream, &mut log).await {
             Err(EngineError::Storage(StoreError::LeaseHeld(_))) => return Ok(0),
-            r => r?,
+            Err(e) => {
+                if stream.producers.load(Ordering::SeqCst) == 0 {
+                    log.release().await;
+                }
+                return Err(e);
+            }
+            Ok(()) => {}
         }
         let result = self.trim(stream, &mut log, through).await;
         if stream.producers.load(Ordering::SeqCst) == 0 {
