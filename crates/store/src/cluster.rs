@@ -252,7 +252,6 @@ impl Cluster {
                 num_replicas: replicas,
                 allow_rollup: true,
                 deny_delete: false,
-                allow_direct: true,
                 // Each append's message id is remembered this long, so
                 // that a retry is answered as a duplicate.
                 duplicate_window: Duration::from_secs(120),
@@ -600,16 +599,14 @@ impl Cluster {
         expected: u64,
         sequence: u64,
     ) -> Result<u64, StoreError> {
+        // The stream leader's answer (a direct get may come from a
+        // replica that has not applied the append yet).
         let first = retry("checking an index append", || {
             self.index
-                .direct_get_next_for_subject(subject, Some(expected + 1))
+                .get_first_raw_message_by_subject(subject, expected + 1)
         })
         .await?;
-        let seq = first
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(async_nats::header::NATS_SEQUENCE))
-            .and_then(|v| v.as_str().parse::<u64>().ok());
+        let seq = Some(first.sequence);
         match seq {
             Some(s) if s == sequence => Ok(sequence),
             _ => Err(StoreError::Fenced(format!(
