@@ -78,7 +78,10 @@ impl Channels {
         clock: Clock,
     ) -> Result<Channels, EngineError> {
         let changes = match store.cluster() {
-            Some(c) => Some(c.watch_docs().await?.1),
+            Some(c) => Some(
+                c.doc_changes(META_DOC, crate::streams::SHARED_DOC_POLL)
+                    .await,
+            ),
             None => None,
         };
         let (saved, revision) = load(&store).await?;
@@ -98,10 +101,7 @@ impl Channels {
             // Channels changed on other nodes.
             let weak = Arc::downgrade(&channels.inner);
             tokio::spawn(async move {
-                while let Some(change) = changes.recv().await {
-                    if change.key != META_DOC {
-                        continue;
-                    }
+                while changes.recv().await.is_some() {
                     let Some(inner) = weak.upgrade() else { return };
                     if let Err(e) = (Channels { inner }).reload().await {
                         tracing::warn!(error = %e, "reloading signaling channels");

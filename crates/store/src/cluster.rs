@@ -412,11 +412,38 @@ impl Cluster {
         }
     }
 
-    /// Every shared document's changes from now on.
-    pub async fn watch_docs(
-        &self,
-    ) -> Result<(Vec<KeyChange>, mpsc::UnboundedReceiver<KeyChange>), StoreError> {
-        watch_bucket(self.docs.clone()).await
+    /// A signal whenever the document `name` changes (on any node), found
+    /// by reading its revision every `every`: plain reads keep working
+    /// through server failures that can leave a watch silent.
+    /// Call it before reading the document the first time: a change made
+    /// after this call is signalled.
+    pub async fn doc_changes(&self, name: &str, every: Duration) -> mpsc::Receiver<()> {
+        let (tx, rx) = mpsc::channel(1);
+        let (docs, name) = (self.docs.clone(), name.to_string());
+        let revision = |e: Option<kv::Entry>| e.map(|e| e.revision).unwrap_or(0);
+        // Unknown (a failed read) counts as changed once it is known.
+        let mut seen = docs.entry(name.as_str()).await.ok().map(revision);
+        let mut signal_first = seen.is_none();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if tx.is_closed() {
+                    return;
+                }
+                let now = match docs.entry(name.as_str()).await {
+                    Ok(e) => revision(e),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "polling a shared document");
+                        continue;
+                    }
+                };
+                if seen.is_some_and(|s| s != now) || std::mem::take(&mut signal_first) {
+                    let _ = tx.try_send(());
+                }
+                seen = Some(now);
+            }
+        });
+        rx
     }
 
     // ----- the fragment index ----------------------------------------------

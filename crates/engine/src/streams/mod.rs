@@ -30,6 +30,9 @@ use crate::{Clock, EngineError};
 
 const META_DOC: &str = "video-streams";
 
+/// How often a cluster node looks for shared documents changed elsewhere.
+pub(crate) const SHARED_DOC_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub region: String,
@@ -345,17 +348,7 @@ impl Engine {
         let Some(c) = self.inner.store.cluster() else {
             return Ok(None);
         };
-        let (_, mut changes) = c.watch_docs().await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let name = name.to_string();
-        tokio::spawn(async move {
-            while let Some(change) = changes.recv().await {
-                if change.key == name && tx.try_send(()).is_err() && tx.is_closed() {
-                    return;
-                }
-            }
-        });
-        Ok(Some(rx))
+        Ok(Some(c.doc_changes(name, SHARED_DOC_POLL).await))
     }
 
     fn new_version(&self) -> String {
