@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::kinemasink::{camera, gst};
+use crate::kinemasink::{Pipeline, camera};
 use crate::support::*;
 
 /// A child process killed (SIGKILL) when dropped.
@@ -257,13 +257,7 @@ fn any_node_serves_a_stream_created_and_written_on_others() {
     })
     .expect("node 2 lists the fragments node 1 wrote");
     assert_eq!(numbers(&listed), first);
-    let file = dir.path().join("from-node2.mkv");
-    let out = run_python(
-        cluster.node(2),
-        "kv.py",
-        &["getmedia", "cam", "EARLIEST", "", file.to_str().unwrap()],
-    );
-    let out: Value = serde_json::from_str(&out).unwrap();
+    let (file, out) = get_media(cluster.node(2), "cam", dir.path());
     let got: Vec<u64> = out["fragments"]
         .as_array()
         .unwrap()
@@ -395,16 +389,10 @@ fn killing_the_writing_node_mid_stream_loses_no_frame() {
     let mut cluster = TestCluster::start(dir.path(), 3);
     create_stream(&cluster.balancer, "cam", 24);
     let endpoint = cluster.balancer.url();
-    let mut producer = gst(&format!(
+    let producer = Pipeline::start(&format!(
         "{} ! kinemasink endpoint={endpoint} stream-name=cam fragment-duration=500 retry-timeout=60",
         camera(300, 15, true, 500)
-    ))
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    let stdout = producer.stdout.take().unwrap();
-    let output = std::thread::spawn(move || read_to_string(stdout));
+    ));
     let listed = wait_for(Duration::from_secs(30), || {
         (list(&cluster.balancer, "cam").len() >= 3).then_some(())
     });
@@ -415,11 +403,7 @@ fn killing_the_writing_node_mid_stream_loses_no_frame() {
         .expect("one node writes the stream");
     cluster.nodes[writer].as_mut().unwrap().kill9();
     cluster.nodes[writer] = None;
-    let status = wait_for(Duration::from_secs(90), || producer.try_wait().unwrap());
-    if status.is_none() {
-        let _ = producer.kill();
-    }
-    let output = output.join().unwrap();
+    let (status, output) = producer.finish(Duration::from_secs(90));
     let survivor = (0..3).find(|&i| i != writer).unwrap();
     assert!(
         (0..3)
@@ -442,18 +426,9 @@ fn killing_the_writing_node_mid_stream_loses_no_frame() {
         numbers.windows(2).all(|w| w[1] == w[0] + 1),
         "gap-free numbers: {numbers:?}"
     );
-    let file = dir.path().join("after-kill.mkv");
-    run_python(
-        cluster.node(survivor),
-        "kv.py",
-        &["getmedia", "cam", "EARLIEST", "", file.to_str().unwrap()],
-    );
+    let (file, _) = get_media(cluster.node(survivor), "cam", dir.path());
     assert_eq!(ffprobe_frames(&file), 300);
-    let pts = gst_demux_pts(&file);
-    let mut distinct = pts.clone();
-    distinct.sort();
-    distinct.dedup();
-    assert_eq!((pts.len(), distinct.len()), (300, 300));
+    assert_eq!(demuxed_frames_and_distinct(&file), (300, 300));
 }
 
 /// The fence, at the storage layer with the real JetStream and S3: a
@@ -594,12 +569,7 @@ fn a_paused_node_resumes_without_forking_the_stream() {
         listed.windows(2).all(|w| w[1] == w[0] + 1),
         "gap-free numbers: {listed:?}"
     );
-    let file = dir.path().join("paused.mkv");
-    run_python(
-        cluster.node(1),
-        "kv.py",
-        &["getmedia", "cam", "EARLIEST", "", file.to_str().unwrap()],
-    );
+    let (file, _) = get_media(cluster.node(1), "cam", dir.path());
     assert!(ffprobe_frames(&file) >= 60 + 30);
 }
 
@@ -612,26 +582,16 @@ fn losing_a_nats_server_loses_no_frame() {
     let mut cluster = TestCluster::start(dir.path(), 2);
     create_stream(cluster.node(0), "cam", 24);
     let endpoint = cluster.node(0).url();
-    let mut producer = gst(&format!(
+    let producer = Pipeline::start(&format!(
         "{} ! kinemasink endpoint={endpoint} stream-name=cam fragment-duration=500 retry-timeout=60",
         camera(240, 15, true, 500)
-    ))
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    let stdout = producer.stdout.take().unwrap();
-    let output = std::thread::spawn(move || read_to_string(stdout));
+    ));
     let listed = wait_for(Duration::from_secs(30), || {
         (list(cluster.node(1), "cam").len() >= 2).then_some(())
     });
     assert!(listed.is_some(), "no fragments");
     cluster.kill_nats(0);
-    let status = wait_for(Duration::from_secs(90), || producer.try_wait().unwrap());
-    if status.is_none() {
-        let _ = producer.kill();
-    }
-    let output = output.join().unwrap();
+    let (status, output) = producer.finish(Duration::from_secs(90));
     assert!(
         status.is_some_and(|s| s.success()),
         "the element did not finish: {status:?}\n{output}\n{}",
@@ -647,12 +607,7 @@ fn losing_a_nats_server_loses_no_frame() {
         "node 1 lags: {}",
         cluster.node(1).log()
     );
-    let file = dir.path().join("nats-killed.mkv");
-    run_python(
-        cluster.node(1),
-        "kv.py",
-        &["getmedia", "cam", "EARLIEST", "", file.to_str().unwrap()],
-    );
+    let (file, _) = get_media(cluster.node(1), "cam", dir.path());
     assert_eq!(ffprobe_frames(&file), 240, "{}", cluster.node(0).log());
 }
 

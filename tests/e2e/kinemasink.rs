@@ -3,7 +3,6 @@
 //! SIGKILL and restarted mid-stream loses no frame the element sent, and
 //! an unreachable server ends in a bus error after buffer-full warnings.
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -31,14 +30,34 @@ pub(crate) fn camera(frames: u32, gop: u32, live: bool, kbps: u32) -> String {
     )
 }
 
-fn get_media(server: &Server, stream: &str, dir: &std::path::Path) -> (PathBuf, Value) {
-    let file = dir.join(format!("{stream}.mkv"));
-    let out = run_python(
-        server,
-        "kv.py",
-        &["getmedia", stream, "EARLIEST", "", file.to_str().unwrap()],
-    );
-    (file, serde_json::from_str(&out).unwrap())
+/// A `gst-launch-1.0` pipeline in the background (kinemasink's
+/// environment), its standard output (bus warnings) read as it comes.
+pub(crate) struct Pipeline {
+    child: std::process::Child,
+    output: std::thread::JoinHandle<String>,
+}
+
+impl Pipeline {
+    pub(crate) fn start(pipeline: &str) -> Pipeline {
+        let mut child = gst(pipeline)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let output = std::thread::spawn(move || read_to_string(stdout));
+        Pipeline { child, output }
+    }
+
+    /// Waits up to `limit` for the pipeline to end (killing it after);
+    /// its exit status if it ended, and everything it printed.
+    pub(crate) fn finish(mut self, limit: Duration) -> (Option<std::process::ExitStatus>, String) {
+        let status = wait_for(limit, || self.child.try_wait().unwrap());
+        if status.is_none() {
+            let _ = self.child.kill();
+        }
+        (status, self.output.join().unwrap())
+    }
 }
 
 #[test]
@@ -131,17 +150,10 @@ fn a_server_killed_mid_stream_loses_no_frame_the_element_sent() {
     let mut server = Server::start(&data);
     let port = server.port;
     let endpoint = server.url();
-    let mut producer = gst(&format!(
+    let producer = Pipeline::start(&format!(
         "{} ! kinemasink endpoint={endpoint} stream-name=cam fragment-duration=500 retry-timeout=30",
         camera(300, 15, true, 500)
-    ))
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    // gst-launch prints bus warnings on stdout; read it as it comes.
-    let stdout = producer.stdout.take().unwrap();
-    let output = std::thread::spawn(move || read_to_string(stdout));
+    ));
     // Let some fragments be persisted, then kill the server hard.
     let listed = wait_for(Duration::from_secs(20), || {
         let out = run_python(&server, "kv.py", &["list", "cam"]);
@@ -152,11 +164,7 @@ fn a_server_killed_mid_stream_loses_no_frame_the_element_sent() {
     server.kill9();
     std::thread::sleep(Duration::from_millis(1500));
     let server = Server::start_on(&data, port);
-    let status = wait_for(Duration::from_secs(60), || producer.try_wait().unwrap());
-    if status.is_none() {
-        let _ = producer.kill();
-    }
-    let output = output.join().unwrap();
+    let (status, output) = producer.finish(Duration::from_secs(60));
     assert!(
         status.is_some_and(|s| s.success()),
         "the element did not finish: {status:?}\n{output}\n{}",
@@ -168,11 +176,7 @@ fn a_server_killed_mid_stream_loses_no_frame_the_element_sent() {
     );
     let (file, _) = get_media(&server, "cam", dir.path());
     assert_eq!(ffprobe_frames(&file), 300, "{}", server.log());
-    let pts = gst_demux_pts(&file);
-    let mut distinct = pts.clone();
-    distinct.sort();
-    distinct.dedup();
-    assert_eq!((pts.len(), distinct.len()), (300, 300));
+    assert_eq!(demuxed_frames_and_distinct(&file), (300, 300));
 }
 
 /// Nobody listens at the endpoint: with a 1 MiB buffer the oldest frames are

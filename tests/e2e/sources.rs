@@ -46,13 +46,7 @@ fn wait_status(server: &Server, name: &str, what: &str, f: impl Fn(&Value) -> bo
 }
 
 fn get_media_frames(server: &Server, stream: &str, dir: &std::path::Path) -> (u64, usize) {
-    let file = dir.join(format!("{stream}.mkv"));
-    let out: Value = serde_json::from_str(&run_python(
-        server,
-        "kv.py",
-        &["getmedia", stream, "EARLIEST", "", file.to_str().unwrap()],
-    ))
-    .unwrap();
+    let (file, out) = get_media(server, stream, dir);
     (
         ffprobe_frames(&file),
         out["fragments"].as_array().map_or(0, Vec::len),

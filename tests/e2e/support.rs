@@ -533,3 +533,25 @@ pub fn signed_raw<'a>(
     let status = resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
     (status, resp)
 }
+
+/// GetMedia from the earliest fragment with boto3 into `<dir>/<stream>.mkv`:
+/// the file and what the script reports (fragment numbers, tags).
+pub fn get_media(server: &Server, stream: &str, dir: &Path) -> (PathBuf, serde_json::Value) {
+    let file = dir.join(format!("{stream}.mkv"));
+    let out = run_python(
+        server,
+        "kv.py",
+        &["getmedia", stream, "EARLIEST", "", file.to_str().unwrap()],
+    );
+    (file, serde_json::from_str(&out).unwrap())
+}
+
+/// How many frames matroskademux reads from a file, and how many distinct
+/// presentation times they have (equal when no frame is stored twice).
+pub fn demuxed_frames_and_distinct(file: &Path) -> (usize, usize) {
+    let pts = gst_demux_pts(file);
+    let mut distinct = pts.clone();
+    distinct.sort();
+    distinct.dedup();
+    (pts.len(), distinct.len())
+}
