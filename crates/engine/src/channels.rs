@@ -132,15 +132,10 @@ impl Channels {
             let mut all = self.read().clone();
             let result = change(&mut all)?;
             let list: Vec<&ChannelInfo> = all.values().collect();
-            let Some(cluster) = self.inner.store.cluster() else {
-                self.inner.store.save_meta(META_DOC, &list).await?;
-                *self.write() = all;
-                return Ok(result);
-            };
-            let bytes =
-                serde_json::to_vec(&list).map_err(|e| EngineError::Internal(e.to_string()))?;
-            match cluster
-                .update_doc(META_DOC, bytes.into(), *revision)
+            match self
+                .inner
+                .store
+                .save_shared(META_DOC, &list, *revision)
                 .await?
             {
                 Ok(rev) => {
@@ -334,20 +329,7 @@ impl Channels {
 /// The saved channels and their revision (0 on one machine or before the
 /// first save).
 async fn load(store: &Store) -> Result<(All, u64), EngineError> {
-    let (saved, revision): (Vec<ChannelInfo>, u64) = match store.cluster() {
-        Some(c) => {
-            let (bytes, rev) = c.load_doc_revision(META_DOC).await?;
-            let saved = bytes
-                .map(|b| serde_json::from_slice(&b))
-                .transpose()
-                .map_err(|e| EngineError::Internal(format!("{META_DOC}: {e}")))?
-                .unwrap_or_default();
-            (saved, rev)
-        }
-        None => (store.load_meta(META_DOC)?.unwrap_or_default(), 0),
-    };
-    Ok((
-        saved.into_iter().map(|c| (c.name.clone(), c)).collect(),
-        revision,
-    ))
+    let (saved, revision) = store.load_shared::<Vec<ChannelInfo>>(META_DOC).await?;
+    let all = saved.unwrap_or_default().into_iter();
+    Ok((all.map(|c| (c.name.clone(), c)).collect(), revision))
 }

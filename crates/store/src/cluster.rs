@@ -392,14 +392,6 @@ impl Cluster {
         }
     }
 
-    pub async fn save_doc(&self, name: &str, value: Bytes) -> Result<(), StoreError> {
-        self.docs
-            .put(name, value)
-            .await
-            .map(|_| ())
-            .map_err(nats("saving a document"))
-    }
-
     /// Creates a document unless it exists; returns the value that stays.
     pub async fn create_doc(&self, name: &str, value: Bytes) -> Result<Bytes, StoreError> {
         match self.docs.create(name, value.clone()).await {

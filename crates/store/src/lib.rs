@@ -465,6 +465,46 @@ impl Store {
         }
     }
 
+    /// A document every node of a cluster shares (its documents bucket)
+    /// and its revision; on one machine, [`Store::load_meta`] at revision 0.
+    pub async fn load_shared<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<(Option<T>, u64), StoreError> {
+        let Some(c) = &self.cluster else {
+            return Ok((self.load_meta(name)?, 0));
+        };
+        let (bytes, revision) = c.load_doc_revision(name).await?;
+        let value = bytes
+            .map(|b| serde_json::from_slice(&b))
+            .transpose()
+            .map_err(|source| StoreError::BadMeta {
+                name: name.to_string(),
+                source,
+            })?;
+        Ok((value, revision))
+    }
+
+    /// Replaces a shared document if no node changed it since `revision`
+    /// (from [`Store::load_shared`] or the last save); returns the new
+    /// revision. On one machine it always saves ([`Store::save_meta`]).
+    pub async fn save_shared<T: serde::Serialize>(
+        &self,
+        name: &str,
+        value: &T,
+        revision: u64,
+    ) -> Result<Result<u64, Conflict>, StoreError> {
+        let Some(c) = &self.cluster else {
+            self.save_meta(name, value).await?;
+            return Ok(Ok(0));
+        };
+        let bytes = serde_json::to_vec(value).map_err(|source| StoreError::BadMeta {
+            name: name.to_string(),
+            source,
+        })?;
+        c.update_doc(name, bytes.into(), revision).await
+    }
+
     /// Replaces a metadata document atomically and durably.
     pub async fn save_meta<T: serde::Serialize>(
         &self,

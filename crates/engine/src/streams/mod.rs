@@ -304,15 +304,7 @@ impl Engine {
         &self,
         name: &str,
     ) -> Result<(Option<T>, u64), EngineError> {
-        let Some(c) = self.inner.store.cluster() else {
-            return Ok((self.load_document(name)?, 0));
-        };
-        let (bytes, revision) = c.load_doc_revision(name).await?;
-        let value = bytes
-            .map(|b| serde_json::from_slice(&b))
-            .transpose()
-            .map_err(|e| EngineError::Internal(format!("shared document {name}: {e}")))?;
-        Ok((value, revision))
+        Ok(self.inner.store.load_shared(name).await?)
     }
 
     /// Replaces a shared document if no node changed it since `revision`
@@ -325,12 +317,9 @@ impl Engine {
         value: &T,
         revision: u64,
     ) -> Result<u64, EngineError> {
-        let Some(c) = self.inner.store.cluster() else {
-            self.save_document(name, value).await?;
-            return Ok(0);
-        };
-        let bytes = serde_json::to_vec(value).map_err(|e| EngineError::Internal(e.to_string()))?;
-        c.update_doc(name, bytes.into(), revision)
+        self.inner
+            .store
+            .save_shared(name, value, revision)
             .await?
             .map_err(|_| {
                 EngineError::ResourceInUse(format!(
