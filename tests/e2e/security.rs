@@ -770,6 +770,23 @@ pub(crate) fn kinema_cli(server: &Server, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Temporary credentials for `role` assumed with `key` through STS
+/// (boto3): key id, secret and session token.
+fn assume_as(server: &Server, (id, secret): (&str, &str), role: &str) -> (String, String, String) {
+    let temp: serde_json::Value = serde_json::from_str(&run_python(
+        server,
+        "sts.py",
+        &["assume_as", id, secret, role],
+    ))
+    .unwrap();
+    let field = |k: &str| temp[k].as_str().unwrap().to_string();
+    (
+        field("AccessKeyId"),
+        field("SecretAccessKey"),
+        field("SessionToken"),
+    )
+}
+
 /// Keys and policies managed at run time with the `kinema` CLI: a key
 /// made with a policy does what it says (AWS CLI); a policy changed at run
 /// time applies at once; a rotated secret replaces the old one; keys
@@ -864,17 +881,8 @@ fn keys_and_policies_change_at_run_time() {
     assert!(run_aws_as(&server, key, &["kinesisvideo", "list-streams"]).0);
 
     // Temporary credentials it made end with it.
-    let temp: serde_json::Value = serde_json::from_str(&run_python(
-        &server,
-        "sts.py",
-        &["assume_as", key.0, key.1, "anyone"],
-    ))
-    .unwrap();
-    let (tid, tsecret, ttoken) = (
-        temp["AccessKeyId"].as_str().unwrap(),
-        temp["SecretAccessKey"].as_str().unwrap(),
-        temp["SessionToken"].as_str().unwrap(),
-    );
+    let temp = assume_as(&server, key, "anyone");
+    let (tid, tsecret, ttoken) = (temp.0.as_str(), temp.1.as_str(), temp.2.as_str());
     assert_eq!(
         run_python(&server, "sts.py", &["use", tid, tsecret, ttoken, "ok"]).trim(),
         "ok"
@@ -892,17 +900,8 @@ fn keys_and_policies_change_at_run_time() {
         "ok"
     );
     let key = (id.as_str(), third.as_str());
-    let temp: serde_json::Value = serde_json::from_str(&run_python(
-        &server,
-        "sts.py",
-        &["assume_as", key.0, key.1, "anyone"],
-    ))
-    .unwrap();
-    let (tid, tsecret, ttoken) = (
-        temp["AccessKeyId"].as_str().unwrap(),
-        temp["SecretAccessKey"].as_str().unwrap(),
-        temp["SessionToken"].as_str().unwrap(),
-    );
+    let temp = assume_as(&server, key, "anyone");
+    let (tid, tsecret, ttoken) = (temp.0.as_str(), temp.1.as_str(), temp.2.as_str());
     assert_eq!(
         run_python(&server, "sts.py", &["use", tid, tsecret, ttoken, "ok"]).trim(),
         "ok"
