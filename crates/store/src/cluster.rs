@@ -802,7 +802,10 @@ async fn key_value(
             num_replicas: replicas,
             allow_rollup: true,
             deny_delete: true,
-            allow_direct: true,
+            // Reads go to the stream leader: a replica's direct answer
+            // can be older than one read before it, and a node polling
+            // a document could then settle on a stale copy.
+            allow_direct: false,
             discard: stream::DiscardPolicy::New,
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
