@@ -33,6 +33,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
+pub mod profile;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("request failed: {0}")]
@@ -271,14 +273,36 @@ pub fn put_media_request<B>(
     Ok(request)
 }
 
-/// The body of a refused request, for the error message.
+/// The body of a refused request, for the error message: the service's
+/// error type and message when it sent the AWS error shape.
 pub async fn refusal_text<B: http_body::Body>(status: http::StatusCode, body: B) -> String {
     let text = body
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    format!("{status}: {}", String::from_utf8_lossy(&text))
+    service_error(status.as_u16(), &text).to_string()
+}
+
+/// An AWS error answer (`__type` or `x-amzn-ErrorType`, and `message` or
+/// `Message`) as a [`ClientError::Service`]; a body of another shape is
+/// kept as the message.
+pub fn service_error(status: u16, body: &[u8]) -> ClientError {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let kind = v["__type"].as_str().or_else(|| v["code"].as_str());
+    let message = v["message"].as_str().or_else(|| v["Message"].as_str());
+    ClientError::Service {
+        status,
+        // `__type` may carry a namespace: `ns#ResourceNotFoundException`.
+        kind: kind
+            .map(|k| k.rsplit('#').next().unwrap_or(k).to_string())
+            .unwrap_or_else(|| "Unknown".to_string()),
+        message: match (kind, message) {
+            (_, Some(m)) => m.to_string(),
+            (None, None) => String::from_utf8_lossy(body).trim().to_string(),
+            (Some(_), None) => String::new(),
+        },
+    }
 }
 
 /// A signed JSON client for one Kinema server.
@@ -308,6 +332,38 @@ impl Client {
     pub fn with_session_token(mut self, token: Option<&str>) -> Client {
         self.session_token = token.map(str::to_string);
         self
+    }
+
+    /// Signs for `region` (default: us-east-1).
+    pub fn with_region(mut self, region: &str) -> Client {
+        self.region = region.to_string();
+        self
+    }
+
+    /// A signed JSON request for `service` whose answer is read as it
+    /// arrives (GetMedia): the response once its status is a success, else
+    /// the service's error.
+    pub async fn open(
+        &self,
+        method: http::Method,
+        path: &str,
+        service: &str,
+        body: Value,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
+        let resp = self
+            .send_signed(method, path, service, &[], Some(body))
+            .await?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?
+            .to_bytes();
+        Err(service_error(status, &body))
     }
 
     async fn send(
@@ -342,6 +398,30 @@ impl Client {
         headers: &[(&str, &str)],
         body: Option<Value>,
     ) -> Result<Value, ClientError> {
+        let resp = self
+            .send_signed(method, path, "kinesis", headers, body)
+            .await?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?
+            .to_bytes();
+        if status >= 300 {
+            return Err(service_error(status, &body));
+        }
+        Ok(serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    async fn send_signed(
+        &self,
+        method: http::Method,
+        path: &str,
+        service: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
         let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         let uri: http::Uri = format!("{}{path}", self.endpoint)
             .parse()
@@ -361,30 +441,13 @@ impl Client {
             &mut req,
             (&self.key, &self.secret, self.session_token.as_deref()),
             &self.region,
-            "kinesis",
+            service,
             Some(&bytes),
         )?;
-        let resp = self
-            .http
+        self.http
             .request(req)
             .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?
-            .to_bytes();
-        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        if status >= 300 {
-            return Err(ClientError::Service {
-                status,
-                kind: v["__type"].as_str().unwrap_or("Unknown").to_string(),
-                message: v["message"].as_str().unwrap_or_default().to_string(),
-            });
-        }
-        Ok(v)
+            .map_err(|e| ClientError::Transport(e.to_string()))
     }
 
     /// A Kinesis Data Streams operation (`Kinesis_20131202.<op>`).
