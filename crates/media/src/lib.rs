@@ -92,6 +92,26 @@ impl Camera {
     /// refused connection, bad credentials, an unsupported codec) arrive
     /// as [`SourceEvent::Error`].
     pub fn start(spec: &SourceSpec, sink: EventSink) -> Result<Camera, SourceError> {
+        Camera::start_paced(spec, sink, true)
+    }
+
+    /// Reads a video file (MP4, MOV, Matroska, a raw H.264 byte stream,
+    /// whatever GStreamer's parsers recognise) once, as fast as it can be
+    /// demuxed rather than at its own pace, ending with
+    /// [`SourceEvent::Eos`]. The first frame is stamped with the wall
+    /// clock, later ones keep the file's spacing; frames of a raw stream
+    /// without timestamps are spaced by its frame rate (or 30 fps).
+    pub fn read_file(path: &std::path::Path, sink: EventSink) -> Result<Camera, SourceError> {
+        let spec = SourceSpec {
+            url: format!("file://{}", path.display()),
+            username: None,
+            password: None,
+            transport: Transport::Tcp,
+        };
+        Camera::start_paced(&spec, sink, false)
+    }
+
+    fn start_paced(spec: &SourceSpec, sink: EventSink, paced: bool) -> Result<Camera, SourceError> {
         init()?;
         let pipeline = gst::Pipeline::new();
         let parse = make("h264parse", "parse")?;
@@ -141,8 +161,9 @@ impl Camera {
             } else {
                 return Err(SourceError::UnsupportedUrl(spec.url.clone()));
             };
-        // A file plays at its own pace, like a camera; RTSP arrives live.
-        appsink.set_sync(depay.is_none());
+        // A file plays at its own pace, like a camera, unless it is read
+        // for an upload; RTSP arrives live.
+        appsink.set_sync(paced && depay.is_none());
         pipeline
             .add_many([&parse, appsink.upcast_ref()])
             .map_err(|e| SourceError::Pipeline(e.to_string()))?;
@@ -288,40 +309,69 @@ impl Clock {
 pub struct SampleConverter {
     clock: Clock,
     track: Option<VideoTrack>,
+    /// Running time of the last frame and the frame duration of the
+    /// caps, for buffers without timestamps (a raw H.264 file).
+    last_running_ns: Option<u64>,
+    frame_ns: Option<u64>,
 }
+
+/// The spacing of untimed frames when the caps name no frame rate.
+const UNTIMED_FRAME_NS: u64 = 1_000_000_000 / 30;
 
 impl SampleConverter {
     /// The track when it is new or changed, and the sample's frame.
     pub fn convert(&mut self, sample: &gst::Sample) -> (Option<VideoTrack>, Option<Frame>) {
         let mut new_track = None;
-        if let Some(track) = sample.caps().and_then(track_of)
-            && self.track.as_ref() != Some(&track)
-        {
-            self.track = Some(track.clone());
-            new_track = Some(track);
+        if let Some(caps) = sample.caps() {
+            self.frame_ns = frame_duration_ns(caps).or(self.frame_ns);
+            if let Some(track) = track_of(caps)
+                && self.track.as_ref() != Some(&track)
+            {
+                self.track = Some(track.clone());
+                new_track = Some(track);
+            }
         }
         let Some(buffer) = sample.buffer() else {
             return (new_track, None);
         };
-        let Some(pts) = buffer.pts().or(buffer.dts()) else {
-            return (new_track, None);
+        let running_ns = match buffer.pts().or(buffer.dts()) {
+            // Running time, so a restarted segment keeps going forward.
+            Some(pts) => sample
+                .segment()
+                .and_then(|s| s.downcast_ref::<gst::ClockTime>())
+                .and_then(|s| s.to_running_time(pts))
+                .unwrap_or(pts)
+                .nseconds(),
+            // Untimed (a raw byte stream): one frame duration after the last.
+            None => match self.last_running_ns {
+                Some(last) => last.saturating_add(
+                    buffer
+                        .duration()
+                        .map(|d| d.nseconds())
+                        .or(self.frame_ns)
+                        .unwrap_or(UNTIMED_FRAME_NS),
+                ),
+                None => 0,
+            },
         };
-        // Running time, so a restarted segment keeps going forward.
-        let running = sample
-            .segment()
-            .and_then(|s| s.downcast_ref::<gst::ClockTime>())
-            .and_then(|s| s.to_running_time(pts))
-            .unwrap_or(pts);
+        self.last_running_ns = Some(running_ns);
         let Ok(map) = buffer.map_readable() else {
             return (new_track, None);
         };
         let frame = Frame {
-            pts_ns: self.clock.unix_ns(running.nseconds()),
+            pts_ns: self.clock.unix_ns(running_ns),
             keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
             data: bytes::Bytes::copy_from_slice(map.as_slice()),
         };
         (new_track, Some(frame))
     }
+}
+
+/// One frame's duration from the caps' frame rate, if they name one.
+fn frame_duration_ns(caps: &gst::CapsRef) -> Option<u64> {
+    let rate = caps.structure(0)?.get::<gst::Fraction>("framerate").ok()?;
+    let (n, d) = (rate.numer(), rate.denom());
+    (n > 0 && d > 0).then(|| 1_000_000_000u64 * d as u64 / n as u64)
 }
 
 /// The caps every converted sample must have.
