@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -43,6 +43,18 @@ fn parse_start_timestamp(s: &str) -> Option<i128> {
 }
 
 fn ack(event: &str, timecode: Option<u64>, number: Option<u64>, error: Option<AckError>) -> Bytes {
+    ack_with_message(event, timecode, number, error, None)
+}
+
+/// An ack line; an ERROR may say why in `ErrorMessage` (a field of
+/// Kinema's: clients that know only the documented ones skip it).
+fn ack_with_message(
+    event: &str,
+    timecode: Option<u64>,
+    number: Option<u64>,
+    error: Option<AckError>,
+    message: Option<&str>,
+) -> Bytes {
     let mut v = json!({ "EventType": event });
     if let Some(tc) = timecode {
         v["FragmentTimecode"] = json!(tc);
@@ -53,6 +65,9 @@ fn ack(event: &str, timecode: Option<u64>, number: Option<u64>, error: Option<Ac
     if let Some(e) = error {
         v["ErrorId"] = json!(e.code());
         v["ErrorCode"] = json!(e.name());
+    }
+    if let Some(m) = message {
+        v["ErrorMessage"] = json!(m);
     }
     let mut line = v.to_string();
     line.push('\n');
@@ -137,6 +152,7 @@ async fn ingest(
                     st.metrics.incoming_bytes.get_or_create(&labels).inc_by(data.len() as u64);
                     session.push(&data);
                     if !drain(&st, &mut session, &tx, &stream).await {
+                        discard_rest(&mut body).await;
                         break;
                     }
                 }
@@ -171,6 +187,29 @@ async fn ingest(
         }
     }
     st.metrics.put_media_sessions.get_or_create(&labels).dec();
+}
+
+/// After an ERROR ack, how long and how much of the rest of the upload is
+/// read and dropped before the connection closes. Closing with unread
+/// bytes makes the kernel reset the connection, and a reset can discard
+/// the ERROR ack before the producer reads it.
+const DISCARD_AFTER_ERROR: Duration = Duration::from_secs(2);
+const DISCARD_AFTER_ERROR_BYTES: usize = 16 * 1024 * 1024;
+
+async fn discard_rest<S>(body: &mut S)
+where
+    S: futures::Stream<Item = Result<Bytes, axum::Error>> + Unpin,
+{
+    let mut left = DISCARD_AFTER_ERROR_BYTES;
+    let _ = tokio::time::timeout(DISCARD_AFTER_ERROR, async {
+        while let Some(Ok(chunk)) = body.next().await {
+            left = left.saturating_sub(chunk.len());
+            if left == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Sends the acks for everything the session produced. Returns false when
@@ -226,7 +265,8 @@ async fn drain(
             } => {
                 tracing::info!(%stream, code = error.code(), %detail, "PutMedia upload refused");
                 count_error(st, stream, error);
-                let _ = tx.send(ack("ERROR", timecode, None, Some(error))).await;
+                let line = ack_with_message("ERROR", timecode, None, Some(error), Some(&detail));
+                let _ = tx.send(line).await;
                 return false;
             }
         }
