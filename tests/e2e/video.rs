@@ -277,6 +277,166 @@ fn kinema_put_media_uploads_a_file() {
     assert_eq!(listed.as_array().unwrap().len(), 4);
 }
 
+/// `kinema` as a client run by a user: nothing from the test's own
+/// environment or home, only `env`.
+fn kinema_client(home: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kinema"));
+    cmd.args(args).env("HOME", home).env("RUST_BACKTRACE", "0");
+    for var in [
+        "KINEMA_ACCESS_KEY_ID",
+        "KINEMA_SECRET_ACCESS_KEY",
+        "KINEMA_SESSION_TOKEN",
+        "KINEMA_ENDPOINT",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_ENDPOINT_URL",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_CONFIG_FILE",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn kinema_put_media_finds_aws_credentials_and_takes_mp4_and_raw_h264() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    create_stream(&server, "cli", 1);
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mp4 = dir.path().join("clip.mp4");
+    make_mp4(&mp4, 90, 30);
+    // A raw H.264 byte stream (no container, no timestamps), as cameras dump.
+    let h264 = dir.path().join("clip.h264");
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-i"])
+        .arg(&mp4)
+        .args(["-c", "copy", "-bsf:v", "h264_mp4toannexb", "-f", "h264"])
+        .arg(&h264)
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    // Without any credentials: an error that says where to put them.
+    let (ok, err) = kinema_client(&home, &[], &["put-media", "--stream", "cli", "x.mp4"]);
+    assert!(!ok);
+    assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+
+    // The AWS variables and AWS_ENDPOINT_URL, as the README's "Try it"
+    // exports them; an MP4 file.
+    let url = server.url();
+    let aws_env = [
+        ("AWS_ACCESS_KEY_ID", KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", SECRET),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+        ("AWS_ENDPOINT_URL", url.as_str()),
+    ];
+    let mp4_arg = mp4.to_str().unwrap();
+    let (ok, err) = kinema_client(&home, &aws_env, &["put-media", "--stream", "cli", mp4_arg]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("2 fragments received, 2 persisted, 0 errors"),
+        "{err}"
+    );
+
+    // A profile of ~/.aws/credentials chosen with AWS_PROFILE, its endpoint
+    // and region in ~/.aws/config; a raw H.264 file.
+    std::fs::create_dir_all(home.join(".aws")).unwrap();
+    std::fs::write(
+        home.join(".aws/credentials"),
+        format!("[default]\naws_access_key_id = WRONG\naws_secret_access_key = wrong\n\n[cams]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = {SECRET}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        home.join(".aws/config"),
+        format!("[profile cams]\nregion = us-east-1\nendpoint_url = {url}\n"),
+    )
+    .unwrap();
+    let h264_arg = h264.to_str().unwrap();
+    let (ok, err) = kinema_client(
+        &home,
+        &[("AWS_PROFILE", "cams")],
+        &["put-media", "--stream", "cli", h264_arg],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("2 fragments received, 2 persisted, 0 errors"),
+        "{err}"
+    );
+    // The default profile's key is not the server's: its refusal is shown.
+    let (ok, err) = kinema_client(
+        &home,
+        &[("AWS_ENDPOINT_URL", url.as_str())],
+        &["events", "tail", "--count", "1"],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("UnrecognizedClientException") || err.contains("NotAuthorized"),
+        "{err}"
+    );
+
+    // Every frame of both uploads is stored, with the file's spacing.
+    let listed = json(&run_python(&server, "kv.py", &["list", "cli"]));
+    assert_eq!(listed.as_array().unwrap().len(), 4, "{listed}");
+    // (One Matroska segment per track header: get-media cuts them apart.)
+    let out = dir.path().join("cli.mkv");
+    let (ok, err) = kinema_client(
+        &home,
+        &aws_env,
+        &["get-media", "--stream", "cli", "-o", out.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    let mut frames = 0;
+    for n in 1..=2 {
+        let f = if n == 1 {
+            out.clone()
+        } else {
+            dir.path().join(format!("cli-{n}.mkv"))
+        };
+        if f.exists() {
+            frames += ffprobe_frames(&f);
+        }
+    }
+    assert_eq!(frames, 180, "{err}");
+
+    // A refused upload: the server's code and reason reach the user.
+    let bad = dir.path().join("bad.mkv");
+    let mut bytes = vec![0x1a, 0x45, 0xdf, 0xa3, 0x00, 0x00, 0x00, 0x00];
+    bytes.extend(std::iter::repeat_n(0x55u8, 4096));
+    std::fs::write(&bad, bytes).unwrap();
+    let (ok, err) = kinema_client(
+        &home,
+        &aws_env,
+        &["put-media", "--stream", "cli", bad.to_str().unwrap()],
+    );
+    assert!(!ok);
+    assert!(err.contains("4006 INVALID_MKV_DATA: "), "{err}");
+    // Not a video at all: said before anything is sent.
+    let junk = dir.path().join("notes.txt");
+    std::fs::write(&junk, "not a video\n".repeat(100)).unwrap();
+    let (ok, err) = kinema_client(
+        &home,
+        &aws_env,
+        &["put-media", "--stream", "cli", junk.to_str().unwrap()],
+    );
+    assert!(!ok);
+    assert!(err.contains("cannot read"), "{err}");
+    // A stream that does not exist: the AWS error, typed.
+    let (ok, err) = kinema_client(&home, &aws_env, &["put-media", "--stream", "nope", mp4_arg]);
+    assert!(!ok);
+    assert!(err.contains("404 ResourceNotFoundException"), "{err}");
+}
+
 /// `H:MM:SS.nnnnnnnnn` as GStreamer prints a clock time, in seconds.
 fn gst_time_seconds(t: &str) -> f64 {
     let parts: Vec<f64> = t.trim().split(':').map(|p| p.parse().unwrap()).collect();

@@ -6,18 +6,7 @@ use kinema_client::Client;
 use serde_json::json;
 
 /// Where the server is and who asks.
-#[derive(clap::Args, Debug)]
-pub struct Target {
-    /// Kinema's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:4566")]
-    pub endpoint: String,
-    /// Access key id (default: KINEMA_ACCESS_KEY_ID).
-    #[arg(long)]
-    pub access_key: Option<String>,
-    /// Secret access key (default: KINEMA_SECRET_ACCESS_KEY).
-    #[arg(long)]
-    pub secret_key: Option<String>,
-}
+pub use crate::client_args::ClientArgs as Target;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum KeysCommand {
@@ -70,16 +59,15 @@ pub enum PoliciesCommand {
     },
 }
 
-fn client(t: &Target, env_key: Option<(String, String)>) -> anyhow::Result<Client> {
-    let (key, secret) = crate::credentials(t.access_key.clone(), t.secret_key.clone(), env_key)?;
-    Ok(Client::new(&t.endpoint, &key, &secret))
+fn client(t: &Target) -> anyhow::Result<Client> {
+    t.client()
 }
 
-pub async fn keys(cmd: KeysCommand, env_key: Option<(String, String)>) -> anyhow::Result<()> {
+pub async fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
     use http::Method;
     let out = match &cmd {
         KeysCommand::Create { policies, target } => {
-            client(target, env_key)?
+            client(target)?
                 .call(
                     Method::POST,
                     "/v1/keys",
@@ -87,9 +75,9 @@ pub async fn keys(cmd: KeysCommand, env_key: Option<(String, String)>) -> anyhow
                 )
                 .await?
         }
-        KeysCommand::List { target } => client(target, env_key)?.get("/v1/keys").await?,
+        KeysCommand::List { target } => client(target)?.get("/v1/keys").await?,
         KeysCommand::Rotate { id, target } => {
-            client(target, env_key)?
+            client(target)?
                 .call(
                     Method::POST,
                     &format!("/v1/keys/{id}/rotate"),
@@ -98,7 +86,7 @@ pub async fn keys(cmd: KeysCommand, env_key: Option<(String, String)>) -> anyhow
                 .await?
         }
         KeysCommand::Delete { id, target } => {
-            client(target, env_key)?
+            client(target)?
                 .call(Method::DELETE, &format!("/v1/keys/{id}"), None)
                 .await?
         }
@@ -107,21 +95,18 @@ pub async fn keys(cmd: KeysCommand, env_key: Option<(String, String)>) -> anyhow
     Ok(())
 }
 
-pub async fn policies(
-    cmd: PoliciesCommand,
-    env_key: Option<(String, String)>,
-) -> anyhow::Result<()> {
+pub async fn policies(cmd: PoliciesCommand) -> anyhow::Result<()> {
     use http::Method;
     let out = match &cmd {
         PoliciesCommand::Put { name, file, target } => {
             let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(file)?)?;
-            client(target, env_key)?
+            client(target)?
                 .call(Method::PUT, &format!("/v1/policies/{name}"), Some(doc))
                 .await?
         }
-        PoliciesCommand::List { target } => client(target, env_key)?.get("/v1/policies").await?,
+        PoliciesCommand::List { target } => client(target)?.get("/v1/policies").await?,
         PoliciesCommand::Delete { name, target } => {
-            client(target, env_key)?
+            client(target)?
                 .call(Method::DELETE, &format!("/v1/policies/{name}"), None)
                 .await?
         }

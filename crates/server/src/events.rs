@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use kinema_client::Client;
 use serde_json::{Value, json};
 
 #[derive(clap::Args, Debug)]
@@ -22,24 +21,15 @@ pub struct TailArgs {
     /// Stop after this many events (default: run until interrupted).
     #[arg(long)]
     pub count: Option<u64>,
-    /// Kinema's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:4566")]
-    pub endpoint: String,
-    /// Access key id (default: KINEMA_ACCESS_KEY_ID).
-    #[arg(long)]
-    pub access_key: Option<String>,
-    /// Secret access key (default: KINEMA_SECRET_ACCESS_KEY).
-    #[arg(long)]
-    pub secret_key: Option<String>,
+    #[command(flatten)]
+    pub client: crate::client_args::ClientArgs,
 }
 
 /// How long to wait between polls of a shard that returned nothing.
 const IDLE_POLL: Duration = Duration::from_millis(200);
 
-pub async fn tail(args: TailArgs, env_key: Option<(String, String)>) -> anyhow::Result<()> {
-    let (key, secret) =
-        crate::credentials(args.access_key.clone(), args.secret_key.clone(), env_key)?;
-    let client = Client::new(&args.endpoint, &key, &secret);
+pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
+    let client = args.client.client()?;
     // Wait for the stream: the server creates it with the first event.
     let shards = loop {
         match client

@@ -2,8 +2,11 @@
 //! wires the store, the engine and the HTTP API into a running server.
 
 pub mod admin;
+pub mod client_args;
 pub mod config;
 pub mod events;
+pub mod get_media;
+pub mod logging;
 pub mod put_media;
 
 use std::sync::Arc;
@@ -17,21 +20,6 @@ use tokio::sync::watch;
 
 /// Signaling channels one server keeps (the service's default account limit).
 const MAX_SIGNALING_CHANNELS: usize = 10_000;
-
-/// The access key pair of a client command: the flags, else the environment.
-pub fn credentials(
-    access_key: Option<String>,
-    secret_key: Option<String>,
-    env_key: Option<(String, String)>,
-) -> anyhow::Result<(String, String)> {
-    match (access_key, secret_key, env_key) {
-        (Some(k), Some(s), _) => Ok((k, s)),
-        (_, _, Some(pair)) => Ok(pair),
-        _ => anyhow::bail!(
-            "no credentials: pass --access-key/--secret-key or set KINEMA_ACCESS_KEY_ID/KINEMA_SECRET_ACCESS_KEY"
-        ),
-    }
-}
 
 /// A fresh secret for signing shard iterators and page tokens (they do
 /// not outlive the process).

@@ -37,8 +37,10 @@ enum Command {
         #[arg(long = "source", value_name = "NAME=URL")]
         sources: Vec<String>,
     },
-    /// Upload a Matroska file (or standard input) to a stream with PutMedia.
+    /// Upload a video file (Matroska, MP4, raw H.264) to a stream with PutMedia.
     PutMedia(put_media::Args),
+    /// Read a stream with GetMedia into Matroska files, one per segment.
+    GetMedia(kinema_server::get_media::Args),
     /// Detection events on the data stream.
     #[command(subcommand)]
     Events(EventsCommand),
@@ -56,9 +58,6 @@ enum EventsCommand {
     Tail(kinema_server::events::TailArgs),
 }
 
-/// Logs at info, but webrtc-rs's per-connection chatter only from warnings.
-const DEFAULT_LOG: &str = "info,webrtc=warn,webrtc_ice=warn,webrtc_dtls=warn,webrtc_srtp=warn,webrtc_sctp=warn,webrtc_mdns=warn,turn=warn";
-
 fn env_key() -> Option<(String, String)> {
     let id = std::env::var("KINEMA_ACCESS_KEY_ID")
         .ok()
@@ -71,10 +70,9 @@ fn env_key() -> Option<(String, String)> {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| DEFAULT_LOG.into()),
-        )
+        .with_env_filter(kinema_server::logging::filter(
+            std::env::var("RUST_LOG").ok().as_deref(),
+        ))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -114,12 +112,13 @@ fn main() -> anyhow::Result<()> {
                 kinema_server::run(listener, resolved, shutdown_signal()).await
             })
         }
-        Command::PutMedia(args) => rt.block_on(put_media::run(args, env_key())),
+        Command::PutMedia(args) => rt.block_on(put_media::run(args)),
+        Command::GetMedia(args) => rt.block_on(kinema_server::get_media::run(args)),
         Command::Events(EventsCommand::Tail(args)) => {
-            rt.block_on(kinema_server::events::tail(args, env_key()))
+            rt.block_on(kinema_server::events::tail(args))
         }
-        Command::Keys(cmd) => rt.block_on(kinema_server::admin::keys(cmd, env_key())),
-        Command::Policies(cmd) => rt.block_on(kinema_server::admin::policies(cmd, env_key())),
+        Command::Keys(cmd) => rt.block_on(kinema_server::admin::keys(cmd)),
+        Command::Policies(cmd) => rt.block_on(kinema_server::admin::policies(cmd)),
     }
 }
 
