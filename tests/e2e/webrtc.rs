@@ -199,6 +199,15 @@ fn browsers_watch_live_through_signaling_turn_and_the_server_as_master() {
     let sent = metric_value(&metrics, "kinema_webrtc_frames_sent_total");
     assert!(sent >= 150.0, "frames sent: {sent}\n{metrics}");
     assert!(metrics.contains("kinema_webrtc_send_delay_seconds_count"));
+    // Working sessions leave no warnings of the WebRTC libraries in the
+    // log (mDNS candidates, early candidate checks, closing candidates):
+    // an operator cannot act on them.
+    let log = server.log();
+    let noise: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN webrtc") || l.contains(" WARN turn"))
+        .collect();
+    assert!(noise.is_empty(), "library warnings: {noise:#?}");
 }
 
 fn metric_value(metrics: &str, name: &str) -> f64 {
