@@ -150,7 +150,9 @@ fn a_yolo_layout_model_decodes_and_serves_a_detector() {
     });
     let (code, s) = api(&server, "PUT", "/v1/detectors/cam", Some(&body.to_string()));
     assert_eq!(code, 200, "{s}");
-    assert_eq!(s["state"], "running", "{s}");
+    // Ready, but its stream has sent no video: idle, not running.
+    assert_eq!(s["state"], "idle", "{s}");
+    assert_eq!(s["last_video_ms"], serde_json::Value::Null, "{s}");
     assert_eq!(s["model"], "yolo-model");
     // Labels that do not match the model's class columns.
     let bad = serde_json::json!({"model": model, "layout": "yolo", "labels": ["bicycle"]});
@@ -265,6 +267,7 @@ fn the_market_street_clip_as_a_camera_publishes_bicycle_events_boto3_reads_in_or
     })
     .unwrap_or_else(|| panic!("the clip did not play through\n{}", server.log()));
     assert_eq!(status["state"], "running", "{status}");
+    assert!(status["last_video_ms"].as_i64().is_some(), "{status}");
     assert_eq!(status["fragments_dropped"], 0, "{status}");
     // Wait for the analysis of the last complete fragment to finish.
     let done = wait_for(Duration::from_secs(60), || {

@@ -453,6 +453,9 @@ async fn route(mut rx: broadcast::Receiver<LiveFragment>, inner: std::sync::Weak
             continue;
         };
         det.stats.fragments.fetch_add(1, Ordering::Relaxed);
+        det.stats
+            .last_video_ms
+            .store(det.sink.clock.now_ms(), Ordering::Relaxed);
         det.backlog.push(frag, &det.stats);
     }
 }

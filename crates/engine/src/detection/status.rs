@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use kinema_core::sync::lock;
@@ -24,10 +24,19 @@ pub enum Origin {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DetectorState {
+    /// Video arrives and is analysed.
     Running,
+    /// Ready, but its stream has had no video for [`IDLE_AFTER_MS`] (or
+    /// none since the detector started): nothing is being analysed.
+    Idle,
     Disabled,
     Failed,
 }
+
+/// A detector whose stream has sent no fragment for this long is idle.
+/// Longer than any fragment the server accepts (`max_fragment_seconds`),
+/// so a camera with a long GOP does not flap between the two states.
+pub const IDLE_AFTER_MS: i64 = 15_000;
 
 /// Why a detector is not analysing frames (the status's `error`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -77,6 +86,8 @@ pub struct DetectorStatus {
     /// Mean time from a frame being decoded to its analysis being done, ms.
     pub mean_pipeline_ms: f64,
     pub in_view: usize,
+    /// When the stream's last fragment reached the detector (Unix ms).
+    pub last_video_ms: Option<i64>,
 }
 
 #[derive(Default)]
@@ -90,6 +101,8 @@ pub(super) struct Stats {
     pub(super) infer_ns: AtomicU64,
     pub(super) pipeline_ns: AtomicU64,
     pub(super) in_view: AtomicU64,
+    /// Unix ms of the last fragment handed to the decoder; 0: none yet.
+    pub(super) last_video_ms: AtomicI64,
     pub(super) recent: Mutex<VecDeque<Instant>>,
 }
 
@@ -104,6 +117,8 @@ pub(super) fn status(r: &Running) -> DetectorStatus {
         }
     };
     let error = lock(&r.error).clone();
+    let last_video_ms = Some(s.last_video_ms.load(Ordering::Relaxed)).filter(|t| *t > 0);
+    let now_ms = r.sink.clock.now_ms();
     DetectorStatus {
         stream: r.stream.clone(),
         settings: r.settings.clone(),
@@ -112,6 +127,8 @@ pub(super) fn status(r: &Running) -> DetectorStatus {
             DetectorState::Disabled
         } else if error.is_some() {
             DetectorState::Failed
+        } else if last_video_ms.is_none_or(|t| now_ms.saturating_sub(t) > IDLE_AFTER_MS) {
+            DetectorState::Idle
         } else {
             DetectorState::Running
         },
@@ -127,6 +144,7 @@ pub(super) fn status(r: &Running) -> DetectorStatus {
         mean_inference_ms: mean(&s.infer_ns),
         mean_pipeline_ms: mean(&s.pipeline_ns),
         in_view: s.in_view.load(Ordering::Relaxed) as usize,
+        last_video_ms,
     }
 }
 
