@@ -605,10 +605,36 @@ impl WebRtcConfig {
 mod tests {
     use super::*;
 
+    /// The sample with its examples in use: a bare `#` before a key or a
+    /// table header removed (prose comments start `# `).
+    fn with_examples(text: &str) -> String {
+        text.lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c == '[' || c.is_ascii_alphabetic()) => {
+                    rest
+                }
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     #[test]
-    fn the_sample_config_parses_and_sets_every_section() {
+    fn the_sample_config_runs_as_it_is() {
         let text = include_str!("../../../samples/config.toml");
         let cfg = Config::parse(text).expect("samples/config.toml parses");
+        // Nothing of a particular machine or camera is in use.
+        assert!(cfg.access_keys.is_empty());
+        let r = cfg.resolve(None, None, None).unwrap();
+        assert!(r.sources.is_empty());
+        assert!(r.detectors.is_empty());
+        assert!(!r.detection.runtime_library.starts_with("/opt"));
+    }
+
+    #[test]
+    fn the_sample_config_parses_and_sets_every_section() {
+        let text = with_examples(include_str!("../../../samples/config.toml"));
+        let cfg = Config::parse(&text).expect("samples/config.toml parses with its examples");
         assert_eq!(cfg.server.listen, Some("127.0.0.1:4566".parse().unwrap()));
         assert_eq!(cfg.access_keys.len(), 1);
         assert_eq!(cfg.video.max_fragment_seconds, Some(10));
