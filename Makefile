@@ -17,19 +17,25 @@ DATA_DIR ?= $(CACHE)/demo-data
 # without B-frames for WebRTC viewers), looped.
 DEMO_SOURCE ?= market-street=file://$(CACHE)/assets/market_street_1906_live.mp4
 
-.PHONY: setup run test lint fuzz-corpus bench
+# Where `make install` puts the kinema binary.
+PREFIX ?= $(HOME)/.local
+
+.PHONY: setup run install test lint fuzz-corpus bench
 
 setup:
 	@bash scripts/setup.sh
 
 run: setup
 	cargo build --release -p kinema-server -p gst-plugin-kinema
-	@echo "access key: $(KINEMA_ACCESS_KEY_ID)  secret: $(KINEMA_SECRET_ACCESS_KEY)"
-	@echo "demo camera: $(DEMO_SOURCE)  (GStreamer element: GST_PLUGIN_PATH=$(CARGO_TARGET_DIR)/release)"
-	@echo "bicycle events: KINEMA_ACCESS_KEY_ID=$(KINEMA_ACCESS_KEY_ID) KINEMA_SECRET_ACCESS_KEY=$(KINEMA_SECRET_ACCESS_KEY) $(CARGO_TARGET_DIR)/release/kinema events tail"
-	KINEMA_ACCESS_KEY_ID=$(KINEMA_ACCESS_KEY_ID) KINEMA_SECRET_ACCESS_KEY=$(KINEMA_SECRET_ACCESS_KEY) \
-		$(CARGO_TARGET_DIR)/release/kinema serve --listen $(LISTEN) --data-dir $(DATA_DIR) \
-		--config samples/demo.toml --source $(DEMO_SOURCE)
+	@KINEMA_BIN=$(CARGO_TARGET_DIR)/release/kinema LISTEN=$(LISTEN) DATA_DIR=$(DATA_DIR) \
+		DEMO_SOURCE=$(DEMO_SOURCE) KINEMA_ACCESS_KEY_ID=$(KINEMA_ACCESS_KEY_ID) \
+		KINEMA_SECRET_ACCESS_KEY=$(KINEMA_SECRET_ACCESS_KEY) bash scripts/demo.sh
+
+# Installs the kinema binary (server and CLI) into $(PREFIX)/bin.
+install:
+	cargo build --release -p kinema-server
+	install -D -m 755 $(CARGO_TARGET_DIR)/release/kinema $(PREFIX)/bin/kinema
+	@echo "installed $(PREFIX)/bin/kinema"
 
 lint:
 	cargo fmt --all --check
