@@ -445,7 +445,7 @@ pub fn api(
     path: &str,
     body: Option<&str>,
 ) -> (u16, serde_json::Value) {
-    let mut cmd = Command::new("curl");
+    let mut cmd = server.command("curl");
     cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}"])
         .args(["--aws-sigv4", "aws:amz:us-east-1:kinesisvideo"])
         .args(["--user", &format!("{KEY_ID}:{SECRET}"), "-X", method]);

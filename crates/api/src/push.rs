@@ -1,5 +1,5 @@
 //! Kinema's own push subscription to a data stream, as server-sent events:
-//! `GET /v1/datastreams/{stream}/subscribe?shard=...&from=...`, signed like
+//! `GET /v1/datastreams/{stream}/subscribe?from=...&shard=...`, signed like
 //! every other request (a presigned URL works for browsers' EventSource).
 //!
 //! Query: `shard` (a shard id; omitted = every shard of the stream), `from`
