@@ -4,6 +4,8 @@
 # Both install their prerequisites idempotently (scripts/setup.sh).
 
 CACHE ?= $(HOME)/.cache/kinema
+# The setup scripts install into the same cache.
+export KINEMA_CACHE := $(CACHE)
 export CARGO_TARGET_DIR ?= $(CACHE)/target
 export KINEMA_PYTHON ?= $(CACHE)/venv/bin/python
 export CARGO_TERM_COLOR ?= never
