@@ -350,20 +350,25 @@ impl Client {
         service: &str,
         body: Value,
     ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
+        self.open_with(method, path, service, &[], Some(body)).await
+    }
+
+    async fn open_with(
+        &self,
+        method: http::Method,
+        path: &str,
+        service: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
         let resp = self
-            .send_signed(method, path, service, &[], Some(body))
+            .send_signed(method, path, service, headers, body)
             .await?;
         if resp.status().is_success() {
             return Ok(resp);
         }
         let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?
-            .to_bytes();
-        Err(service_error(status, &body))
+        Err(service_error(status, &body_bytes(resp).await?))
     }
 
     async fn send(
@@ -399,19 +404,9 @@ impl Client {
         body: Option<Value>,
     ) -> Result<Value, ClientError> {
         let resp = self
-            .send_signed(method, path, "kinesis", headers, body)
+            .open_with(method, path, "kinesis", headers, body)
             .await?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?
-            .to_bytes();
-        if status >= 300 {
-            return Err(service_error(status, &body));
-        }
-        Ok(serde_json::from_slice(&body).unwrap_or(Value::Null))
+        Ok(serde_json::from_slice(&body_bytes(resp).await?).unwrap_or(Value::Null))
     }
 
     async fn send_signed(
@@ -469,6 +464,16 @@ impl Client {
         self.send(path, &[("content-type", "application/json")], body)
             .await
     }
+}
+
+/// The whole body of a response.
+async fn body_bytes(resp: http::Response<hyper::body::Incoming>) -> Result<Bytes, ClientError> {
+    Ok(resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ClientError::Transport(e.to_string()))?
+        .to_bytes())
 }
 
 /// One record handed to a consumer.
