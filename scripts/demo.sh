@@ -21,7 +21,8 @@ cat >&2 <<MSG
   key: $KINEMA_ACCESS_KEY_ID   secret: $KINEMA_SECRET_ACCESS_KEY
 
   live view:        $url/web/viewer.html#name=$stream&key=$KINEMA_ACCESS_KEY_ID&secret=$KINEMA_SECRET_ACCESS_KEY
-  bicycle events:   $KINEMA_BIN events tail --endpoint $url
+  bicycle events:   AWS_ACCESS_KEY_ID=$KINEMA_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY=$KINEMA_SECRET_ACCESS_KEY \\
+                      $KINEMA_BIN events tail --endpoint $url
   the kinema CLI:   $KINEMA_BIN  (or \`make install\`: ~/.local/bin/kinema)
   camera element:   GST_PLUGIN_PATH=$(dirname "$KINEMA_BIN") gst-inspect-1.0 kinemasink
 
