@@ -86,7 +86,10 @@ pub(super) fn decode_loop(det: Arc<Running>, queue: Arc<WorkQueue>) {
             if let Some(d) = &decoder
                 && let Err(e) = d.push(&frame, &|| det.stop.load(Ordering::SeqCst))
             {
-                tracing::warn!(stream = %det.stream, error = %e, "decoder failed; restarting at the next fragment");
+                // Cancelled by a stop (shutdown, a replaced detector): no failure.
+                if !det.stop.load(Ordering::SeqCst) {
+                    tracing::warn!(stream = %det.stream, error = %e, "decoder failed; restarting at the next fragment");
+                }
                 decoder = None;
                 break;
             }
