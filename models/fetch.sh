@@ -22,7 +22,7 @@ MODEL="$MODELS/ssdlite_mobilenet_v2_coco.onnx"
 # 1. ONNX Runtime (its shared library for the `ort` crate, and its Python API
 #    for verification and the benchmark's reference timing), plus the small
 #    Python packages the tests use to build and check things.
-PY_ML_REQS="onnxruntime==$ORT_VERSION numpy==1.26.4 pillow==11.0.0 onnx==1.17.0 jsonschema==4.23.0"
+PY_ML_REQS="onnxruntime==$ORT_VERSION numpy==1.26.4 pillow==11.0.0 onnx==1.17.0 jsonschema==4.26.0"
 stamp="$VENV/.kinema-ml-reqs"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$PY_ML_REQS" ]; then
   echo "models: installing onnxruntime and helpers into $VENV"
