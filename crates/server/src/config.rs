@@ -314,10 +314,14 @@ pub struct WebRtc {
     pub ice_ip: Option<std::net::IpAddr>,
 }
 
-/// `~/.cache/kinema/models/<file>`, unless `env` names another path.
+/// `~/.cache/kinema/models/<file>` (`$KINEMA_CACHE/models/<file>` when the
+/// setup's cache was moved), unless `env` names another path.
 fn model_path(env: &str, file: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(env).filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
+    }
+    if let Some(cache) = std::env::var_os("KINEMA_CACHE").filter(|p| !p.is_empty()) {
+        return Path::new(&cache).join("models").join(file);
     }
     let home = std::env::var_os("HOME").unwrap_or_default();
     Path::new(&home).join(DEFAULT_MODELS_DIR).join(file)
