@@ -187,3 +187,80 @@ fn code_blocks_are_taken_from_their_section_only() {
         ]
     );
 }
+
+/// The README's push-subscription example, run with the machine's curl
+/// (Debian 12's 7.88 signs a query string as written, unsorted).
+#[test]
+fn the_readme_push_subscription_example_signs_with_debian_curl() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let line = |prefix: &str, needle: &str| -> String {
+        readme
+            .lines()
+            .find(|l| l.starts_with(prefix) && l.contains(needle))
+            .unwrap_or_else(|| panic!("README has no {prefix:?} line with {needle:?}"))
+            .to_string()
+    };
+    let sign = line("SIGN=(", "--aws-sigv4");
+    let example = line("curl ", "/subscribe?");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_config(
+        &dir.path().join("data"),
+        "[[access_keys]]\nid = \"kinema-demo\"\nsecret = \"kinema-demo-secret\"\n",
+    );
+    // The stream of the example before it, with a record on each shard.
+    let aws = |args: &[&str]| {
+        let (ok, out, err) = run_aws_as(&server, ("kinema-demo", "kinema-demo-secret"), args);
+        assert!(ok, "{args:?}: {out}{err}");
+    };
+    aws(&[
+        "kinesis",
+        "create-stream",
+        "--stream-name",
+        "orders",
+        "--shard-count",
+        "2",
+    ]);
+    for key in ["store-1", "store-2", "store-3", "store-4"] {
+        aws(&[
+            "kinesis",
+            "put-record",
+            "--stream-name",
+            "orders",
+            "--partition-key",
+            key,
+            "--data",
+            "hello",
+        ]);
+    }
+    let run = |command: &str| -> String {
+        let command = command.replace("http://127.0.0.1:4566", &server.url());
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!("{sign}\n{command} --max-time 3"))
+            .output()
+            .unwrap();
+        // The stream stays open: curl ends at its time limit (28).
+        assert!(
+            matches!(out.status.code(), Some(0) | Some(28)),
+            "{command}: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let events = run(&example);
+    assert!(events.contains("event: records"), "{events}");
+    assert!(
+        events.contains("\"shardId\":\"shardId-000000000000\""),
+        "{events}"
+    );
+    // The same query in the other order is what this curl cannot sign,
+    // which is why the README sorts it.
+    let unsorted = example.replace(
+        "from=TRIM_HORIZON&shard=shardId-000000000000",
+        "shard=shardId-000000000000&from=TRIM_HORIZON",
+    );
+    assert_ne!(unsorted, example);
+    let refused = run(&unsorted);
+    assert!(refused.contains("signature"), "{refused}");
+}
