@@ -10,6 +10,7 @@ pub mod eventstream;
 mod iterator;
 pub mod leases;
 pub mod log;
+pub mod queue;
 pub mod quota;
 pub mod record;
 mod shards;
