@@ -32,6 +32,9 @@ pub enum EngineError {
     ResourceInUse(String),
     #[error("{0}")]
     InvalidArgument(String),
+    /// A request the model's validation refuses (`ValidationException`).
+    #[error("{0}")]
+    Validation(String),
     #[error("{0}")]
     VersionMismatch(String),
     #[error("{0}")]

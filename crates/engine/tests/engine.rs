@@ -1393,3 +1393,174 @@ async fn a_refused_create_in_the_same_millisecond_keeps_the_winners_files() {
         "the winner's index is still there"
     );
 }
+
+/// A queue in virtual time: in-flight records come back after their
+/// timeout, also after reopening across snapshots; a long poll wakes for
+/// a put; records past the stream's retention leave the queue.
+#[tokio::test(start_paused = true)]
+async fn a_queue_keeps_its_state_across_reopening_and_drops_records_past_retention() {
+    use kinema_engine::datastreams::{
+        DataStreams, DataStreamsConfig, EntryAction, IteratorStart, QueueAttributes, QueueStart,
+    };
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let config = DataStreamsConfig {
+        clock: kinema_engine::Clock::following_tokio(T0_MS),
+        group_compact_after: 3,
+        segment_bytes: 2_000,
+        ..DataStreamsConfig::default()
+    };
+    let open = || async {
+        DataStreams::open(
+            Store::open_local(dir.path()).unwrap(),
+            config.clone(),
+            [4; 32],
+        )
+        .await
+        .unwrap()
+    };
+    let ds = open().await;
+    ds.create("events", 1).await.unwrap();
+    for i in 0..100 {
+        ds.put(
+            "events",
+            vec![entry(&format!("record {i:03} {}", "x".repeat(40)))],
+        )
+        .await
+        .unwrap();
+    }
+    let stream_arn = ds.describe("events").unwrap().arn;
+    let attrs = QueueAttributes {
+        visibility_s: Some(30),
+        max_receive: Some(None),
+    };
+    let q = ds
+        .create_queue(
+            "q",
+            &stream_arn,
+            QueueStart::TrimHorizon,
+            attrs,
+            BTreeMap::new(),
+        )
+        .await
+        .unwrap()
+        .info
+        .arn;
+    let wait = Duration::from_secs(1);
+    let data = |r: &kinema_engine::datastreams::QueueRecord| {
+        String::from_utf8_lossy(&r.data)[..10].to_string()
+    };
+    let first = ds.receive_queue(&q, 10, wait, false).await.unwrap();
+    assert_eq!(data(&first[0]), "record 000");
+    async fn ack_all(
+        ds: &DataStreams,
+        q: &str,
+        records: &[kinema_engine::datastreams::QueueRecord],
+    ) {
+        let handles: Vec<String> = records.iter().map(|r| r.receipt_handle.clone()).collect();
+        let actions = vec![EntryAction::Acknowledge; handles.len()];
+        let out = ds
+            .queue_entries(q, &actions, false, &handles)
+            .await
+            .unwrap();
+        assert!(out.iter().all(Result::is_ok), "{out:?}");
+    }
+    ack_all(&ds, &q, &first[..5]).await;
+    for _ in 0..3 {
+        let batch = ds.receive_queue(&q, 10, wait, false).await.unwrap();
+        ack_all(&ds, &q, &batch).await;
+    }
+    let queue_dir = std::fs::read_dir(dir.path().join("data"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("queues");
+    let state = std::fs::read_dir(&queue_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("state.json");
+    let snapshot = std::fs::read(&state).unwrap();
+    assert!(
+        String::from_utf8_lossy(&snapshot).contains("\"lsn\":"),
+        "compacted into a snapshot"
+    );
+    drop(ds);
+
+    let ds = open().await;
+    // Five of the first batch are still in flight: the next receive goes on
+    // with first deliveries.
+    let next = ds.receive_queue(&q, 10, wait, false).await.unwrap();
+    assert_eq!(data(&next[0]), "record 040");
+    ack_all(&ds, &q, &next).await;
+    tokio::time::advance(Duration::from_secs(31)).await;
+    let back = ds.receive_queue(&q, 5, wait, false).await.unwrap();
+    assert_eq!(
+        back.iter().map(data).collect::<Vec<_>>(),
+        first[5..].iter().map(data).collect::<Vec<_>>(),
+        "redelivered after the timeout"
+    );
+    assert!(back.iter().all(|r| r.receive_count == 2));
+    assert!(
+        back.iter()
+            .zip(&first[5..])
+            .all(|(b, f)| b.first_receive_ms == f.first_receive_ms)
+    );
+
+    // A long poll on an empty stream tail answers when a record is put.
+    let drained = {
+        let mut all = Vec::new();
+        loop {
+            let batch = ds.receive_queue(&q, 10, wait, false).await.unwrap();
+            if batch.is_empty() {
+                break all;
+            }
+            ack_all(&ds, &q, &batch).await;
+            all.extend(batch);
+        }
+    };
+    assert_eq!(drained.len(), 100 - 50);
+    let poll = {
+        let ds = ds.clone();
+        let q = q.clone();
+        tokio::spawn(async move {
+            ds.receive_queue(&q, 10, Duration::from_secs(20), false)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let put_at = ds.config().clock.now_ms();
+    ds.put("events", vec![entry("late")]).await.unwrap();
+    let polled = poll.await.unwrap().unwrap();
+    assert_eq!(polled.len(), 1);
+    assert!(
+        polled[0].first_receive_ms - put_at < 1000,
+        "answered at the put"
+    );
+
+    // The five in flight (not acknowledged) and everything the stream
+    // trims leave the queue.
+    let now = ds.config().clock.now_ms();
+    let removed = ds.enforce_retention(now + 25 * 3_600_000).await.unwrap();
+    assert!(removed > 0);
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    let it = ds
+        .shard_iterator("events", 0, IteratorStart::TrimHorizon)
+        .unwrap();
+    let kept = ds.get_records(&it, 10_000).await.unwrap().records;
+    let again = ds.receive_queue(&q, 10, wait, false).await.unwrap();
+    let oldest = kept.first().unwrap().sequence;
+    assert!(
+        again.iter().all(|r| r.sequence >= oldest),
+        "nothing past retention is delivered: {:?}",
+        again.iter().map(|r| r.sequence).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        again.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+        vec![polled[0].sequence]
+    );
+}

@@ -866,6 +866,90 @@ impl Store {
         Ok((log, changes))
     }
 
+    fn queue_dir(&self, stream_id: &str, queue_id: &str) -> PathBuf {
+        self.data_log_dir(stream_id).join("queues").join(queue_id)
+    }
+
+    /// Opens a queue's change log (`data/<stream id>/queues/<queue
+    /// id>/changes.wal`), cutting a torn or corrupt tail, and returns it
+    /// with the changes it holds and the queue's last snapshot
+    /// (`state.json`, `None` before the first).
+    #[allow(clippy::type_complexity)]
+    pub fn open_queue_log(
+        &self,
+        stream_id: &str,
+        queue_id: &str,
+    ) -> Result<
+        (
+            AppendLog,
+            Vec<kinema_datastream::queue::QueueChange>,
+            Option<kinema_datastream::queue::QueueState>,
+        ),
+        StoreError,
+    > {
+        let dir = self.queue_dir(stream_id, queue_id);
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let parent = dir.parent().expect("queues/ is the parent");
+        sync_dir(parent)?;
+        sync_dir(parent.parent().expect("the stream's directory"))?;
+        let snapshot_path = dir.join("state.json");
+        let snapshot = match fs::read(&snapshot_path) {
+            Ok(bytes) => {
+                Some(
+                    serde_json::from_slice(&bytes).map_err(|source| StoreError::BadMeta {
+                        name: snapshot_path.display().to_string(),
+                        source,
+                    })?,
+                )
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(&snapshot_path)(e)),
+        };
+        let path = dir.join("changes.wal");
+        let (_, changes, _) = open_recovering(&path, kinema_datastream::queue::decode_changes)?;
+        sync_dir(&dir)?;
+        let log = AppendLog {
+            file: Arc::new(Mutex::new(LogFile { broken: false })),
+            path,
+        };
+        Ok((log, changes, snapshot))
+    }
+
+    /// Replaces a queue's snapshot atomically and durably.
+    pub async fn save_queue_snapshot(
+        &self,
+        stream_id: &str,
+        queue_id: &str,
+        state: &kinema_datastream::queue::QueueState,
+    ) -> Result<(), StoreError> {
+        let dir = self.queue_dir(stream_id, queue_id);
+        let bytes = serde_json::to_vec(state).map_err(|source| StoreError::BadMeta {
+            name: format!("queue {queue_id}"),
+            source,
+        })?;
+        blocking(move || {
+            let path = dir.join("state.json");
+            let tmp = dir.join("state.json.tmp");
+            let mut f = File::create(&tmp).map_err(io(&tmp))?;
+            f.write_all(&bytes)
+                .and_then(|_| f.sync_all())
+                .map_err(io(&tmp))?;
+            fs::rename(&tmp, &path).map_err(io(&path))?;
+            sync_dir(&dir)
+        })
+        .await
+    }
+
+    /// Removes a queue's change log and snapshot.
+    pub fn delete_queue_log(&self, stream_id: &str, queue_id: &str) -> Result<(), StoreError> {
+        let dir = self.queue_dir(stream_id, queue_id);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&dir)(e)),
+        }
+    }
+
     /// Opens a data stream's log, cutting a torn tail of the newest segment
     /// back to its last complete record; returns it with every record and
     /// its position.

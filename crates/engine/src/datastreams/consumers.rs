@@ -16,7 +16,7 @@ use crate::Clock;
 use crate::EngineError;
 
 impl DataStreams {
-    fn by_arn(&self, stream_arn: &str) -> Result<Arc<DStream>, EngineError> {
+    pub(super) fn by_arn(&self, stream_arn: &str) -> Result<Arc<DStream>, EngineError> {
         let name = self.resolve_name(None, Some(stream_arn))?;
         let s = self.get(&name)?;
         if lock(&s.info).arn != stream_arn {
@@ -43,9 +43,9 @@ impl DataStreams {
                     "Consumer {name} already exists"
                 )));
             }
-            if info.consumers.len() >= 20 {
+            if info.consumers.len() + info.queues.len() >= super::queues::MAX_CONSUMERS_AND_QUEUES {
                 return Err(EngineError::LimitExceeded(
-                    "at most 20 consumers per stream".into(),
+                    "at most 20 registered consumers and queues per stream".into(),
                 ));
             }
             let now = self.now_ms();

@@ -58,6 +58,7 @@ impl DataStreams {
             consumers: Vec::new(),
             groups: BTreeMap::new(),
             groups_lsn: 0,
+            queues: Vec::new(),
         };
         let store = self.inner.store.clone();
         let id = info.id.clone();
@@ -75,6 +76,11 @@ impl DataStreams {
 
     pub async fn delete(&self, name: &str) -> Result<(), EngineError> {
         let stream = self.get(name)?;
+        if Self::has_queues(&stream) {
+            return Err(EngineError::ResourceInUse(format!(
+                "Stream {name} has queues; delete them before the stream."
+            )));
+        }
         write(&self.inner.streams).remove(name);
         stream.deleted.store(true, Ordering::SeqCst);
         self.save_meta().await?;

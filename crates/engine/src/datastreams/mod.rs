@@ -14,11 +14,16 @@
 mod consumers;
 mod control;
 mod groups;
+mod queues;
 mod reads;
 mod writer;
 
 pub use consumers::{SubscribeEvent, Subscription};
 pub use kinema_datastream::log::{MAX_GET_RECORDS, PutEntry, PutOutcome, PutResult};
+pub use queues::{
+    EntryAction, EntryError, MAX_CONSUMERS_AND_QUEUES, QueueAttributes, QueueInfo, QueueRecord,
+    QueueStart, QueueView,
+};
 
 /// Where a stored record is, as a shard's index holds it.
 type Entry = kinema_datastream::log::IndexEntry;
@@ -102,6 +107,9 @@ pub struct DataStreamInfo {
     /// The last group change (`groups.wal`) the `groups` above include.
     #[serde(default)]
     pub groups_lsn: u64,
+    /// Queues on this stream (their state is in their own change logs).
+    #[serde(default)]
+    pub queues: Vec<QueueInfo>,
 }
 
 /// Default lease duration of a consumer group member.
@@ -177,6 +185,10 @@ struct Inner {
     streams: RwLock<BTreeMap<String, Arc<DStream>>>,
     key: IteratorKey,
     meta_lock: Mutex<()>,
+    /// Queues by the id in their ARN.
+    queues: RwLock<HashMap<String, Arc<queues::Queue>>>,
+    /// Orders queue control-plane changes (names are unique per server).
+    meta_lock_queues: Mutex<()>,
 }
 
 /// The data-stream service handle; cheap to clone.
@@ -208,6 +220,8 @@ impl DataStreams {
             streams: RwLock::new(BTreeMap::new()),
             key: IteratorKey::new(key),
             meta_lock: Mutex::new(()),
+            queues: RwLock::new(HashMap::new()),
+            meta_lock_queues: Mutex::new(()),
         });
         let ds = DataStreams { inner };
         for mut info in infos {
@@ -229,7 +243,10 @@ impl DataStreams {
             let (group_log, changes) = ds.inner.store.open_group_log(&info.id)?;
             info.groups_lsn = replay_changes(&mut info.groups, info.groups_lsn, &changes);
             tracing::info!(stream = %info.name, records = records.len(), group_changes = changes.len(), "recovered data stream");
+            let name = info.name.clone();
             ds.install(info, log, index, (group_log, changes.len()));
+            let stream = ds.get(&name)?;
+            ds.open_queues(&stream)?;
         }
         Ok(ds)
     }
