@@ -161,7 +161,18 @@ pub(crate) fn target(
             // The stream the operation will act on: a consumer's own
             // stream, an iterator's, a page token's, or the named one.
             let resource = match op {
-                "ListStreams" => "*".to_string(),
+                "ListStreams" | "ListQueues" => "*".to_string(),
+                _ if field(&json, "QueueARN").is_some() => {
+                    field(&json, "QueueARN").unwrap_or_default().to_string()
+                }
+                "CreateQueue" => {
+                    let stream = json
+                        .get("StreamConfigurationList")
+                        .and_then(|l| l.get(0))
+                        .and_then(|c| c.get("StreamARN"))
+                        .and_then(Value::as_str);
+                    st.data_stream_arn(None, stream)?
+                }
                 _ if field(&json, "ConsumerARN").is_some() => {
                     let consumer = field(&json, "ConsumerARN").unwrap_or_default();
                     let stream = consumer.split("/consumer/").next().unwrap_or_default();

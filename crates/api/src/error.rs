@@ -52,6 +52,7 @@ impl From<EngineError> for ApiError {
             EngineError::InvalidArgument(m) => {
                 Self::new(S::BAD_REQUEST, "InvalidArgumentException", m)
             }
+            EngineError::Validation(m) => Self::new(S::BAD_REQUEST, "ValidationException", m),
             EngineError::VersionMismatch(m) => {
                 Self::new(S::BAD_REQUEST, "VersionMismatchException", m)
             }

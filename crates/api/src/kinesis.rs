@@ -395,6 +395,7 @@ async fn operation(st: &AppState, op: &str, v: &Value) -> Result<Value, ApiError
             .await?;
             Ok(json!({}))
         }
+        other if let Some(out) = crate::queues::operation(st, other, v).await => out,
         other => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "UnknownOperationException",

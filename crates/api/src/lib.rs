@@ -13,6 +13,7 @@ mod kinesis;
 pub mod metrics;
 pub mod playback;
 mod push;
+mod queues;
 pub mod serve;
 pub mod signaling;
 pub mod sigv4;
