@@ -28,10 +28,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Python clients nobody here wrote: boto3 and the AWS CLI, pinned, in a
+# Python clients nobody here wrote: boto3 (botocore 1.44 has the queue
+# operations) and the AWS CLI (1.46 carries its own botocore), pinned, in a
 # private venv; and moto's server, the S3-compatible store of the cluster tests.
 VENV="$CACHE/venv"
-PY_REQS="boto3==1.43.11 botocore==1.43.11 awscli==1.45.11 moto[server]==5.2.5"
+PY_REQS="boto3==1.44.18 botocore==1.44.18 awscli==1.46.3 moto[server]==5.2.5"
 stamp="$VENV/.kinema-reqs"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$PY_REQS" ]; then
   echo "setup: creating python venv at $VENV"

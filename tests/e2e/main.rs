@@ -9,6 +9,7 @@ mod detection;
 mod groups;
 mod kinemasink;
 mod playback;
+mod queues;
 mod readme;
 mod security;
 mod sources;
