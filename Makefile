@@ -56,6 +56,7 @@ bench: setup
 	cargo build --release -p kinema-server -p kinema-bench
 	$(CARGO_TARGET_DIR)/release/kinema-bench $(BENCH_ARGS)
 	$(CARGO_TARGET_DIR)/release/kinema-bench-datastream
+	$(CARGO_TARGET_DIR)/release/kinema-bench-queue
 	$(CARGO_TARGET_DIR)/release/kinema-bench-rtsp $(RTSP_BENCH_ARGS)
 	$(CARGO_TARGET_DIR)/release/kinema-bench-hls $(HLS_BENCH_ARGS)
 	$(CARGO_TARGET_DIR)/release/kinema-bench-detect $(DETECT_BENCH_ARGS)
