@@ -170,46 +170,14 @@ pub struct GroupChange {
     pub leases: Vec<(u32, ShardLease)>,
 }
 
-/// The largest change record accepted when decoding.
-pub const MAX_GROUP_CHANGE: usize = 1 << 20;
-
-/// Appends one change record: length (u32 LE), CRC-32 of the payload
-/// (u32 LE), payload (JSON).
+/// Appends one change record (see `changelog`).
 pub fn encode_change(change: &GroupChange, out: &mut Vec<u8>) {
-    // Serialising strings, integers and enums cannot fail.
-    let payload = serde_json::to_vec(change).unwrap_or_default();
-    out.extend((payload.len() as u32).to_le_bytes());
-    out.extend(crc32fast::hash(&payload).to_le_bytes());
-    out.extend(payload);
+    crate::changelog::encode(change, out);
 }
 
-/// Decodes the longest valid prefix of a change log: it stops at a torn or
-/// corrupt record, an oversized length, or an `lsn` that does not rise.
-/// Returns the changes and the length of the valid prefix.
+/// Decodes the longest valid prefix of a group change log.
 pub fn decode_changes(bytes: &[u8]) -> (Vec<GroupChange>, usize) {
-    let mut out: Vec<GroupChange> = Vec::new();
-    let mut at = 0;
-    while bytes.len() - at >= 8 {
-        let len =
-            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
-        let crc = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
-        if len > MAX_GROUP_CHANGE || bytes.len() - at - 8 < len {
-            break;
-        }
-        let payload = &bytes[at + 8..at + 8 + len];
-        if crc32fast::hash(payload) != crc {
-            break;
-        }
-        let Ok(change) = serde_json::from_slice::<GroupChange>(payload) else {
-            break;
-        };
-        if out.last().is_some_and(|l| change.lsn <= l.lsn) {
-            break;
-        }
-        out.push(change);
-        at += 8 + len;
-    }
-    (out, at)
+    crate::changelog::decode(bytes, |c: &GroupChange| c.lsn)
 }
 
 /// Applies the changes after `lsn` to `tables`; returns the new last lsn.

@@ -6,6 +6,7 @@
 //! milliseconds and persist what they need. This is the core the Kinesis
 //! Data Streams API (issue: data streams) is built on.
 
+mod changelog;
 pub mod eventstream;
 mod iterator;
 pub mod leases;

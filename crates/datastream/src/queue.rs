@@ -344,45 +344,14 @@ impl QueueState {
     }
 }
 
-/// The largest change record accepted when decoding.
-pub const MAX_CHANGE: usize = 1 << 20;
-
-/// Appends one change record: length (u32 LE), CRC-32 of the payload
-/// (u32 LE), payload (JSON).
+/// Appends one change record (see `changelog`).
 pub fn encode_change(change: &QueueChange, out: &mut Vec<u8>) {
-    // Serialising integers and enums cannot fail.
-    let payload = serde_json::to_vec(change).unwrap_or_default();
-    out.extend((payload.len() as u32).to_le_bytes());
-    out.extend(crc32fast::hash(&payload).to_le_bytes());
-    out.extend(payload);
+    crate::changelog::encode(change, out);
 }
 
-/// Decodes the longest valid prefix of a change log: it stops at a torn or
-/// corrupt record, an oversized length, or an `lsn` that does not rise.
+/// Decodes the longest valid prefix of a queue change log.
 pub fn decode_changes(bytes: &[u8]) -> (Vec<QueueChange>, usize) {
-    let mut out: Vec<QueueChange> = Vec::new();
-    let mut at = 0;
-    while bytes.len() - at >= 8 {
-        let word =
-            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-        let (len, crc) = (word(at) as usize, word(at + 4));
-        if len > MAX_CHANGE || bytes.len() - at - 8 < len {
-            break;
-        }
-        let payload = &bytes[at + 8..at + 8 + len];
-        if crc32fast::hash(payload) != crc {
-            break;
-        }
-        let Ok(change) = serde_json::from_slice::<QueueChange>(payload) else {
-            break;
-        };
-        if out.last().is_some_and(|l| change.lsn <= l.lsn) {
-            break;
-        }
-        out.push(change);
-        at += 8 + len;
-    }
-    (out, at)
+    crate::changelog::decode(bytes, |c: &QueueChange| c.lsn)
 }
 
 #[cfg(test)]
