@@ -92,6 +92,20 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StoreError::Join(e.to_string()))?
 }
 
+/// Replaces `path` with `bytes` atomically and durably: a sibling
+/// `<name>.tmp` written and fsynced, renamed over it, the directory synced.
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
@@ -431,17 +445,11 @@ impl Store {
         records: &[Record],
     ) -> Result<IndexLog, StoreError> {
         let path = self.index_path(stream_id);
-        let tmp = path.with_extension("idx.tmp");
         let mut bytes = Vec::new();
         for r in records {
             index::encode(r, &mut bytes);
         }
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&bytes)
-            .and_then(|_| f.sync_all())
-            .map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))?;
-        sync_dir(path.parent().expect("index files live in index/"))?;
+        replace_file(&path, &bytes)?;
         Ok(self.open_index(stream_id)?.0)
     }
 
@@ -515,18 +523,8 @@ impl Store {
             name: name.to_string(),
             source,
         })?;
-        let dir = self.root.join("meta");
-        let path = dir.join(format!("{name}.json"));
-        blocking(move || {
-            let tmp = path.with_extension("json.tmp");
-            let mut f = File::create(&tmp).map_err(io(&tmp))?;
-            f.write_all(&bytes)
-                .and_then(|_| f.sync_all())
-                .map_err(io(&tmp))?;
-            fs::rename(&tmp, &path).map_err(io(&path))?;
-            sync_dir(&dir)
-        })
-        .await
+        let path = self.root.join("meta").join(format!("{name}.json"));
+        blocking(move || replace_file(&path, &bytes)).await
     }
 }
 
@@ -922,22 +920,12 @@ impl Store {
         queue_id: &str,
         state: &kinema_datastream::queue::QueueState,
     ) -> Result<(), StoreError> {
-        let dir = self.queue_dir(stream_id, queue_id);
+        let path = self.queue_dir(stream_id, queue_id).join("state.json");
         let bytes = serde_json::to_vec(state).map_err(|source| StoreError::BadMeta {
             name: format!("queue {queue_id}"),
             source,
         })?;
-        blocking(move || {
-            let path = dir.join("state.json");
-            let tmp = dir.join("state.json.tmp");
-            let mut f = File::create(&tmp).map_err(io(&tmp))?;
-            f.write_all(&bytes)
-                .and_then(|_| f.sync_all())
-                .map_err(io(&tmp))?;
-            fs::rename(&tmp, &path).map_err(io(&path))?;
-            sync_dir(&dir)
-        })
-        .await
+        blocking(move || replace_file(&path, &bytes)).await
     }
 
     /// Removes a queue's change log and snapshot.
