@@ -7,6 +7,7 @@
 //! Data Streams API (issue: data streams) is built on.
 
 mod changelog;
+pub mod delivery;
 pub mod eventstream;
 mod iterator;
 pub mod leases;
