@@ -7,7 +7,9 @@
 //! - `index/<stream id>.idx`: each stream's append-only index log
 //!   ([`kinema_archive::index`]);
 //! - `meta/<name>.json`: small metadata documents replaced atomically;
-//! - `data/<stream id>/<segment>.log`: each data stream's record log ([`DataLog`]).
+//! - `data/<stream id>/<segment>.log`: each data stream's record log ([`DataLog`]);
+//!   beside it `groups.wal`, `queues/<id>/` and `channels/<id>/position.json`;
+//! - `objects/buckets/<bucket>/<key>`: objects that channels deliver.
 //!
 //! Descriptors: logs are opened for each append and closed after it, and a
 //! data log keeps only its newest segment open, so a stream at rest holds
@@ -926,6 +928,119 @@ impl Store {
             source,
         })?;
         blocking(move || replace_file(&path, &bytes)).await
+    }
+
+    fn channel_dir(&self, stream_id: &str, channel_id: &str) -> PathBuf {
+        self.data_log_dir(stream_id)
+            .join("channels")
+            .join(channel_id)
+    }
+
+    /// A channel's position (`data/<stream id>/channels/<channel
+    /// id>/position.json`), `None` before the first is saved.
+    pub fn load_channel_position<T: serde::de::DeserializeOwned>(
+        &self,
+        stream_id: &str,
+        channel_id: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let path = self
+            .channel_dir(stream_id, channel_id)
+            .join("position.json");
+        match fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| StoreError::BadMeta {
+                        name: path.display().to_string(),
+                        source,
+                    })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// Replaces a channel's position atomically and durably.
+    pub async fn save_channel_position<T: serde::Serialize>(
+        &self,
+        stream_id: &str,
+        channel_id: &str,
+        position: &T,
+    ) -> Result<(), StoreError> {
+        let dir = self.channel_dir(stream_id, channel_id);
+        let bytes = serde_json::to_vec(position).map_err(|source| StoreError::BadMeta {
+            name: format!("channel {channel_id}"),
+            source,
+        })?;
+        blocking(move || {
+            if !dir.exists() {
+                fs::create_dir_all(&dir).map_err(io(&dir))?;
+                let parent = dir.parent().expect("channels/ is the parent");
+                sync_dir(parent)?;
+                sync_dir(parent.parent().expect("the stream's directory"))?;
+            }
+            replace_file(&dir.join("position.json"), &bytes)
+        })
+        .await
+    }
+
+    /// Removes a channel's position.
+    pub fn delete_channel_state(
+        &self,
+        stream_id: &str,
+        channel_id: &str,
+    ) -> Result<(), StoreError> {
+        let dir = self.channel_dir(stream_id, channel_id);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&dir)(e)),
+        }
+    }
+
+    fn delivered_key(bucket: &str, key: &str) -> ObjectPath {
+        ObjectPath::from(format!("buckets/{bucket}/{key}"))
+    }
+
+    /// Where a delivered object lies on this machine's disk (one machine
+    /// only; in a cluster objects are in the bucket).
+    pub fn delivered_path(&self, bucket: &str, key: &str) -> Option<PathBuf> {
+        let base = self.local_objects.as_ref()?;
+        Some(base.join(Self::delivered_key(bucket, key).as_ref()))
+    }
+
+    /// Writes an object a channel delivers (`buckets/<bucket>/<key>` in
+    /// the object store), replacing one of the same key; returns once it
+    /// is durable, with every directory it needed.
+    pub async fn put_delivered(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+    ) -> Result<(), StoreError> {
+        let path = Self::delivered_key(bucket, key);
+        self.objects.put(&path, body.into()).await?;
+        if let Some(base) = self.local_objects.clone() {
+            let file = base.join(path.as_ref());
+            blocking(move || {
+                File::open(&file)
+                    .and_then(|f| f.sync_data())
+                    .map_err(io(&file))?;
+                // New directories may have been made for the key: each
+                // entry is durable only once its parent is synced.
+                let mut dir = file.parent();
+                while let Some(d) = dir {
+                    sync_dir(d)?;
+                    if d == base {
+                        break;
+                    }
+                    dir = d.parent();
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Removes a queue's change log and snapshot.
