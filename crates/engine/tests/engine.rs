@@ -1564,3 +1564,179 @@ async fn a_queue_keeps_its_state_across_reopening_and_drops_records_past_retenti
         vec![polled[0].sequence]
     );
 }
+
+/// Every file under `dir`, relative to it, with its bytes.
+fn files_under(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                let rel = path.strip_prefix(dir).unwrap().display().to_string();
+                out.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_channel_delivers_each_record_once_across_a_failed_write_and_a_crash() {
+    use kinema_datastream::delivery::{Compression, RecordFormat};
+    use kinema_engine::datastreams::{
+        ChannelSettings, DataStreams, DataStreamsConfig, Logging, PutEntry,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let open = || async {
+        DataStreams::open(
+            Store::open_local(dir.path()).unwrap(),
+            DataStreamsConfig::default(),
+            [4; 32],
+        )
+        .await
+        .unwrap()
+    };
+    // Records 3, 10, 17, ... are not JSON: dead letters.
+    let put = |ds: DataStreams, range: std::ops::Range<u32>| async move {
+        for i in range {
+            let data = if i % 7 == 3 {
+                format!("not json {i}")
+            } else {
+                format!("{{\"n\":{i},\n\"pad\":\"{}\"}}", "x".repeat(30))
+            };
+            ds.put(
+                "events",
+                vec![PutEntry {
+                    partition_key: format!("key-{i}"),
+                    explicit_hash_key: None,
+                    data: bytes::Bytes::from(data),
+                }],
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let ds = open().await;
+    ds.create("events", 2).await.unwrap();
+    let stream_arn = ds.describe("events").unwrap().arn;
+    put(ds.clone(), 1000..1001).await;
+    let settings = ChannelSettings {
+        role_arn: "arn:aws:iam::123456789012:role/channel".into(),
+        format: RecordFormat::Json,
+        bucket: "archive".into(),
+        bucket_owner: "123456789012".into(),
+        template: None,
+        storage_class: None,
+        compression: Compression::None,
+        // Not due in this test: only flushes deliver.
+        freshness_s: 900,
+        error_bucket: None,
+        error_prefix: None,
+        logging: Logging::default(),
+    };
+    let channel = ds
+        .create_channel("archive", &stream_arn, settings, BTreeMap::new())
+        .await
+        .unwrap()
+        .info;
+    assert!(
+        ds.delete("events").await.is_err(),
+        "a stream with a channel is not deleted"
+    );
+    put(ds.clone(), 0..20).await;
+    ds.flush_channels(&stream_arn).await.unwrap();
+
+    // The next write fails: a file stands where the channel's directory
+    // must be. The delivery stays pending.
+    let bucket = dir.path().join("objects/buckets/archive");
+    let blocker = bucket.join("kinesis-channel/archive");
+    put(ds.clone(), 20..40).await;
+    let first = files_under(&bucket);
+    std::fs::rename(&blocker, dir.path().join("aside")).unwrap();
+    std::fs::write(&blocker, b"in the way").unwrap();
+    assert!(ds.flush_channels(&stream_arn).await.is_err());
+    let position = files_under(&dir.path().join("data"))
+        .into_iter()
+        .find(|(k, _)| k.ends_with("position.json"))
+        .unwrap();
+    let pending = position.1.clone();
+    assert!(String::from_utf8_lossy(&pending).contains("\"until\""));
+    std::fs::remove_file(&blocker).unwrap();
+    std::fs::rename(dir.path().join("aside"), &blocker).unwrap();
+    ds.flush_channels(&stream_arn).await.unwrap();
+    let view = ds.describe_channel(&channel.arn).unwrap();
+    assert_eq!((view.deliveries, view.records, view.failed), (2, 34, 6));
+    assert_eq!(view.error, None);
+    let second = files_under(&bucket);
+    drop(ds);
+
+    // A crash after the object was written but before the cursors moved:
+    // the pending delivery is written again under the same key.
+    std::fs::write(dir.path().join("data").join(&position.0), &pending).unwrap();
+    let ds = open().await;
+    ds.flush_channels(&stream_arn).await.unwrap();
+    let view = ds.describe_channel(&channel.arn).unwrap();
+    assert_eq!((view.deliveries, view.records, view.failed), (2, 34, 6));
+    let third = files_under(&bucket);
+    assert_eq!(
+        third.keys().collect::<Vec<_>>(),
+        second.keys().collect::<Vec<_>>()
+    );
+    assert!(first.len() < second.len());
+
+    let (mut numbers, mut dead) = (Vec::new(), Vec::new());
+    for (key, body) in &third {
+        let text = String::from_utf8(body.clone()).unwrap();
+        if key.starts_with("kinesis-channel/errors/archive/") {
+            for line in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert_eq!(v["errorCode"], "InvalidJson", "{line}");
+                let raw = base64::Engine::decode(
+                    &base64::engine::general_purpose::STANDARD,
+                    v["rawData"].as_str().unwrap(),
+                )
+                .unwrap();
+                dead.push(String::from_utf8(raw).unwrap());
+            }
+        } else {
+            assert!(key.starts_with(&format!("kinesis-channel/archive/{}/", channel.id)));
+            assert!(key.ends_with(".jsonl"), "{key}");
+            for line in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                numbers.push(v["n"].as_u64().unwrap());
+            }
+        }
+    }
+    numbers.sort();
+    let expected: Vec<u64> = (0..40).filter(|i| i % 7 != 3).collect();
+    assert_eq!(numbers, expected, "each JSON record once, none from before");
+    dead.sort();
+    assert_eq!(
+        dead,
+        [
+            "not json 10",
+            "not json 17",
+            "not json 24",
+            "not json 3",
+            "not json 31",
+            "not json 38"
+        ]
+    );
+
+    // Deleting the channel forgets its position and keeps its objects.
+    ds.delete_channel(&channel.arn).await.unwrap();
+    assert!(ds.describe_channel(&channel.arn).is_err());
+    assert!(
+        !files_under(&dir.path().join("data"))
+            .keys()
+            .any(|k| k.contains("channels/"))
+    );
+    assert_eq!(files_under(&bucket).len(), third.len());
+    ds.delete("events").await.unwrap();
+}

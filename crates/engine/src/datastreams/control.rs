@@ -59,6 +59,7 @@ impl DataStreams {
             groups: BTreeMap::new(),
             groups_lsn: 0,
             queues: Vec::new(),
+            channels: Vec::new(),
         };
         let store = self.inner.store.clone();
         let id = info.id.clone();
@@ -79,6 +80,11 @@ impl DataStreams {
         if Self::has_queues(&stream) {
             return Err(EngineError::ResourceInUse(format!(
                 "Stream {name} has queues; delete them before the stream."
+            )));
+        }
+        if Self::has_channels(&stream) {
+            return Err(EngineError::ResourceInUse(format!(
+                "Stream {name} has channels; delete them before the stream."
             )));
         }
         write(&self.inner.streams).remove(name);

@@ -9,16 +9,19 @@
 //! Here: the service handle, the types it speaks, and opening (log replay).
 //! `control` (the control plane), `writer` (group commit, quotas,
 //! retention), `reads` (iterators, GetRecords), `groups` (leases and
-//! checkpoints) and `consumers` (enhanced fan-out) hold the operations.
+//! checkpoints), `consumers` (enhanced fan-out), `queues` and `delivery`
+//! (channels to object storage) hold the operations.
 
 mod consumers;
 mod control;
+mod delivery;
 mod groups;
 mod queues;
 mod reads;
 mod writer;
 
 pub use consumers::{SubscribeEvent, Subscription};
+pub use delivery::{ChannelInfo, ChannelSettings, ChannelView, Logging, MAX_CHANNELS_PER_STREAM};
 pub use kinema_datastream::log::{MAX_GET_RECORDS, PutEntry, PutOutcome, PutResult};
 pub use queues::{
     EntryAction, EntryError, MAX_CONSUMERS_AND_QUEUES, QueueAttributes, QueueInfo, QueueRecord,
@@ -110,6 +113,9 @@ pub struct DataStreamInfo {
     /// Queues on this stream (their state is in their own change logs).
     #[serde(default)]
     pub queues: Vec<QueueInfo>,
+    /// Channels delivering this stream to object storage.
+    #[serde(default)]
+    pub channels: Vec<ChannelInfo>,
 }
 
 /// Default lease duration of a consumer group member.
@@ -189,6 +195,8 @@ struct Inner {
     queues: RwLock<HashMap<String, Arc<queues::Queue>>>,
     /// Orders queue control-plane changes (names are unique per server).
     meta_lock_queues: Mutex<()>,
+    /// Channels by the id in their ARN.
+    channels: delivery::Registry,
 }
 
 /// The data-stream service handle; cheap to clone.
@@ -222,6 +230,7 @@ impl DataStreams {
             meta_lock: Mutex::new(()),
             queues: RwLock::new(HashMap::new()),
             meta_lock_queues: Mutex::new(()),
+            channels: RwLock::new(HashMap::new()),
         });
         let ds = DataStreams { inner };
         for mut info in infos {
@@ -247,6 +256,7 @@ impl DataStreams {
             ds.install(info, log, index, (group_log, changes.len()));
             let stream = ds.get(&name)?;
             ds.open_queues(&stream)?;
+            ds.open_channels(&stream)?;
         }
         Ok(ds)
     }
