@@ -30,9 +30,10 @@ fi
 
 # Python clients nobody here wrote: boto3 (botocore 1.44 has the queue
 # operations) and the AWS CLI (1.46 carries its own botocore), pinned, in a
-# private venv; and moto's server, the S3-compatible store of the cluster tests.
+# private venv; moto's server, the S3-compatible store of the cluster tests;
+# and DuckDB, a reader of the objects channels deliver.
 VENV="$CACHE/venv"
-PY_REQS="boto3==1.44.18 botocore==1.44.18 awscli==1.46.3 moto[server]==5.2.5"
+PY_REQS="boto3==1.44.18 botocore==1.44.18 awscli==1.46.3 moto[server]==5.2.5 duckdb==2.0.1"
 stamp="$VENV/.kinema-reqs"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$PY_REQS" ]; then
   echo "setup: creating python venv at $VENV"

@@ -5,6 +5,7 @@
 mod architecture;
 mod cluster;
 mod datastreams;
+mod deliveries;
 mod detection;
 mod groups;
 mod kinemasink;

@@ -161,11 +161,14 @@ pub(crate) fn target(
             // The stream the operation will act on: a consumer's own
             // stream, an iterator's, a page token's, or the named one.
             let resource = match op {
-                "ListStreams" | "ListQueues" => "*".to_string(),
+                "ListStreams" | "ListQueues" | "ListChannels" => "*".to_string(),
                 _ if field(&json, "QueueARN").is_some() => {
                     field(&json, "QueueARN").unwrap_or_default().to_string()
                 }
-                "CreateQueue" => {
+                _ if field(&json, "ChannelARN").is_some() => {
+                    field(&json, "ChannelARN").unwrap_or_default().to_string()
+                }
+                "CreateQueue" | "CreateChannel" => {
                     let stream = json
                         .get("StreamConfigurationList")
                         .and_then(|l| l.get(0))

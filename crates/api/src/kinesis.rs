@@ -396,6 +396,7 @@ async fn operation(st: &AppState, op: &str, v: &Value) -> Result<Value, ApiError
             Ok(json!({}))
         }
         other if let Some(out) = crate::queues::operation(st, other, v).await => out,
+        other if let Some(out) = crate::deliveries::operation(st, other, v).await => out,
         other => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "UnknownOperationException",

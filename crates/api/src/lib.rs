@@ -7,6 +7,7 @@
 pub mod admin;
 mod authorize;
 mod channels;
+mod deliveries;
 mod detectors;
 pub mod error;
 mod kinesis;
