@@ -23,6 +23,7 @@ cat >&2 <<MSG
   live view:        $url/web/viewer.html#name=$stream&key=$KINEMA_ACCESS_KEY_ID&secret=$KINEMA_SECRET_ACCESS_KEY
   bicycle events:   AWS_ACCESS_KEY_ID=$KINEMA_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY=$KINEMA_SECRET_ACCESS_KEY \\
                       $KINEMA_BIN events tail --endpoint $url
+  events archive:   $DATA_DIR/objects/buckets/kinema-events/ (gzipped JSON lines, every 10 s)
   the kinema CLI:   $KINEMA_BIN  (or \`make install\`: ~/.local/bin/kinema)
   camera element:   GST_PLUGIN_PATH=$(dirname "$KINEMA_BIN") gst-inspect-1.0 kinemasink
 

@@ -382,6 +382,23 @@ fn the_market_street_clip_as_a_camera_publishes_bicycle_events_boto3_reads_in_or
         "{media}"
     );
 
+    // samples/demo.toml's queue hands the events out and its channel
+    // archives each of them once.
+    let objects = dir.path().join("data/objects/buckets");
+    let out = run_python(
+        &server,
+        "delivery_channels.py",
+        &[
+            "events",
+            objects.to_str().unwrap(),
+            "kinema-events",
+            "kinema-events-workers",
+            "kinema-events-archive",
+            "kinema-events",
+        ],
+    );
+    assert!(out.contains("events ok"), "{out}");
+
     // `kinema events tail` prints the same events.
     let out = Command::new(env!("CARGO_BIN_EXE_kinema"))
         .args([

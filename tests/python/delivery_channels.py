@@ -320,6 +320,43 @@ def iam(objects):
     print("iam ok")
 
 
+def events(objects, stream_name, queue_name, channel_name, bucket):
+    """Every event on the detection events stream reaches the archive
+    channel's objects once, and the events queue hands events out."""
+    k = client()
+    ids = []
+    for shard in k.list_shards(StreamName=stream_name)["Shards"]:
+        it = k.get_shard_iterator(StreamName=stream_name, ShardId=shard["ShardId"],
+                                  ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        for _ in range(1000):
+            r = k.get_records(ShardIterator=it, Limit=10000)
+            ids += [json.loads(x["Data"])["id"] for x in r["Records"]]
+            it = r.get("NextShardIterator")
+            if not it or (not r["Records"] and r["MillisBehindLatest"] == 0):
+                break
+    assert ids, "the stream has events"
+    root = os.path.join(objects, bucket)
+    glob = os.path.join(root, "kinesis-channel", channel_name, "**", "*.jsonl.gz")
+
+    def archived():
+        if not files(root, ".jsonl.gz"):
+            return None
+        got = [r[0] for r in duckdb.sql(
+            f"select cast(id as varchar) from read_json('{glob}', format='newline_delimited')").fetchall()]
+        return got if set(ids) <= set(got) else None
+
+    got = wait_for("every event in the archive", archived, 90)
+    assert len(got) == len(set(got)), "an event archived twice"
+    queue = [q for q in k.list_queues()["QueueSummaries"] if q["QueueName"] == queue_name]
+    assert len(queue) == 1, queue
+    arn = queue[0]["QueueARN"]
+    taken = k.receive_queue_records(QueueARN=arn, Limit=10, WaitTimeSeconds=5)["QueueRecords"]
+    assert taken and all(json.loads(r["Data"])["id"] in set(got) | set(ids) for r in taken), taken
+    out = k.acknowledge_queue_records(QueueARN=arn, Entries=[{"ReceiptHandle": r["ReceiptHandle"]} for r in taken])
+    assert not out["Failed"], out
+    print(f"events ok {len(ids)} on the stream, {len(got)} archived")
+
+
 def setup(objects, records):
     """A stream and a JSON/gzip channel; the stream's name on stdout."""
     k = client()

@@ -902,6 +902,8 @@ async fn a_stuck_detector_sheds_fragments_without_slowing_ingest() {
             queue_frames: 1,
             events_stream: "events".into(),
             events_shards: 1,
+            events_queue: None,
+            events_channel: None,
             public_url: "http://127.0.0.1:1".into(),
             models_dir: dir.path().to_path_buf(),
             max_detectors: 4,
@@ -1739,4 +1741,57 @@ async fn a_channel_delivers_each_record_once_across_a_failed_write_and_a_crash()
     );
     assert_eq!(files_under(&bucket).len(), third.len());
     ds.delete("events").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_channel_on_a_new_stream_delivers_on_its_own_once_records_are_due() {
+    use kinema_datastream::delivery::{Compression, RecordFormat};
+    use kinema_engine::datastreams::{ChannelSettings, DataStreams, DataStreamsConfig, Logging};
+    let dir = tempfile::tempdir().unwrap();
+    let ds = DataStreams::open(
+        Store::open_local(dir.path()).unwrap(),
+        DataStreamsConfig::default(),
+        [4; 32],
+    )
+    .await
+    .unwrap();
+    ds.create("events", 1).await.unwrap();
+    let stream_arn = ds.describe("events").unwrap().arn;
+    let settings = ChannelSettings {
+        role_arn: "arn:aws:iam::123456789012:role/channel".into(),
+        format: RecordFormat::Json,
+        bucket: "archive".into(),
+        bucket_owner: "123456789012".into(),
+        template: None,
+        storage_class: None,
+        compression: Compression::Gzip,
+        freshness_s: 1,
+        error_bucket: None,
+        error_prefix: None,
+        logging: Logging::default(),
+    };
+    let arn = ds
+        .create_channel("archive", &stream_arn, settings, BTreeMap::new())
+        .await
+        .unwrap()
+        .info
+        .arn;
+    for i in 0..3 {
+        ds.put("events", vec![entry(&format!("{{\"n\":{i}}}"))])
+            .await
+            .unwrap();
+    }
+    // Bounded: 20 s of 50 ms looks.
+    let mut view = ds.describe_channel(&arn).unwrap();
+    for _ in 0..400 {
+        if view.records == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        view = ds.describe_channel(&arn).unwrap();
+    }
+    assert_eq!((view.records, view.error), (3, None));
+    let objects = files_under(&dir.path().join("objects/buckets/archive"));
+    assert_eq!(objects.len(), 1, "{:?}", objects.keys());
+    assert!(objects.keys().all(|k| k.ends_with(".jsonl.gz")));
 }

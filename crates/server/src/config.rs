@@ -24,6 +24,8 @@ pub const DEFAULT_MAX_RECORD_KIB: u64 = 1024;
 pub const DEFAULT_MAX_DATA_STREAMS: usize = 1000;
 pub const DEFAULT_EVENTS_STREAM: &str = "kinema-events";
 pub const DEFAULT_EVENTS_SHARDS: u32 = 1;
+pub const DEFAULT_EVENTS_BUCKET: &str = "kinema-events";
+pub const DEFAULT_EVENTS_FRESHNESS_S: u32 = 60;
 pub const DEFAULT_INTRA_THREADS: usize = 2;
 pub const DEFAULT_INFERENCE_WORKERS: usize = 1;
 pub const DEFAULT_QUEUE_FRAMES: usize = 1;
@@ -177,6 +179,13 @@ pub struct DetectionConfig {
     pub queue_frames: Option<usize>,
     pub events_stream: Option<String>,
     pub events_shards: Option<u32>,
+    /// A queue to make on the events stream.
+    pub events_queue: Option<String>,
+    /// A channel to make on the events stream, into `events_bucket`
+    /// every `events_freshness_seconds`.
+    pub events_channel: Option<String>,
+    pub events_bucket: Option<String>,
+    pub events_freshness_seconds: Option<u32>,
     /// Where models named through the API must be (default: the default
     /// model's folder).
     pub models_dir: Option<PathBuf>,
@@ -346,6 +355,27 @@ impl Config {
             };
             policy.map_err(|e| anyhow::anyhow!("[policies.{name}]: {e}"))
         };
+        let d = &self.detection;
+        if d.events_channel.is_none()
+            && (d.events_bucket.is_some() || d.events_freshness_seconds.is_some())
+        {
+            anyhow::bail!(
+                "[detection] events_bucket and events_freshness_seconds need events_channel"
+            );
+        }
+        if let Some(f) = d.events_freshness_seconds
+            && !(1..=900).contains(&f)
+        {
+            anyhow::bail!("[detection] events_freshness_seconds must be between 1 and 900");
+        }
+        if let Some(b) = &d.events_bucket
+            && !((3..=63).contains(&b.len())
+                && b.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
+                }))
+        {
+            anyhow::bail!("[detection] events_bucket must be 3-63 characters of [a-z0-9._-]");
+        }
         let admin = || kinema_iam::Policies {
             identity: vec![kinema_iam::Policy::allow_all()],
             session: None,
@@ -501,6 +531,19 @@ impl Config {
                         .clone()
                         .unwrap_or_else(|| DEFAULT_EVENTS_STREAM.into()),
                     events_shards: d.events_shards.unwrap_or(DEFAULT_EVENTS_SHARDS).max(1),
+                    events_queue: d.events_queue.clone(),
+                    events_channel: d.events_channel.clone().map(|name| {
+                        kinema_engine::detection::EventsChannel {
+                            name,
+                            bucket: d
+                                .events_bucket
+                                .clone()
+                                .unwrap_or_else(|| DEFAULT_EVENTS_BUCKET.into()),
+                            freshness_s: d
+                                .events_freshness_seconds
+                                .unwrap_or(DEFAULT_EVENTS_FRESHNESS_S),
+                        }
+                    }),
                     public_url: String::new(),
                 }
             },
@@ -658,6 +701,36 @@ mod tests {
             kinema_engine::sources::SourceTransport::Tcp
         );
         assert_eq!(r.detection.events_stream, "kinema-events");
+        assert_eq!(
+            r.detection.events_queue.as_deref(),
+            Some("kinema-events-workers")
+        );
+        assert_eq!(
+            r.detection.events_channel,
+            Some(kinema_engine::detection::EventsChannel {
+                name: "kinema-events-archive".into(),
+                bucket: "kinema-events".into(),
+                freshness_s: 60,
+            })
+        );
+        for (bad, why) in [
+            (
+                "events_channel = \"a\"\nevents_freshness_seconds = 0",
+                "between 1 and 900",
+            ),
+            (
+                "events_channel = \"a\"\nevents_bucket = \"UP\"",
+                "events_bucket must be",
+            ),
+            ("events_bucket = \"abc\"", "need events_channel"),
+        ] {
+            let e = Config::parse(&format!("[detection]\n{bad}\n"))
+                .unwrap()
+                .resolve(None, None, None)
+                .err()
+                .unwrap_or_else(|| panic!("{bad} is refused"));
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
         assert_eq!(r.detection.intra_threads, 2);
         assert_eq!(r.detectors.len(), 1);
         let (stream, d) = &r.detectors[0];

@@ -366,6 +366,17 @@ fn view(c: &Channel) -> ChannelView {
 }
 
 fn check_settings(s: &ChannelSettings) -> Result<(), EngineError> {
+    for b in std::iter::once(&s.bucket).chain(s.error_bucket.as_ref().map(|(b, _)| b)) {
+        let ok = (3..=63).contains(&b.len())
+            && b.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
+            });
+        if !ok {
+            return Err(EngineError::Validation(format!(
+                "bucket name {b:?} must be 3-63 characters of [a-z0-9._-]"
+            )));
+        }
+    }
     if !(1..=d::MAX_FRESHNESS_S).contains(&s.freshness_s) {
         return Err(EngineError::Validation(format!(
             "DataFreshnessInSeconds must be between 1 and {}",

@@ -53,6 +53,15 @@ use status::{Stats, status};
 
 const META_DOC: &str = "detectors";
 
+/// The channel that archives the events stream: gzipped JSON lines in
+/// `bucket`, written `freshness_s` after the oldest waiting event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventsChannel {
+    pub name: String,
+    pub bucket: String,
+    pub freshness_s: u32,
+}
+
 /// Server-wide detection settings (the `[detection]` config section).
 #[derive(Debug, Clone)]
 pub struct DetectionConfig {
@@ -69,6 +78,11 @@ pub struct DetectionConfig {
     /// The data stream events go to (created if missing).
     pub events_stream: String,
     pub events_shards: u32,
+    /// A queue to make on the events stream (from its first record), for
+    /// workers that take events and acknowledge them.
+    pub events_queue: Option<String>,
+    /// A channel to make on the events stream, archiving every event.
+    pub events_channel: Option<EventsChannel>,
     /// Base URL for the replay links in events.
     pub public_url: String,
     /// The folder models named through the API must lie in (a relative
@@ -180,8 +194,7 @@ impl Detectors {
         }
         let publisher = tokio::spawn(publish(
             datastreams,
-            this.inner.cfg.events_stream.clone(),
-            this.inner.cfg.events_shards,
+            this.inner.cfg.clone(),
             events_rx,
             stop_rx,
         ));

@@ -1,13 +1,16 @@
 //! The publisher: detection events onto the events data stream in batches,
-//! creating the stream if missing and retrying throttled entries.
+//! creating the stream if missing and retrying throttled entries. With an
+//! events queue or channel configured it makes the stream, the queue and
+//! the channel before the first event, so they see every event.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::{DetectionConfig, EventsChannel};
 use crate::EngineError;
-use crate::datastreams::{DataStreams, PutEntry};
+use crate::datastreams::{ChannelSettings, DataStreams, Logging, PutEntry, QueueStart};
 
 /// Events waiting for the publisher before workers wait.
 pub(super) const EVENT_BACKLOG: usize = 4096;
@@ -30,16 +33,89 @@ pub(super) struct EventSink {
     pub(super) clock: crate::Clock,
 }
 
+/// Makes the events stream, its queue and its channel where missing.
+async fn prepare(ds: &DataStreams, cfg: &DetectionConfig) -> Result<(), EngineError> {
+    let name = &cfg.events_stream;
+    match ds.create(name, cfg.events_shards.max(1)).await {
+        Ok(()) => tracing::info!(stream = name, "created the detection events data stream"),
+        Err(EngineError::ResourceInUse(_)) => {}
+        Err(e) => return Err(e),
+    }
+    let arn = ds.describe(name)?.arn;
+    if let Some(queue) = &cfg.events_queue
+        && !ds
+            .list_queues(Some(&arn))?
+            .iter()
+            .any(|q| q.info.name == *queue)
+    {
+        ds.create_queue(
+            queue,
+            &arn,
+            QueueStart::TrimHorizon,
+            Default::default(),
+            Default::default(),
+        )
+        .await?;
+        tracing::info!(stream = name, queue, "created the detection events queue");
+    }
+    if let Some(EventsChannel {
+        name: channel,
+        bucket,
+        freshness_s,
+    }) = &cfg.events_channel
+        && !ds
+            .list_channels(Some(&arn))?
+            .iter()
+            .any(|c| c.info.name == *channel)
+    {
+        let account = ds.config().account_id.clone();
+        let settings = ChannelSettings {
+            role_arn: format!("arn:aws:iam::{account}:role/kinema-detection"),
+            format: kinema_datastream::delivery::RecordFormat::Json,
+            bucket: bucket.clone(),
+            bucket_owner: account,
+            template: None,
+            storage_class: None,
+            compression: kinema_datastream::delivery::Compression::Gzip,
+            freshness_s: *freshness_s,
+            error_bucket: None,
+            error_prefix: None,
+            logging: Logging::default(),
+        };
+        ds.create_channel(channel, &arn, settings, Default::default())
+            .await?;
+        tracing::info!(
+            stream = name,
+            channel,
+            bucket,
+            "created the detection events channel"
+        );
+    }
+    Ok(())
+}
+
 /// Writes events onto the data stream in batches, creating the stream if
 /// missing and retrying throttled entries, until told to stop (then it
 /// drains what is queued first).
 pub(super) async fn publish(
     ds: DataStreams,
-    name: String,
-    shards: u32,
+    cfg: DetectionConfig,
     mut rx: mpsc::Receiver<Event>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let (name, shards) = (cfg.events_stream.clone(), cfg.events_shards);
+    if cfg.events_queue.is_some() || cfg.events_channel.is_some() {
+        // Events wait in `rx` meanwhile.
+        let mut wait = Duration::from_secs(1);
+        while let Err(e) = prepare(&ds, &cfg).await {
+            tracing::error!(stream = name, error = %e, "cannot make the events queue or channel; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => break,
+            }
+            wait = (wait * 2).min(Duration::from_secs(60));
+        }
+    }
     let mut batch: Vec<Event> = Vec::new();
     loop {
         if *stop.borrow() {
