@@ -2,9 +2,14 @@
 //! throughput with 1, 4 and 16 competing consumer instances (each a task
 //! looping ReceiveQueueRecords of 10, AcknowledgeQueueRecords of the same),
 //! beside reading the same stream with GetRecords (one reader per shard,
-//! pages of up to 10,000) in the same run.
+//! pages of up to 10,000) in the same run. Then channels: records put
+//! while a channel waits (freshness 900 s), then its freshness set to 1 s,
+//! timed until its position counts every record delivered (read, encoded,
+//! compressed, written and fsynced), for each compression, beside
+//! GetRecords of the same stream.
 //!
-//! Usage: `kinema-bench-queue [--records N]` (run by `make bench`).
+//! Usage: `kinema-bench-queue [--records N] [--channel-records N]` (run
+//! by `make bench`).
 
 mod common;
 
@@ -154,13 +159,150 @@ async fn get_records_run(client: &Client, stream: &str, n: u64) -> anyhow::Resul
     Ok(total as f64 / t0.elapsed().as_secs_f64())
 }
 
+/// Puts `n` JSON records of about `RECORD_BYTES`.
+async fn put_json(client: &Client, stream: &str, n: usize) -> anyhow::Result<()> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for start in (0..n).step_by(500) {
+        let records: Vec<Value> = (start..(start + 500).min(n))
+            .map(|i| {
+                let doc = format!(
+                    "{{\"n\":{i},\"camera\":\"cam-{}\",\"pad\":\"{}\"}}",
+                    i % 16,
+                    "x".repeat(RECORD_BYTES - 40)
+                );
+                json!({"PartitionKey": format!("k{i}"), "Data": b64.encode(doc)})
+            })
+            .collect();
+        let r = client
+            .kinesis(
+                "PutRecords",
+                json!({"StreamName": stream, "Records": records}),
+            )
+            .await?;
+        if r["FailedRecordCount"].as_u64() != Some(0) {
+            bail!("a put failed: {r}");
+        }
+    }
+    Ok(())
+}
+
+/// Records a channel has delivered, from its position in the data
+/// directory (`data/<stream id>/channels/<channel id>/position.json`).
+fn delivered(data: &std::path::Path, channel_id: &str) -> u64 {
+    let Ok(streams) = std::fs::read_dir(data.join("data")) else {
+        return 0;
+    };
+    for s in streams.flatten() {
+        let path = s
+            .path()
+            .join("channels")
+            .join(channel_id)
+            .join("position.json");
+        if let Ok(text) = std::fs::read(&path) {
+            return serde_json::from_slice::<Value>(&text)
+                .ok()
+                .and_then(|v| v["records"].as_u64())
+                .unwrap_or(0);
+        }
+    }
+    0
+}
+
+/// Channel delivery, one channel per compression, beside GetRecords.
+async fn channels(
+    client: &Client,
+    server: &common::ServerProc,
+    data: &std::path::Path,
+    n: usize,
+) -> anyhow::Result<()> {
+    client
+        .kinesis(
+            "CreateStream",
+            json!({"StreamName": "archive", "ShardCount": SHARDS}),
+        )
+        .await?;
+    let summary = client
+        .kinesis("DescribeStreamSummary", json!({"StreamName": "archive"}))
+        .await?;
+    let arn = summary["StreamDescriptionSummary"]["StreamARN"]
+        .as_str()
+        .context("StreamARN")?
+        .to_string();
+    let account = arn.split(':').nth(4).context("account")?.to_string();
+    let mut made = Vec::new();
+    for compression in ["NONE", "GZIP", "ZSTD"] {
+        let name = format!("archive-{}", compression.to_lowercase());
+        let c = client
+            .kinesis(
+                "CreateChannel",
+                json!({"ChannelName": name,
+                       "ServiceExecutionRoleARN": format!("arn:aws:iam::{account}:role/bench"),
+                       "StreamConfigurationList": [{"StreamARN": arn,
+                           "RecordConfiguration": {"RecordFormatType": "JSON"}}],
+                       "S3DestinationConfiguration": {"DataFreshnessInSeconds": 900,
+                           "StorageConfiguration": {"BucketARN": format!("arn:aws:s3:::{name}"),
+                               "ExpectedBucketOwner": account, "CompressionType": compression}}}),
+            )
+            .await?;
+        let d = &c["ChannelDescription"];
+        made.push((
+            compression,
+            d["ChannelARN"].as_str().context("ChannelARN")?.to_string(),
+            d["ChannelId"].as_str().context("ChannelId")?.to_string(),
+        ));
+    }
+    put_json(client, "archive", n).await?;
+    println!(
+        "channel benchmark: {n} JSON records of {RECORD_BYTES} B on {SHARDS} shards, delivered as JSON lines"
+    );
+    let reference = get_records_run(client, "archive", n as u64).await?;
+    println!("GetRecords (one reader per shard): {reference:>9.0} rec/s");
+    for (compression, channel_arn, id) in made {
+        let c0 = cpu_seconds(server.child.id())?;
+        let t0 = Instant::now();
+        client
+            .kinesis(
+                "UpdateChannel",
+                json!({"ChannelARN": channel_arn,
+                       "S3DestinationConfiguration": {"DataFreshnessInSeconds": 1}}),
+            )
+            .await?;
+        // Bounded: at most RUN_LIMIT of 5 ms looks.
+        while delivered(data, &id) < n as u64 {
+            if t0.elapsed() > RUN_LIMIT {
+                bail!(
+                    "channel {compression} delivered {} of {n} within {RUN_LIMIT:?}",
+                    delivered(data, &id)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let cpu = (cpu_seconds(server.child.id())? - c0) / secs;
+        let rate = n as f64 / secs;
+        println!(
+            "channel, {compression:<4}: {rate:>9.0} rec/s delivered and durable (server {:.0}% CPU) | ratio to GetRecords {:.3}",
+            cpu * 100.0,
+            rate / reference
+        );
+        client
+            .kinesis("DeleteChannel", json!({"ChannelARN": channel_arn}))
+            .await?;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::args()
-        .skip_while(|a| a != "--records")
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_000);
+    let arg = |name: &str, default: usize| {
+        std::env::args()
+            .skip_while(|a| a != name)
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let n = arg("--records", 20_000);
+    let channel_records = arg("--channel-records", 200_000);
     let work = std::env::temp_dir().join(format!("kinema-bench-queue-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let server = start_server(&work.join("kinema"))?;
@@ -194,6 +336,7 @@ async fn main() -> anyhow::Result<()> {
             rate / reference
         );
     }
+    channels(&client, &server, &work.join("kinema"), channel_records).await?;
     drop(server);
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
