@@ -81,8 +81,9 @@ fn channel_calls_are_authorised_on_the_channel_and_create_on_its_stream() {
     let config = "[policies.cams]\n[[policies.cams.Statement]]\nEffect = \"Allow\"\n\
          Action = \"kinesis:*\"\nResource = \"arn:aws:kinesis:*:*:stream/cams\"\n\
          [policies.channels]\n[[policies.channels.Statement]]\nEffect = \"Allow\"\n\
-         Action = [\"kinesis:DescribeChannel\", \"kinesis:ListChannels\"]\n\
-         Resource = [\"arn:aws:kinesis:*:*:channel/*\", \"*\"]\n\
+         Action = \"kinesis:*\"\nResource = \"arn:aws:kinesis:*:*:channel/*\"\n\
+         [[policies.channels.Statement]]\nEffect = \"Allow\"\n\
+         Action = \"kinesis:ListChannels\"\nResource = \"*\"\n\
          [[access_keys]]\nid = \"AKIDSTREAM\"\nsecret = \"stream-secret\"\npolicies = [\"cams\"]\n\
          [[access_keys]]\nid = \"AKIDCHANNELS\"\nsecret = \"channels-secret\"\npolicies = [\"channels\"]\n";
     let server = Server::start_with_config(&dir.path().join("data"), config);
@@ -93,4 +94,25 @@ fn channel_calls_are_authorised_on_the_channel_and_create_on_its_stream() {
         &["iam", objects.to_str().unwrap()],
     );
     assert!(out.contains("iam ok"), "{out}");
+    // A stream operation carrying a stray ChannelARN (or QueueARN) is
+    // judged by its stream, which this key may not touch.
+    for field in ["ChannelARN", "QueueARN"] {
+        let body = format!(
+            r#"{{"StreamName": "cams", "PartitionKey": "k", "Data": "eA==",
+                "{field}": "arn:aws:kinesis:us-east-1:000000000000:channel/0000000000000001"}}"#
+        );
+        let (status, resp) = signed_raw(
+            &server,
+            ("POST", "/"),
+            &[
+                ("x-amz-target", "Kinesis_20131202.PutRecord"),
+                ("content-type", "application/x-amz-json-1.1"),
+            ],
+            body.as_bytes(),
+            ("AKIDCHANNELS", "channels-secret", "kinesis"),
+        );
+        assert_eq!(status, 403, "{field}: {resp}");
+        assert!(resp.contains("AccessDeniedException"), "{resp}");
+        assert!(resp.contains(":stream/cams"), "{resp}");
+    }
 }

@@ -313,10 +313,11 @@ def iam(objects):
     expect_error("AccessDeniedException", by_stream.list_channels)
     assert by_channel.describe_channel(ChannelARN=c["ChannelARN"])["ChannelDescription"]["ChannelName"] == "mine"
     assert [x["ChannelName"] for x in by_channel.list_channels()["ChannelSummaries"]] == ["mine"]
-    expect_error("AccessDeniedException", by_channel.delete_channel, ChannelARN=c["ChannelARN"])
     expect_error("AccessDeniedException", create, k=by_channel, name="other", arn=arn,
                  S3DestinationConfiguration=s3("mine"))
-    admin.delete_channel(ChannelARN=c["ChannelARN"])
+    expect_error("AccessDeniedException", by_channel.put_record, StreamName="cams",
+                 PartitionKey="k", Data=b"x")
+    by_channel.delete_channel(ChannelARN=c["ChannelARN"])
     print("iam ok")
 
 

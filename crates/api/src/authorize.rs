@@ -162,11 +162,23 @@ pub(crate) fn target(
             // stream, an iterator's, a page token's, or the named one.
             let resource = match op {
                 "ListStreams" | "ListQueues" | "ListChannels" => "*".to_string(),
-                _ if field(&json, "QueueARN").is_some() => {
-                    field(&json, "QueueARN").unwrap_or_default().to_string()
+                // Only the operations that act on a queue or a channel are
+                // judged by its ARN: a stream operation with a stray
+                // QueueARN or ChannelARN field is judged by its stream.
+                "DescribeQueue"
+                | "UpdateQueue"
+                | "DeleteQueue"
+                | "ReceiveQueueRecords"
+                | "ReceiveDeadLetterQueueRecords"
+                | "AcknowledgeQueueRecords"
+                | "AcknowledgeDeadLetterQueueRecords"
+                | "UpdateQueueRecordsVisibility"
+                | "UpdateDeadLetterQueueRecordsVisibility"
+                | "RestoreDeadLetterQueueRecords" => {
+                    field(&json, "QueueARN").unwrap_or("*").to_string()
                 }
-                _ if field(&json, "ChannelARN").is_some() => {
-                    field(&json, "ChannelARN").unwrap_or_default().to_string()
+                "DescribeChannel" | "UpdateChannel" | "DeleteChannel" => {
+                    field(&json, "ChannelARN").unwrap_or("*").to_string()
                 }
                 "CreateQueue" | "CreateChannel" => {
                     let stream = json
