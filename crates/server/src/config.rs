@@ -363,6 +363,19 @@ impl Config {
                 "[detection] events_bucket and events_freshness_seconds need events_channel"
             );
         }
+        for (key, name) in [
+            ("events_queue", &d.events_queue),
+            ("events_channel", &d.events_channel),
+        ] {
+            if let Some(n) = name
+                && !(n.len() <= 128
+                    && !n.is_empty()
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+            {
+                anyhow::bail!("[detection] {key} must be 1-128 characters of [a-zA-Z0-9_.-]");
+            }
+        }
         if let Some(f) = d.events_freshness_seconds
             && !(1..=900).contains(&f)
         {
@@ -723,6 +736,7 @@ mod tests {
                 "events_bucket must be",
             ),
             ("events_bucket = \"abc\"", "need events_channel"),
+            ("events_queue = \"a b\"", "events_queue must be"),
         ] {
             let e = Config::parse(&format!("[detection]\n{bad}\n"))
                 .unwrap()

@@ -108,6 +108,17 @@ pub(super) async fn publish(
         // Events wait in `rx` meanwhile.
         let mut wait = Duration::from_secs(1);
         while let Err(e) = prepare(&ds, &cfg).await {
+            // A refusal that waiting cannot change: publish without them.
+            if matches!(
+                e,
+                EngineError::Validation(_)
+                    | EngineError::InvalidArgument(_)
+                    | EngineError::ResourceInUse(_)
+                    | EngineError::LimitExceeded(_)
+            ) {
+                tracing::error!(stream = name, error = %e, "the events queue or channel was refused; publishing without it");
+                break;
+            }
             tracing::error!(stream = name, error = %e, "cannot make the events queue or channel; retrying");
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
