@@ -110,7 +110,7 @@ def errors_of(k, objects, make):
     for f in (0, 901):
         expect_error("ValidationException", create, k=k, name="x", arn=arn,
                      S3DestinationConfiguration=s3("bk1", freshness=f))
-    for t in ("/a/!{yyyy}", "a//b", "a/!{week}", "a/!{extension}/b"):
+    for t in ("/a/!{yyyy}", "a//b", "a/!{week}", "a/!{extension}/b", "a/*/b", "a/" + "x" * 300):
         msg = expect_error("ValidationException", create, k=k, name="x", arn=arn,
                            S3DestinationConfiguration=s3("bk1", template=t))
         assert "OutputKeyTemplate" in msg, msg
@@ -262,7 +262,7 @@ def suite(objects):
     expected = sorted(r[0].decode() for r in records if b"\n" not in r[0] and r[0] != b"\xff\xfe")
     assert sorted(l[0] for l in lines) == expected, (len(lines), len(expected))
     for f in files(text, ".txt.zst"):
-        assert "/part-" in f, f
+        assert f"/part-{tzst['ChannelId']}-" in f, f
     bad = duckdb.sql(
         f"select errorCode, partitionKey from read_json('{objects}/dead/bad-text/**/*.jsonl.zst', "
         f"format='newline_delimited', compression='zstd') order by partitionKey").fetchall()

@@ -239,8 +239,10 @@ async fn create(st: &AppState, v: &Value) -> Result<Value, ApiError> {
                 Some(Value::String(p))
                     if (1..=d::MAX_TEMPLATE).contains(&p.len())
                         && p.chars()
-                            .all(|c| c.is_ascii_alphanumeric() || "!-_'.*()/".contains(c))
+                            .all(|c| c.is_ascii_alphanumeric() || "!-_'.()/".contains(c))
                         && !p.starts_with('/')
+                        && !p.starts_with("./")
+                        && !p.contains("/./")
                         && !p.contains("..")
                         && !p.contains("//") =>
                 {
@@ -248,8 +250,8 @@ async fn create(st: &AppState, v: &Value) -> Result<Value, ApiError> {
                 }
                 Some(_) => {
                     return Err(validation(
-                        "ErrorOutputPrefix must be 1-1024 characters of [0-9A-Za-z!-_'.*()/], \
-                         not start with '/' and hold no '..' or '//'",
+                        "ErrorOutputPrefix must be 1-1024 characters of [0-9A-Za-z!-_'.()/], \
+                         not start with '/' and hold no '..', '//' or './'",
                     ));
                 }
             };

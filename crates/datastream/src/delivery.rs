@@ -138,7 +138,7 @@ pub enum TemplateError {
     Unclosed,
     #[error("OutputKeyTemplate names an unknown variable '!{{{0}}}'")]
     Unknown(String),
-    #[error("OutputKeyTemplate has the character {0:?}, outside [a-zA-Z0-9!-_'.*()/=]")]
+    #[error("OutputKeyTemplate has the character {0:?}, outside [a-zA-Z0-9!-_'.()/=]")]
     Character(char),
     #[error("OutputKeyTemplate may name the extension once, at its end")]
     Extension,
@@ -247,10 +247,7 @@ impl KeyTemplate {
                     let text = &rest[..end];
                     if let Some(c) = text.chars().find(|c| {
                         !(c.is_ascii_alphanumeric()
-                            || matches!(
-                                c,
-                                '!' | '-' | '_' | '\'' | '.' | '*' | '(' | ')' | '/' | '='
-                            ))
+                            || matches!(c, '!' | '-' | '_' | '\'' | '.' | '(' | ')' | '/' | '='))
                     }) {
                         return Err(TemplateError::Character(c));
                     }
@@ -275,8 +272,8 @@ impl KeyTemplate {
         ends_with_extension(&self.parts)
     }
 
-    /// The object key: the template's parts, with the delivery number
-    /// (20 digits) before the extension if the template ends with it,
+    /// The object key: the template's parts, with `-`, the channel id and
+    /// the delivery number (20 digits) before the extension if the template ends with it,
     /// else at the end, so that every key is unique and still ends with
     /// the file name ending readers go by.
     pub fn render(&self, ctx: &KeyContext<'_>) -> String {
@@ -285,7 +282,7 @@ impl KeyTemplate {
                 .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
         let mut out = String::new();
         let ends_with_extension = ends_with_extension(&self.parts);
-        let unique = format!("-{:020}", ctx.delivery);
+        let unique = format!("-{}-{:020}", ctx.channel_id, ctx.delivery);
         for (i, p) in self.parts.iter().enumerate() {
             if ends_with_extension && i + 1 == self.parts.len() {
                 out.push_str(&unique);
@@ -315,6 +312,46 @@ impl KeyTemplate {
     }
 }
 
+/// The longest object key and path segment a channel may make (S3's key
+/// limit; the usual file name limit).
+pub const MAX_KEY: usize = 1024;
+pub const MAX_SEGMENT: usize = 255;
+
+/// Whether keys rendered for this channel can be stored: no segment
+/// longer than [`MAX_SEGMENT`] bytes, empty, `.` or `..`, and no key
+/// longer than [`MAX_KEY`]. `ctx` names the channel and stream (its
+/// delivery number is taken at its longest).
+pub fn check_keys(
+    template: &KeyTemplate,
+    error_prefix: &str,
+    ctx: &KeyContext<'_>,
+) -> Result<(), String> {
+    let longest = KeyContext {
+        delivery: u64::MAX,
+        ..ctx.clone()
+    };
+    for (what, key) in [
+        ("OutputKeyTemplate", template.render(&longest)),
+        ("ErrorOutputPrefix", error_key(error_prefix, &longest)),
+    ] {
+        if key.len() > MAX_KEY {
+            return Err(format!(
+                "{what} makes keys of {} bytes, over {MAX_KEY}: {key}",
+                key.len()
+            ));
+        }
+        if let Some(s) = key
+            .split('/')
+            .find(|s| s.is_empty() || *s == "." || *s == ".." || s.len() > MAX_SEGMENT)
+        {
+            return Err(format!(
+                "{what} makes a path segment {s:?} (empty, '.', '..' or over {MAX_SEGMENT} bytes) in {key}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn ends_with_extension(parts: &[Part]) -> bool {
     matches!(
         parts.last(),
@@ -333,7 +370,7 @@ pub fn error_key(prefix: &str, ctx: &KeyContext<'_>) -> String {
         "/"
     };
     format!(
-        "{prefix}{sep}{}/{}/{:04}/{:02}/{:02}/{:02}/{}-{}-{:020}{}",
+        "{prefix}{sep}{}/{}/{:04}/{:02}/{:02}/{:02}/{}-{}-{:020}-errors{}",
         ctx.channel_name,
         ctx.channel_id,
         t.year(),
@@ -441,6 +478,11 @@ pub struct Pending {
     /// Per shard, the first sequence number after the delivery's records.
     pub until: BTreeMap<u32, u64>,
     pub time_ms: i64,
+    /// Records planned (0: not known, from an older position): a redo
+    /// that finds fewer (retention trimmed some) keeps objects already
+    /// written rather than replace them with less.
+    #[serde(default)]
+    pub count: u64,
 }
 
 /// A channel's durable position.
@@ -479,12 +521,13 @@ impl Position {
 
     /// Records a planned delivery (to be saved before its object is
     /// written); the delivery's number.
-    pub fn plan(&mut self, until: BTreeMap<u32, u64>, time_ms: i64) -> u64 {
+    pub fn plan(&mut self, until: BTreeMap<u32, u64>, time_ms: i64, count: u64) -> u64 {
         let delivery = self.deliveries;
         self.pending = Some(Pending {
             delivery,
             until,
             time_ms,
+            count,
         });
         delivery
     }
@@ -544,19 +587,57 @@ mod tests {
         let t = KeyTemplate::parse(DEFAULT_TEMPLATE).unwrap();
         assert_eq!(
             t.render(&ctx(7)),
-            "kinesis-channel/events/00000000000000ab/2026/12/07/20/events-00000000000000ab-2026-12-07-20-05-00000000000000000007.jsonl.gz"
+            "kinesis-channel/events/00000000000000ab/2026/12/07/20/events-00000000000000ab-2026-12-07-20-05-00000000000000ab-00000000000000000007.jsonl.gz"
         );
     }
 
     #[test]
     fn short_years_literal_extensions_and_punctuation_render() {
-        let t = KeyTemplate::parse("(x)/!{yy}-it's*=!{ss}!{extension:.ndjson.gz}").unwrap();
+        let t = KeyTemplate::parse("(x)/!{yy}-it's!=!{ss}!{extension:.ndjson.gz}").unwrap();
         assert!(t.has_extension());
         assert_eq!(
             t.render(&ctx(1)),
-            "(x)/26-it's*=09-00000000000000000001.ndjson.gz"
+            "(x)/26-it's!=09-00000000000000ab-00000000000000000001.ndjson.gz"
         );
         assert!(!KeyTemplate::parse("a/!{yyyy}").unwrap().has_extension());
+    }
+
+    #[test]
+    fn keys_that_cannot_be_stored_are_found_before_any_delivery() {
+        let ok = KeyTemplate::parse(DEFAULT_TEMPLATE).unwrap();
+        assert_eq!(check_keys(&ok, DEFAULT_ERROR_PREFIX, &ctx(0)), Ok(()));
+        let long = KeyTemplate::parse(&format!("a/{}/!{{yyyy}}", "x".repeat(300))).unwrap();
+        assert!(
+            check_keys(&long, DEFAULT_ERROR_PREFIX, &ctx(0))
+                .unwrap_err()
+                .contains("segment")
+        );
+        let many = KeyTemplate::parse("!{channel-name}/".repeat(60).trim_end_matches('/')).unwrap();
+        let name = "n".repeat(20);
+        let c = KeyContext {
+            channel_name: &name,
+            ..ctx(0)
+        };
+        assert!(
+            check_keys(&many, DEFAULT_ERROR_PREFIX, &c)
+                .unwrap_err()
+                .contains("over 1024")
+        );
+        let dots = KeyContext {
+            stream_name: "..",
+            ..ctx(0)
+        };
+        let by_stream = KeyTemplate::parse("a/!{stream-name}/b").unwrap();
+        assert!(check_keys(&by_stream, DEFAULT_ERROR_PREFIX, &dots).is_err());
+        // The data and the dead letters of one delivery never share a key.
+        let errors_like = KeyTemplate::parse(
+            "kinesis-channel/errors/!{channel-name}/!{channel-id}/!{yyyy}/!{MM}/!{dd}/!{HH}/!{channel-name}-!{channel-id}!{extension}",
+        )
+        .unwrap();
+        assert_ne!(
+            errors_like.render(&ctx(3)),
+            error_key(DEFAULT_ERROR_PREFIX, &ctx(3))
+        );
     }
 
     #[test]
@@ -564,7 +645,7 @@ mod tests {
         let t = KeyTemplate::parse("year=!{yyyy}/month=!{MM}/!{stream-name}_!{ss}").unwrap();
         assert_eq!(
             t.render(&ctx(1)),
-            "year=2026/month=12/s_09-00000000000000000001"
+            "year=2026/month=12/s_09-00000000000000ab-00000000000000000001"
         );
     }
 
@@ -590,6 +671,7 @@ mod tests {
                 "a/!{extension:.GZ}",
                 TemplateError::Unknown("extension:.GZ".into()),
             ),
+            ("a/*/!{yyyy}", TemplateError::Character('*')),
         ] {
             assert_eq!(KeyTemplate::parse(t), Err(e), "{t}");
         }
@@ -665,7 +747,7 @@ mod tests {
     fn the_position_moves_only_when_a_delivery_completes() {
         let mut p = Position::new(10);
         assert_eq!(p.cursor(3), 10);
-        let n = p.plan(BTreeMap::from([(0, 20), (1, 15)]), 1);
+        let n = p.plan(BTreeMap::from([(0, 20), (1, 15)]), 1, 35);
         assert_eq!(n, 0);
         assert_eq!(p.cursor(0), 10);
         p.complete(4, 1);

@@ -1795,3 +1795,84 @@ async fn a_channel_on_a_new_stream_delivers_on_its_own_once_records_are_due() {
     assert_eq!(objects.len(), 1, "{:?}", objects.keys());
     assert!(objects.keys().all(|k| k.ends_with(".jsonl.gz")));
 }
+
+/// A crash between writing an object and moving the cursors, then
+/// retention trimming some of its records: the redo keeps the complete
+/// object rather than replace it with what is left.
+#[tokio::test]
+async fn a_redo_after_retention_keeps_the_complete_object() {
+    use kinema_datastream::delivery::{Compression, RecordFormat};
+    use kinema_engine::datastreams::{ChannelSettings, DataStreams, DataStreamsConfig, Logging};
+    let dir = tempfile::tempdir().unwrap();
+    let config = DataStreamsConfig {
+        segment_bytes: 2_000,
+        ..DataStreamsConfig::default()
+    };
+    let open = || async {
+        DataStreams::open(
+            Store::open_local(dir.path()).unwrap(),
+            config.clone(),
+            [4; 32],
+        )
+        .await
+        .unwrap()
+    };
+    let ds = open().await;
+    ds.create("events", 1).await.unwrap();
+    let stream_arn = ds.describe("events").unwrap().arn;
+    let settings = ChannelSettings {
+        role_arn: "arn:aws:iam::123456789012:role/channel".into(),
+        format: RecordFormat::Json,
+        bucket: "archive".into(),
+        bucket_owner: "123456789012".into(),
+        template: Some("out/!{channel-name}!{extension}".into()),
+        storage_class: None,
+        compression: Compression::None,
+        freshness_s: 900,
+        error_bucket: None,
+        error_prefix: None,
+        logging: Logging::default(),
+    };
+    ds.create_channel("archive", &stream_arn, settings, BTreeMap::new())
+        .await
+        .unwrap();
+    for i in 0..50 {
+        ds.put(
+            "events",
+            vec![entry(&format!(
+                "{{\"n\":{i},\"pad\":\"{}\"}}",
+                "x".repeat(40)
+            ))],
+        )
+        .await
+        .unwrap();
+    }
+    // The plan is saved; its write fails (a file where the folder goes).
+    let out = dir.path().join("objects/buckets/archive/out");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    std::fs::write(&out, b"in the way").unwrap();
+    assert!(ds.flush_channels(&stream_arn).await.is_err());
+    let (position, pending) = files_under(&dir.path().join("data"))
+        .into_iter()
+        .find(|(k, _)| k.ends_with("position.json"))
+        .unwrap();
+    std::fs::remove_file(&out).unwrap();
+    ds.flush_channels(&stream_arn).await.unwrap();
+    let lines = |dir: &std::path::Path| -> usize {
+        files_under(dir)
+            .values()
+            .map(|b| String::from_utf8_lossy(b).lines().count())
+            .sum()
+    };
+    assert_eq!(lines(&out), 50);
+    let now = ds.config().clock.now_ms();
+    assert!(ds.enforce_retention(now + 25 * 3_600_000).await.unwrap() > 0);
+    drop(ds);
+
+    // As if the process died after the object and before the cursors.
+    std::fs::write(dir.path().join("data").join(&position), &pending).unwrap();
+    let ds = open().await;
+    ds.flush_channels(&stream_arn).await.unwrap();
+    assert_eq!(files_under(&out).len(), 1);
+    assert_eq!(lines(&out), 50, "the complete object stays");
+}

@@ -1009,6 +1009,15 @@ impl Store {
         Some(base.join(Self::delivered_key(bucket, key).as_ref()))
     }
 
+    /// Whether a delivered object exists.
+    pub async fn has_delivered(&self, bucket: &str, key: &str) -> Result<bool, StoreError> {
+        match self.objects.head(&Self::delivered_key(bucket, key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Writes an object a channel delivers (`buckets/<bucket>/<key>` in
     /// the object store), replacing one of the same key; returns once it
     /// is durable, with every directory it needed.

@@ -77,6 +77,9 @@ impl DataStreams {
 
     pub async fn delete(&self, name: &str) -> Result<(), EngineError> {
         let stream = self.get(name)?;
+        // Queues and channels are made under this lock, after checking
+        // that their stream is not deleted.
+        let _g = self.inner.meta_lock_queues.lock().await;
         if Self::has_queues(&stream) {
             return Err(EngineError::ResourceInUse(format!(
                 "Stream {name} has queues; delete them before the stream."

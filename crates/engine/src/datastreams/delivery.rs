@@ -192,7 +192,13 @@ impl DataStreams {
         }
         check_settings(&settings)?;
         let stream = self.by_arn(stream_arn)?;
+        check_keys(&settings, name, &lock(&stream.info).name)?;
         let _g = self.inner.meta_lock_queues.lock().await;
+        if stream.deleted.load(Ordering::SeqCst) {
+            return Err(EngineError::ResourceNotFound(format!(
+                "Stream {stream_arn} not found."
+            )));
+        }
         if read(&self.inner.channels)
             .values()
             .any(|c| !c.deleted.load(Ordering::SeqCst) && lock(&c.info).name == name)
@@ -230,6 +236,9 @@ impl DataStreams {
         lock(&stream.info).channels.push(info.clone());
         if let Err(e) = self.save_meta().await {
             lock(&stream.info).channels.retain(|c| c.id != info.id);
+            if let Err(e) = self.inner.store.delete_channel_state(&stream_id, &info.id) {
+                tracing::warn!(error = %e, "cannot remove a refused channel's position");
+            }
             return Err(e);
         }
         self.install_channel(&stream, &stream_id, info.clone(), position);
@@ -300,23 +309,41 @@ impl DataStreams {
     /// Stops a channel and forgets its position; delivered objects stay.
     pub async fn delete_channel(&self, arn: &str) -> Result<(), EngineError> {
         let c = self.channel(arn)?;
-        let _g = self.inner.meta_lock_queues.lock().await;
-        let id = lock(&c.info).id.clone();
-        c.deleted.store(true, Ordering::SeqCst);
-        lock(&c.stream.info).channels.retain(|x| x.id != id);
-        self.save_meta().await?;
-        write(&self.inner.channels).remove(&id);
+        let info = lock(&c.info).clone();
+        {
+            let _g = self.inner.meta_lock_queues.lock().await;
+            if c.deleted.load(Ordering::SeqCst) {
+                return Err(missing_channel(arn));
+            }
+            let before = {
+                let mut s = lock(&c.stream.info);
+                let before = s.channels.clone();
+                s.channels.retain(|x| x.id != info.id);
+                before
+            };
+            if let Err(e) = self.save_meta().await {
+                lock(&c.stream.info).channels = before;
+                return Err(e);
+            }
+            c.deleted.store(true, Ordering::SeqCst);
+            write(&self.inner.channels).remove(&info.id);
+        }
         c.changed.notify_one();
-        // Let a delivery in progress finish before the position goes.
         let task = lock(&c.task).take();
-        if let Some(task) = task
-            && tokio::time::timeout(Duration::from_secs(30), task)
+        if let Some(mut task) = task
+            && tokio::time::timeout(Duration::from_secs(30), &mut task)
                 .await
                 .is_err()
         {
-            tracing::warn!(channel = %id, "channel task did not stop in time");
+            tracing::warn!(channel = %info.name, "channel task did not stop in time; aborted");
+            task.abort();
         }
-        self.inner.store.delete_channel_state(&c.stream_id, &id)?;
+        // A flush may still be delivering: its object is written, then
+        // the position goes.
+        let _delivering = c.delivering.lock().await;
+        self.inner
+            .store
+            .delete_channel_state(&c.stream_id, &info.id)?;
         Ok(())
     }
 
@@ -326,7 +353,7 @@ impl DataStreams {
     }
 
     /// Delivers what waits on every channel of `stream_arn` now, whatever
-    /// its age; returns once each has nothing left (tests, shutdown).
+    /// its age; returns once each has nothing left (tests).
     pub async fn flush_channels(&self, stream_arn: &str) -> Result<(), EngineError> {
         let stream = self.by_arn(stream_arn)?;
         let channels: Vec<Arc<Channel>> = read(&self.inner.channels)
@@ -394,6 +421,27 @@ fn check_settings(s: &ChannelSettings) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// Whether the keys this channel would write can be stored.
+fn check_keys(s: &ChannelSettings, name: &str, stream_name: &str) -> Result<(), EngineError> {
+    let template = KeyTemplate::parse(s.template.as_deref().unwrap_or(d::DEFAULT_TEMPLATE))
+        .map_err(|e| EngineError::Validation(e.to_string()))?;
+    let extension = d::extension(s.format, s.compression);
+    let ctx = KeyContext {
+        channel_name: name,
+        channel_id: "0000000000000000",
+        stream_name,
+        time_ms: 0,
+        extension: &extension,
+        delivery: 0,
+    };
+    d::check_keys(
+        &template,
+        s.error_prefix.as_deref().unwrap_or(d::DEFAULT_ERROR_PREFIX),
+        &ctx,
+    )
+    .map_err(EngineError::Validation)
+}
+
 /// The channel's task: deliver when due, until the channel is deleted or
 /// the service stops.
 async fn run(inner: Weak<Inner>, c: Arc<Channel>) {
@@ -411,14 +459,22 @@ async fn run(inner: Weak<Inner>, c: Arc<Channel>) {
         let changed = c.changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        let wait = match deliver_once(&ds, &c, false).await {
+        // What wakes the task next: only new records when nothing waits;
+        // the due time (looking again each second, in case enough bytes
+        // arrive) when records wait; the back-off alone after a failure.
+        // Settings changes and deletion wake it always.
+        let (wait, on_records) = match deliver_once(&ds, &c, false).await {
             Ok(None) => {
                 failures = 0;
                 continue;
             }
-            Ok(Some(wait)) => {
+            Ok(Some(None)) => {
                 failures = 0;
-                wait
+                (None, true)
+            }
+            Ok(Some(Some(due))) => {
+                failures = 0;
+                (Some(due.min(Duration::from_secs(1))), false)
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -426,12 +482,15 @@ async fn run(inner: Weak<Inner>, c: Arc<Channel>) {
                 tracing::warn!(channel = %name, error = %e, "channel delivery failed; retrying");
                 *lock(&c.error) = Some(e.to_string());
                 // 1 s, 2 s, ... up to a minute between attempts.
-                Some(Duration::from_secs(u64::from(failures.min(60))))
+                (
+                    Some(Duration::from_secs(u64::from(failures.min(60)))),
+                    false,
+                )
             }
         };
         drop(ds);
         tokio::select! {
-            r = live.changed() => if r.is_err() { return },
+            r = live.changed(), if on_records => if r.is_err() { return },
             _ = &mut changed => {}
             _ = async {
                 match wait {
@@ -480,8 +539,11 @@ async fn deliver_once(
     }
     let pending = lock(&c.position).pending.clone();
     if let Some(p) = pending {
-        let records = collect(c, Some(&p.until)).await?.0;
-        write_delivery(ds, c, records, p.delivery, p.time_ms).await?;
+        let records = collect(c, Some(&p.until), ds.now_ms()).await?.0;
+        // Retention trimmed some of the planned records: objects already
+        // written hold more than a rewrite would, so they stay.
+        let keep = p.count > 0 && (records.len() as u64) < p.count;
+        write_delivery(ds, c, records, p.delivery, p.time_ms, keep).await?;
         return Ok(None);
     }
     let at = ds.now_ms();
@@ -495,7 +557,7 @@ async fn deliver_once(
         }
         Ok(()) => {}
     }
-    let (records, until) = collect(c, None).await?;
+    let (records, until) = collect(c, None, at).await?;
     let time_ms = records
         .iter()
         .map(|(_, r)| r.arrival_ms)
@@ -503,7 +565,7 @@ async fn deliver_once(
         .unwrap_or(at);
     let (delivery, snapshot) = {
         let mut p = lock(&c.position);
-        let n = p.plan(until, time_ms);
+        let n = p.plan(until, time_ms, records.len() as u64);
         (n, p.clone())
     };
     if let Err(e) = ds
@@ -515,7 +577,7 @@ async fn deliver_once(
         lock(&c.position).pending = None;
         return Err(e.into());
     }
-    write_delivery(ds, c, records, delivery, time_ms).await?;
+    write_delivery(ds, c, records, delivery, time_ms, false).await?;
     Ok(None)
 }
 
@@ -531,16 +593,21 @@ impl Channel {
 async fn collect(
     c: &Channel,
     until: Option<&BTreeMap<u32, u64>>,
+    now: i64,
 ) -> Result<(Vec<(u32, ReadRecord)>, BTreeMap<u32, u64>), EngineError> {
     let position = lock(&c.position).clone();
+    // In shard id order: a parent before the children a reshard made.
     let shards: Vec<u32> = match until {
         Some(u) => u.keys().copied().collect(),
-        None => read(&c.stream.index).keys().copied().collect(),
+        None => {
+            let mut ids: Vec<u32> = read(&c.stream.index).keys().copied().collect();
+            ids.sort_unstable();
+            ids
+        }
     };
     let mut out = Vec::new();
     let mut next = BTreeMap::new();
     let mut bytes = 0usize;
-    let now = i64::MAX;
     for shard in shards {
         let mut from = position.cursor(shard);
         let end = until.map(|u| u.get(&shard).copied().unwrap_or(from));
@@ -587,6 +654,7 @@ async fn write_delivery(
     records: Vec<(u32, ReadRecord)>,
     delivery: u64,
     time_ms: i64,
+    keep_existing: bool,
 ) -> Result<(), EngineError> {
     let info = lock(&c.info).clone();
     let stream_name = lock(&c.stream.info).name.clone();
@@ -623,10 +691,12 @@ async fn write_delivery(
         let template = KeyTemplate::parse(s.template.as_deref().unwrap_or(d::DEFAULT_TEMPLATE))
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         let key = template.render(&ctx);
-        ds.inner
-            .store
-            .put_delivered(&s.bucket, &key, Bytes::from(body))
-            .await?;
+        if !(keep_existing && ds.inner.store.has_delivered(&s.bucket, &key).await?) {
+            ds.inner
+                .store
+                .put_delivered(&s.bucket, &key, Bytes::from(body))
+                .await?;
+        }
     }
     if let Some(errors) = errors {
         let error_extension = d::extension(RecordFormat::Json, compression);
@@ -636,10 +706,12 @@ async fn write_delivery(
             &ctx,
         );
         let bucket = s.error_bucket.as_ref().map_or(&s.bucket, |(b, _)| b);
-        ds.inner
-            .store
-            .put_delivered(bucket, &key, Bytes::from(errors))
-            .await?;
+        if !(keep_existing && ds.inner.store.has_delivered(bucket, &key).await?) {
+            ds.inner
+                .store
+                .put_delivered(bucket, &key, Bytes::from(errors))
+                .await?;
+        }
         tracing::warn!(channel = %info.name, failed, key, "records set aside as dead letters");
     }
     let snapshot = {

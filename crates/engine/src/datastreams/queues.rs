@@ -263,6 +263,11 @@ impl DataStreams {
         check_attributes(visibility_s, max_receive)?;
         let stream = self.by_arn(stream_arn)?;
         let _g = self.inner.meta_lock_queues.lock().await;
+        if stream.deleted.load(Ordering::SeqCst) {
+            return Err(EngineError::ResourceNotFound(format!(
+                "Stream {stream_arn} not found."
+            )));
+        }
         if read(&self.inner.queues)
             .values()
             .any(|q| !q.deleted.load(Ordering::SeqCst) && lock(&q.info).name == name)
