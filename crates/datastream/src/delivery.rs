@@ -1,8 +1,9 @@
 //! Channels without I/O: what a channel that delivers a data stream to
 //! object storage decides. Output key templates (`!{yyyy}` and the other
-//! variables), the object body for each record format with the records
-//! that cannot be delivered set aside, compression, and the channel's
-//! position: per-shard cursors and the one delivery in progress.
+//! variables, and the UTC calendar fields they name), the object body
+//! for each record format with the records that cannot be delivered set
+//! aside, file name endings, and the channel's position: per-shard
+//! cursors and the one delivery in progress. (The engine compresses.)
 //!
 //! A delivery is planned (its records, key and cursors after it), recorded
 //! as the position's `pending` before its object is written, and completed
@@ -11,7 +12,6 @@
 //! written twice under two names.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -104,21 +104,41 @@ impl Compression {
             Compression::Zstd => ".zst",
         }
     }
+}
 
-    /// Compresses a whole object.
-    pub fn apply(self, body: Vec<u8>) -> Vec<u8> {
-        match self {
-            Compression::None => body,
-            Compression::Gzip => {
-                let mut e = flate2::write::GzEncoder::new(
-                    Vec::with_capacity(body.len() / 4),
-                    flate2::Compression::fast(),
-                );
-                // Writing into a Vec cannot fail.
-                let _ = e.write_all(&body);
-                e.finish().unwrap_or_default()
-            }
-            Compression::Zstd => zstd::bulk::compress(&body, 3).unwrap_or_default(),
+/// A UTC instant's calendar fields, for key templates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Civil {
+    year: i64,
+    month: u32,
+    day: u32,
+    hour: u32,
+    minute: u32,
+    second: u32,
+}
+
+impl Civil {
+    /// From milliseconds since 1970 (proleptic Gregorian, H. Hinnant's
+    /// days-to-civil).
+    fn from_ms(ms: i64) -> Civil {
+        let secs = ms.div_euclid(1000);
+        let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        Civil {
+            year,
+            month,
+            day,
+            hour: (rest / 3600) as u32,
+            minute: (rest % 3600 / 60) as u32,
+            second: (rest % 60) as u32,
         }
     }
 }
@@ -277,9 +297,7 @@ impl KeyTemplate {
     /// else at the end, so that every key is unique and still ends with
     /// the file name ending readers go by.
     pub fn render(&self, ctx: &KeyContext<'_>) -> String {
-        let t =
-            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ctx.time_ms) * 1_000_000)
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        let t = Civil::from_ms(ctx.time_ms);
         let mut out = String::new();
         let ends_with_extension = ends_with_extension(&self.parts);
         let unique = format!("-{}-{:020}", ctx.channel_id, ctx.delivery);
@@ -293,13 +311,13 @@ impl KeyTemplate {
                     Var::ChannelName => out.push_str(ctx.channel_name),
                     Var::ChannelId => out.push_str(ctx.channel_id),
                     Var::StreamName => out.push_str(ctx.stream_name),
-                    Var::Year => out.push_str(&format!("{:04}", t.year())),
-                    Var::ShortYear => out.push_str(&format!("{:02}", t.year().rem_euclid(100))),
-                    Var::Month => out.push_str(&format!("{:02}", u8::from(t.month()))),
-                    Var::Day => out.push_str(&format!("{:02}", t.day())),
-                    Var::Hour => out.push_str(&format!("{:02}", t.hour())),
-                    Var::Minute => out.push_str(&format!("{:02}", t.minute())),
-                    Var::Second => out.push_str(&format!("{:02}", t.second())),
+                    Var::Year => out.push_str(&format!("{:04}", t.year)),
+                    Var::ShortYear => out.push_str(&format!("{:02}", t.year.rem_euclid(100))),
+                    Var::Month => out.push_str(&format!("{:02}", t.month)),
+                    Var::Day => out.push_str(&format!("{:02}", t.day)),
+                    Var::Hour => out.push_str(&format!("{:02}", t.hour)),
+                    Var::Minute => out.push_str(&format!("{:02}", t.minute)),
+                    Var::Second => out.push_str(&format!("{:02}", t.second)),
                     Var::Extension => out.push_str(ctx.extension),
                     Var::Literal(l) => out.push_str(l),
                 },
@@ -362,8 +380,7 @@ fn ends_with_extension(parts: &[Part]) -> bool {
 /// The key of the object holding a delivery's dead letters: under the
 /// error prefix, by hour of the oldest record, named like the data.
 pub fn error_key(prefix: &str, ctx: &KeyContext<'_>) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ctx.time_ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let t = Civil::from_ms(ctx.time_ms);
     let sep = if prefix.is_empty() || prefix.ends_with('/') {
         ""
     } else {
@@ -373,10 +390,10 @@ pub fn error_key(prefix: &str, ctx: &KeyContext<'_>) -> String {
         "{prefix}{sep}{}/{}/{:04}/{:02}/{:02}/{:02}/{}-{}-{:020}-errors{}",
         ctx.channel_name,
         ctx.channel_id,
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
+        t.year,
+        t.month,
+        t.day,
+        t.hour,
         ctx.channel_name,
         ctx.channel_id,
         ctx.delivery,
@@ -732,15 +749,39 @@ mod tests {
     }
 
     #[test]
-    fn compression_round_trips() {
-        let body = b"{\"a\":1}\n".repeat(1000);
-        let gz = Compression::Gzip.apply(body.clone());
-        let mut back = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut back).unwrap();
-        assert_eq!(back, body);
-        let z = Compression::Zstd.apply(body.clone());
-        assert_eq!(zstd::bulk::decompress(&z, body.len()).unwrap(), body);
-        assert!(z.len() < body.len() / 10 && gz.len() < body.len() / 10);
+    fn calendar_fields_match_known_instants() {
+        let c = |year, month, day, hour, minute, second| Civil {
+            year,
+            month,
+            day,
+            hour,
+            minute,
+            second,
+        };
+        for (ms, want) in [
+            (0, c(1970, 1, 1, 0, 0, 0)),
+            (-1, c(1969, 12, 31, 23, 59, 59)),
+            (951_782_400_000, c(2000, 2, 29, 0, 0, 0)),
+            (1_796_673_909_000, c(2026, 12, 7, 20, 5, 9)),
+            (4_107_542_399_999, c(2100, 2, 28, 23, 59, 59)),
+            (4_107_542_400_000, c(2100, 3, 1, 0, 0, 0)),
+        ] {
+            assert_eq!(Civil::from_ms(ms), want, "{ms}");
+        }
+        // Every day of 1999-2001 follows the one before it.
+        let mut last = Civil::from_ms(915_148_800_000);
+        for d in 1..(3 * 366) {
+            let next = Civil::from_ms(915_148_800_000 + d * 86_400_000);
+            assert!(
+                (next.year, next.month, next.day) > (last.year, last.month, last.day),
+                "{last:?} {next:?}"
+            );
+            assert!(
+                next.day == last.day + 1 || next.day == 1,
+                "{last:?} {next:?}"
+            );
+            last = next;
+        }
     }
 
     #[test]

@@ -671,8 +671,8 @@ async fn write_delivery(
                 data: &r.data,
             }),
         );
-        let body = (e.delivered > 0).then(|| compression.apply(e.body));
-        let errors = (e.failed > 0).then(|| compression.apply(e.errors));
+        let body = (e.delivered > 0).then(|| compress(compression, e.body));
+        let errors = (e.failed > 0).then(|| compress(compression, e.errors));
         (body, e.delivered, errors, e.failed)
     })
     .await
@@ -729,3 +729,38 @@ async fn write_delivery(
 
 /// Channels by the id in their ARN.
 pub(super) type Registry = std::sync::RwLock<HashMap<String, Arc<Channel>>>;
+
+/// Compresses a whole object.
+fn compress(compression: Compression, body: Vec<u8>) -> Vec<u8> {
+    use std::io::Write;
+    match compression {
+        Compression::None => body,
+        Compression::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(
+                Vec::with_capacity(body.len() / 4),
+                flate2::Compression::fast(),
+            );
+            // Writing into a Vec cannot fail.
+            let _ = e.write_all(&body);
+            e.finish().unwrap_or_default()
+        }
+        Compression::Zstd => zstd::bulk::compress(&body, 3).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_round_trips() {
+        let body = b"{\"a\":1}\n".repeat(1000);
+        let gz = compress(Compression::Gzip, body.clone());
+        let mut back = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut back).unwrap();
+        assert_eq!(back, body);
+        let z = compress(Compression::Zstd, body.clone());
+        assert_eq!(zstd::bulk::decompress(&z, body.len()).unwrap(), body);
+        assert!(z.len() < body.len() / 10 && gz.len() < body.len() / 10);
+    }
+}
