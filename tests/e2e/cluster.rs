@@ -147,6 +147,11 @@ impl TestCluster {
         )
     }
 
+    /// The S3-compatible server's endpoint (its bucket is `kinema`).
+    pub fn s3_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.moto_port)
+    }
+
     pub fn node_config(&self, i: usize) -> String {
         self.cluster_section(&format!("node{i}"))
     }
@@ -818,4 +823,19 @@ fn a_writer_keeps_its_stream_between_long_fragments() {
     let acks = parse_acks(&first.wait_with_output().unwrap().stdout);
     assert_eq!(persisted(&acks).len(), 3, "{acks:?}");
     assert!(acks_of(&acks, "ERROR").is_empty(), "{acks:?}");
+}
+
+/// A channel on a cluster node delivers into the cluster's S3-compatible
+/// bucket (under `buckets/<bucket>/`), read back there with boto3's S3
+/// client: every record once.
+#[test]
+fn a_channel_on_a_cluster_node_delivers_into_the_s3_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::start(dir.path(), 1);
+    let out = run_python(
+        cluster.node(0),
+        "delivery_channels.py",
+        &["in_cluster", "unused", &cluster.s3_endpoint(), "kinema"],
+    );
+    assert!(out.contains("cluster ok"), "{out}");
 }

@@ -358,6 +358,36 @@ def events(objects, stream_name, queue_name, channel_name, bucket):
     print(f"events ok {len(ids)} on the stream, {len(got)} archived")
 
 
+def in_cluster(objects, endpoint, bucket):
+    """On a cluster node: a channel's objects land in the S3 bucket under
+    buckets/<bucket>/, each record once."""
+    import gzip
+    k = client()
+    arn = stream(k, "to-s3", 2)
+    create(k, "to-s3", arn, S3DestinationConfiguration=s3("lake", "GZIP"))
+    put(k, "to-s3", [(json.dumps({"n": i}).encode(), f"p{i}") for i in range(200)]
+        + [(b"not json", "bad")])
+    s3c = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                       aws_access_key_id="moto", aws_secret_access_key="moto")
+
+    def listed(prefix):
+        return [o["Key"] for o in s3c.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+
+    def delivered():
+        got = []
+        for key in listed("buckets/lake/kinesis-channel/to-s3/"):
+            body = gzip.decompress(s3c.get_object(Bucket=bucket, Key=key)["Body"].read())
+            got += [json.loads(line)["n"] for line in body.splitlines()]
+        return got if len(got) >= 200 else None
+
+    got = wait_for("the objects in S3", delivered, 60)
+    assert sorted(got) == list(range(200)), got
+    errors = wait_for("the dead letter in S3", lambda: listed("buckets/lake/kinesis-channel/errors/to-s3/"), 60)
+    line = json.loads(gzip.decompress(s3c.get_object(Bucket=bucket, Key=errors[0])["Body"].read()))
+    assert line["partitionKey"] == "bad" and line["errorCode"] == "InvalidJson", line
+    print("cluster ok")
+
+
 def setup(objects, records):
     """A stream and a JSON/gzip channel; the stream's name on stdout."""
     k = client()
