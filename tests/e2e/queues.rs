@@ -27,7 +27,9 @@ fn a_poison_record_becomes_a_dead_letter_while_competing_consumers_finish_the_re
 
 /// SIGKILL while four consumers receive and acknowledge: after a restart
 /// every record not acknowledged comes back (the in-flight ones once their
-/// timeout passes), and no acknowledged one does.
+/// timeout passes), and no acknowledged one does. A record whose
+/// acknowledgement was sent but not answered when the server died may go
+/// either way (the server may have made it durable).
 #[test]
 fn kill9_during_receive_and_acknowledge_loses_nothing_and_repeats_no_ack() {
     const RECORDS: usize = 600;
@@ -55,10 +57,14 @@ fn kill9_during_receive_and_acknowledge_loses_nothing_and_repeats_no_ack() {
     let mut lines = BufReader::new(consumers.stdout.take().unwrap()).lines();
     let mut acked = BTreeSet::new();
     let mut received = BTreeSet::new();
+    let mut acking = BTreeSet::new();
     let mut record = |line: &str, acked: &mut BTreeSet<String>| match line.split_once(' ') {
         Some(("A", d)) => assert!(acked.insert(d.to_string()), "{d} acknowledged twice"),
         Some(("R", d)) => {
             received.insert(d.to_string());
+        }
+        Some(("K", d)) => {
+            acking.insert(d.to_string());
         }
         _ => panic!("consumer said {line:?}"),
     };
@@ -88,8 +94,18 @@ fn kill9_during_receive_and_acknowledge_loses_nothing_and_repeats_no_ack() {
     }
     let all: BTreeSet<String> = (0..RECORDS).map(|i| format!("r-{i}")).collect();
     let union: BTreeSet<String> = acked.union(&again).cloned().collect();
-    assert_eq!(
-        union, all,
-        "every record is acknowledged once across the crash ({in_flight} were in flight)"
+    // Unanswered acknowledgements: at most one batch of 10 per consumer.
+    let unanswered: BTreeSet<String> = acking.difference(&acked).cloned().collect();
+    assert!(unanswered.len() <= 40, "{unanswered:?}");
+    let missing: BTreeSet<String> = all.difference(&union).cloned().collect();
+    assert!(
+        missing.is_subset(&unanswered),
+        "every record is acknowledged across the crash ({in_flight} were in flight); \
+         missing {missing:?}, of which only unanswered acknowledgements may be: {unanswered:?}"
+    );
+    assert!(
+        union.len() + 40 >= RECORDS,
+        "{} of {RECORDS} acknowledged",
+        union.len()
     );
 }

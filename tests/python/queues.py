@@ -312,7 +312,8 @@ def cmd_setup(name, count):
 def cmd_consume(arn, instances):
     """Consumers receiving and acknowledging until killed (or the queue is
     empty for a while): each acknowledged record on stdout once its
-    acknowledgement answered; received ones marked `R`."""
+    acknowledgement answered (`A`); received ones marked `R`, and `K`
+    just before their acknowledgement is sent."""
     out_lock = threading.Lock()
 
     def say(line):
@@ -333,6 +334,8 @@ def cmd_consume(arn, instances):
             empty = 0
             for r in recs:
                 say("R " + r["Data"].decode())
+            for r in recs:
+                say("K " + r["Data"].decode())
             try:
                 res = ack(c, arn, [r["ReceiptHandle"] for r in recs])
             except Exception:
