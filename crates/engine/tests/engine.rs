@@ -250,13 +250,7 @@ async fn data_stream_retention_deletes_expired_segments_from_disk() {
         segment_bytes: 2_000,
         ..DataStreamsConfig::default()
     };
-    let ds = DataStreams::open(
-        Store::open_local(dir.path()).unwrap(),
-        config.clone(),
-        [1; 32],
-    )
-    .await
-    .unwrap();
+    let ds = open_data_streams(dir.path(), config.clone()).await;
     ds.create("logs", 1).await.unwrap();
     for i in 0..100 {
         let entry = PutEntry {
@@ -300,9 +294,7 @@ async fn data_stream_retention_deletes_expired_segments_from_disk() {
         bytes::Bytes::from(format!("record 099 {}", "x".repeat(40)))
     );
     drop(ds);
-    let ds = DataStreams::open(Store::open_local(dir.path()).unwrap(), config, [1; 32])
-        .await
-        .unwrap();
+    let ds = open_data_streams(dir.path(), config).await;
     assert_eq!(
         read_all(ds.clone()).await.len(),
         100 - removed,
@@ -347,14 +339,12 @@ async fn engine_in_virtual_time(dir: &std::path::Path, retention_hours: u32) -> 
 async fn data_streams_in_virtual_time(
     dir: &std::path::Path,
 ) -> kinema_engine::datastreams::DataStreams {
-    use kinema_engine::datastreams::{DataStreams, DataStreamsConfig};
+    use kinema_engine::datastreams::DataStreamsConfig;
     let config = DataStreamsConfig {
         clock: kinema_engine::Clock::following_tokio(T0_MS),
         ..DataStreamsConfig::default()
     };
-    let ds = DataStreams::open(Store::open_local(dir).unwrap(), config, [2; 32])
-        .await
-        .unwrap();
+    let ds = open_data_streams(dir, config).await;
     ds.create("events", 1).await.unwrap();
     ds
 }
@@ -636,21 +626,13 @@ async fn playback_sessions_list_their_window_and_expire_in_virtual_time() {
 #[tokio::test]
 async fn group_changes_are_logged_cheaply_and_survive_reopening() {
     use kinema_datastream::leases::{Checkpoint, LeaseTable};
-    use kinema_engine::datastreams::{DataStreams, DataStreamsConfig};
+    use kinema_engine::datastreams::DataStreamsConfig;
     let dir = tempfile::tempdir().unwrap();
     let config = DataStreamsConfig {
         group_compact_after: 8,
         ..DataStreamsConfig::default()
     };
-    let open = || async {
-        DataStreams::open(
-            Store::open_local(dir.path()).unwrap(),
-            config.clone(),
-            [3; 32],
-        )
-        .await
-        .unwrap()
-    };
+    let open = || async { open_data_streams(dir.path(), config.clone()).await };
     let meta = dir.path().join("meta/data-streams.json");
     let ds = open().await;
     ds.create("events", 2).await.unwrap();
@@ -721,17 +703,9 @@ async fn group_changes_are_logged_cheaply_and_survive_reopening() {
 /// exactly the acknowledged records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_puts_are_group_committed_and_recovered_in_order() {
-    use kinema_engine::datastreams::{DataStreams, DataStreamsConfig, IteratorStart};
+    use kinema_engine::datastreams::{DataStreamsConfig, IteratorStart};
     let dir = tempfile::tempdir().unwrap();
-    let open = || async {
-        DataStreams::open(
-            Store::open_local(dir.path()).unwrap(),
-            DataStreamsConfig::default(),
-            [4; 32],
-        )
-        .await
-        .unwrap()
-    };
+    let open = || async { open_data_streams(dir.path(), DataStreamsConfig::default()).await };
     let ds = open().await;
     ds.create("events", 1).await.unwrap();
     let puts = (0..64).map(|i| {
@@ -859,7 +833,7 @@ mod gated {
 /// in frame order, none lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_detector_sheds_fragments_without_slowing_ingest() {
-    use kinema_engine::datastreams::{DataStreams, DataStreamsConfig, IteratorStart};
+    use kinema_engine::datastreams::{DataStreamsConfig, IteratorStart};
     use kinema_engine::detection::{DetectionConfig, DetectorSettings, Detectors};
     use std::sync::Arc;
     use std::time::Duration;
@@ -876,13 +850,7 @@ async fn a_stuck_detector_sheds_fragments_without_slowing_ingest() {
         .create_stream("cam", None, None, None, Some(1), BTreeMap::new())
         .await
         .unwrap();
-    let ds = DataStreams::open(
-        Store::open_local(dir.path()).unwrap(),
-        DataStreamsConfig::default(),
-        [5; 32],
-    )
-    .await
-    .unwrap();
+    let ds = open_data_streams(dir.path(), DataStreamsConfig::default()).await;
     let model = Arc::new(gated::GatedModel::default());
     let settings: DetectorSettings = serde_json::from_value(serde_json::json!({
         "classes": ["bicycle"],
@@ -1022,17 +990,9 @@ async fn read_shard_fully(
 /// restart (none went to a shard that was never saved).
 #[tokio::test]
 async fn a_reshard_that_cannot_be_saved_changes_nothing() {
-    use kinema_engine::datastreams::{DataStreams, DataStreamsConfig};
+    use kinema_engine::datastreams::DataStreamsConfig;
     let dir = tempfile::tempdir().unwrap();
-    let open = || async {
-        DataStreams::open(
-            Store::open_local(dir.path()).unwrap(),
-            DataStreamsConfig::default(),
-            [6; 32],
-        )
-        .await
-        .unwrap()
-    };
+    let open = || async { open_data_streams(dir.path(), DataStreamsConfig::default()).await };
     let ds = open().await;
     ds.create("events", 1).await.unwrap();
     // The metadata document cannot be written while a directory sits where
@@ -1071,15 +1031,9 @@ async fn a_reshard_that_cannot_be_saved_changes_nothing() {
 /// indexed before the parent closes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_following_a_split_under_load_sees_every_record_once() {
-    use kinema_engine::datastreams::{DataStreams, DataStreamsConfig};
+    use kinema_engine::datastreams::DataStreamsConfig;
     let dir = tempfile::tempdir().unwrap();
-    let ds = DataStreams::open(
-        Store::open_local(dir.path()).unwrap(),
-        DataStreamsConfig::default(),
-        [7; 32],
-    )
-    .await
-    .unwrap();
+    let ds = open_data_streams(dir.path(), DataStreamsConfig::default()).await;
     ds.create("events", 1).await.unwrap();
     let putters: Vec<_> = (0..4)
         .map(|p| {
@@ -1412,15 +1366,7 @@ async fn a_queue_keeps_its_state_across_reopening_and_drops_records_past_retenti
         segment_bytes: 2_000,
         ..DataStreamsConfig::default()
     };
-    let open = || async {
-        DataStreams::open(
-            Store::open_local(dir.path()).unwrap(),
-            config.clone(),
-            [4; 32],
-        )
-        .await
-        .unwrap()
-    };
+    let open = || async { open_data_streams(dir.path(), config.clone()).await };
     let ds = open().await;
     ds.create("events", 1).await.unwrap();
     for i in 0..100 {
@@ -1567,6 +1513,37 @@ async fn a_queue_keeps_its_state_across_reopening_and_drops_records_past_retenti
     );
 }
 
+/// A data-stream service over the store in `dir`.
+async fn open_data_streams(
+    dir: &std::path::Path,
+    config: kinema_engine::datastreams::DataStreamsConfig,
+) -> kinema_engine::datastreams::DataStreams {
+    kinema_engine::datastreams::DataStreams::open(Store::open_local(dir).unwrap(), config, [4; 32])
+        .await
+        .unwrap()
+}
+
+/// A JSON channel into bucket `archive` of account 123456789012.
+fn channel_settings(
+    compression: kinema_datastream::delivery::Compression,
+    freshness_s: u32,
+    template: Option<&str>,
+) -> kinema_engine::datastreams::ChannelSettings {
+    kinema_engine::datastreams::ChannelSettings {
+        role_arn: "arn:aws:iam::123456789012:role/channel".into(),
+        format: kinema_datastream::delivery::RecordFormat::Json,
+        bucket: "archive".into(),
+        bucket_owner: "123456789012".into(),
+        template: template.map(str::to_string),
+        storage_class: None,
+        compression,
+        freshness_s,
+        error_bucket: None,
+        error_prefix: None,
+        logging: kinema_engine::datastreams::Logging::default(),
+    }
+}
+
 /// Every file under `dir`, relative to it, with its bytes.
 fn files_under(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
@@ -1590,20 +1567,10 @@ fn files_under(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
 
 #[tokio::test]
 async fn a_channel_delivers_each_record_once_across_a_failed_write_and_a_crash() {
-    use kinema_datastream::delivery::{Compression, RecordFormat};
-    use kinema_engine::datastreams::{
-        ChannelSettings, DataStreams, DataStreamsConfig, Logging, PutEntry,
-    };
+    use kinema_datastream::delivery::Compression;
+    use kinema_engine::datastreams::{DataStreams, DataStreamsConfig, PutEntry};
     let dir = tempfile::tempdir().unwrap();
-    let open = || async {
-        DataStreams::open(
-            Store::open_local(dir.path()).unwrap(),
-            DataStreamsConfig::default(),
-            [4; 32],
-        )
-        .await
-        .unwrap()
-    };
+    let open = || async { open_data_streams(dir.path(), DataStreamsConfig::default()).await };
     // Records 3, 10, 17, ... are not JSON: dead letters.
     let put = |ds: DataStreams, range: std::ops::Range<u32>| async move {
         for i in range {
@@ -1628,20 +1595,7 @@ async fn a_channel_delivers_each_record_once_across_a_failed_write_and_a_crash()
     ds.create("events", 2).await.unwrap();
     let stream_arn = ds.describe("events").unwrap().arn;
     put(ds.clone(), 1000..1001).await;
-    let settings = ChannelSettings {
-        role_arn: "arn:aws:iam::123456789012:role/channel".into(),
-        format: RecordFormat::Json,
-        bucket: "archive".into(),
-        bucket_owner: "123456789012".into(),
-        template: None,
-        storage_class: None,
-        compression: Compression::None,
-        // Not due in this test: only flushes deliver.
-        freshness_s: 900,
-        error_bucket: None,
-        error_prefix: None,
-        logging: Logging::default(),
-    };
+    let settings = channel_settings(Compression::None, 900, None);
     let channel = ds
         .create_channel("archive", &stream_arn, settings, BTreeMap::new())
         .await
@@ -1745,31 +1699,13 @@ async fn a_channel_delivers_each_record_once_across_a_failed_write_and_a_crash()
 
 #[tokio::test]
 async fn a_channel_on_a_new_stream_delivers_on_its_own_once_records_are_due() {
-    use kinema_datastream::delivery::{Compression, RecordFormat};
-    use kinema_engine::datastreams::{ChannelSettings, DataStreams, DataStreamsConfig, Logging};
+    use kinema_datastream::delivery::Compression;
+    use kinema_engine::datastreams::DataStreamsConfig;
     let dir = tempfile::tempdir().unwrap();
-    let ds = DataStreams::open(
-        Store::open_local(dir.path()).unwrap(),
-        DataStreamsConfig::default(),
-        [4; 32],
-    )
-    .await
-    .unwrap();
+    let ds = open_data_streams(dir.path(), DataStreamsConfig::default()).await;
     ds.create("events", 1).await.unwrap();
     let stream_arn = ds.describe("events").unwrap().arn;
-    let settings = ChannelSettings {
-        role_arn: "arn:aws:iam::123456789012:role/channel".into(),
-        format: RecordFormat::Json,
-        bucket: "archive".into(),
-        bucket_owner: "123456789012".into(),
-        template: None,
-        storage_class: None,
-        compression: Compression::Gzip,
-        freshness_s: 1,
-        error_bucket: None,
-        error_prefix: None,
-        logging: Logging::default(),
-    };
+    let settings = channel_settings(Compression::Gzip, 1, None);
     let arn = ds
         .create_channel("archive", &stream_arn, settings, BTreeMap::new())
         .await
@@ -1801,38 +1737,22 @@ async fn a_channel_on_a_new_stream_delivers_on_its_own_once_records_are_due() {
 /// object rather than replace it with what is left.
 #[tokio::test]
 async fn a_redo_after_retention_keeps_the_complete_object() {
-    use kinema_datastream::delivery::{Compression, RecordFormat};
-    use kinema_engine::datastreams::{ChannelSettings, DataStreams, DataStreamsConfig, Logging};
+    use kinema_datastream::delivery::Compression;
+    use kinema_engine::datastreams::DataStreamsConfig;
     let dir = tempfile::tempdir().unwrap();
     let config = DataStreamsConfig {
         segment_bytes: 2_000,
         ..DataStreamsConfig::default()
     };
-    let open = || async {
-        DataStreams::open(
-            Store::open_local(dir.path()).unwrap(),
-            config.clone(),
-            [4; 32],
-        )
-        .await
-        .unwrap()
-    };
+    let open = || async { open_data_streams(dir.path(), config.clone()).await };
     let ds = open().await;
     ds.create("events", 1).await.unwrap();
     let stream_arn = ds.describe("events").unwrap().arn;
-    let settings = ChannelSettings {
-        role_arn: "arn:aws:iam::123456789012:role/channel".into(),
-        format: RecordFormat::Json,
-        bucket: "archive".into(),
-        bucket_owner: "123456789012".into(),
-        template: Some("out/!{channel-name}!{extension}".into()),
-        storage_class: None,
-        compression: Compression::None,
-        freshness_s: 900,
-        error_bucket: None,
-        error_prefix: None,
-        logging: Logging::default(),
-    };
+    let settings = channel_settings(
+        Compression::None,
+        900,
+        Some("out/!{channel-name}!{extension}"),
+    );
     ds.create_channel("archive", &stream_arn, settings, BTreeMap::new())
         .await
         .unwrap();
