@@ -417,33 +417,12 @@ fn reason(error: &str) -> Value {
 }
 
 fn list(st: &AppState, v: &Value) -> Result<Value, ApiError> {
-    let limit = match v.get("MaxResults") {
-        None => 100,
-        Some(m) => m
-            .as_u64()
-            .filter(|m| (1..=10_000).contains(m))
-            .ok_or_else(|| validation("MaxResults must be between 1 and 10000"))?
-            .min(100) as usize,
-    };
-    let filter = match v.get("StreamFilter").and_then(Value::as_array) {
-        None => None,
-        Some(list) => match list.as_slice() {
-            [one] => Some(
-                str_at(one, "StreamARN")
-                    .ok_or_else(|| validation("StreamFilter[0].StreamARN is required"))?,
-            ),
-            _ => return Err(validation("StreamFilter must contain exactly one entry")),
-        },
-    };
-    // The token is the last name of the previous page (names are unique).
-    let after = str_at(v, "NextToken");
-    let mut views = st
-        .datastreams
-        .list_channels(filter)?
-        .into_iter()
-        .filter(|c| after.is_none_or(|a| c.info.name.as_str() > a));
-    let page: Vec<ChannelView> = views.by_ref().take(limit).collect();
-    let more = views.next().is_some();
+    // "If you specify a value greater than 100, at most 100 results are
+    // returned."
+    let request = crate::queues::ListRequest::parse(v, 100)?;
+    let (page, next) = request.page(st.datastreams.list_channels(request.stream)?, |c| {
+        c.info.name.as_str()
+    });
     let summaries: Vec<Value> = page
         .iter()
         .map(|view| {
@@ -464,8 +443,8 @@ fn list(st: &AppState, v: &Value) -> Result<Value, ApiError> {
         })
         .collect();
     let mut out = json!({"ChannelSummaries": summaries});
-    if more && let Some(last) = page.last() {
-        out["NextToken"] = json!(last.info.name);
+    if let Some(next) = next {
+        out["NextToken"] = json!(next);
     }
     Ok(out)
 }

@@ -222,35 +222,64 @@ fn description(view: &QueueView) -> Value {
     })
 }
 
+/// A List call's `MaxResults` (default 100, at most `cap`), one-entry
+/// `StreamFilter` and `NextToken` (the last name of the previous page:
+/// names are unique and listed in order).
+pub(crate) struct ListRequest<'a> {
+    pub limit: usize,
+    pub stream: Option<&'a str>,
+    after: Option<&'a str>,
+}
+
+impl<'a> ListRequest<'a> {
+    pub fn parse(v: &'a Value, cap: usize) -> Result<ListRequest<'a>, ApiError> {
+        let limit = match v.get("MaxResults") {
+            None => 100,
+            Some(m) => m
+                .as_u64()
+                .filter(|m| (1..=10_000).contains(m))
+                .ok_or_else(|| validation("MaxResults must be between 1 and 10000"))?
+                .min(cap as u64) as usize,
+        };
+        let stream = match v.get("StreamFilter").and_then(Value::as_array) {
+            None => None,
+            Some(list) => match list.as_slice() {
+                [one] => Some(
+                    one.get("StreamARN")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| validation("StreamFilter[0].StreamARN is required"))?,
+                ),
+                _ => return Err(validation("StreamFilter must contain exactly one entry")),
+            },
+        };
+        let after = v.get("NextToken").and_then(Value::as_str);
+        Ok(ListRequest {
+            limit,
+            stream,
+            after,
+        })
+    }
+
+    /// The page of `items` (in name order) this request asks for, and
+    /// the token for the next one.
+    pub fn page<T>(&self, items: Vec<T>, name: impl Fn(&T) -> &str) -> (Vec<T>, Option<String>) {
+        let mut rest = items
+            .into_iter()
+            .filter(|i| self.after.is_none_or(|a| name(i) > a));
+        let page: Vec<T> = rest.by_ref().take(self.limit).collect();
+        let next = rest
+            .next()
+            .and(page.last())
+            .map(|last| name(last).to_string());
+        (page, next)
+    }
+}
+
 fn list(st: &AppState, v: &Value) -> Result<Value, ApiError> {
-    let limit = match v.get("MaxResults") {
-        None => 100,
-        Some(m) => m
-            .as_u64()
-            .filter(|m| (1..=10_000).contains(m))
-            .ok_or_else(|| validation("MaxResults must be between 1 and 10000"))?
-            as usize,
-    };
-    let filter = match v.get("StreamFilter").and_then(Value::as_array) {
-        None => None,
-        Some(list) => match list.as_slice() {
-            [one] => Some(
-                one.get("StreamARN")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| validation("StreamFilter[0].StreamARN is required"))?,
-            ),
-            _ => return Err(validation("StreamFilter must contain exactly one entry")),
-        },
-    };
-    // The token is the last name of the previous page (names are unique).
-    let after = v.get("NextToken").and_then(Value::as_str);
-    let mut views = st
-        .datastreams
-        .list_queues(filter)?
-        .into_iter()
-        .filter(|q| after.is_none_or(|a| q.info.name.as_str() > a));
-    let page: Vec<QueueView> = views.by_ref().take(limit).collect();
-    let more = views.next().is_some();
+    let request = ListRequest::parse(v, 10_000)?;
+    let (page, next) = request.page(st.datastreams.list_queues(request.stream)?, |q| {
+        q.info.name.as_str()
+    });
     let summaries: Vec<Value> = page
         .iter()
         .map(|view| {
@@ -265,8 +294,8 @@ fn list(st: &AppState, v: &Value) -> Result<Value, ApiError> {
         })
         .collect();
     let mut out = json!({"QueueSummaries": summaries});
-    if more && let Some(last) = page.last() {
-        out["NextToken"] = json!(last.info.name);
+    if let Some(next) = next {
+        out["NextToken"] = json!(next);
     }
     Ok(out)
 }
