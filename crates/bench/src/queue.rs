@@ -28,11 +28,17 @@ const RECORD_BYTES: usize = 100;
 /// Each run ends after this long even if records remain.
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
-async fn put_all(client: &Client, stream: &str, n: usize) -> anyhow::Result<()> {
-    let data = base64::engine::general_purpose::STANDARD.encode(vec![b'x'; RECORD_BYTES]);
+/// Puts records 0..n, record `i` holding `data(i)`, 500 per PutRecords.
+async fn put_all(
+    client: &Client,
+    stream: &str,
+    n: usize,
+    data: impl Fn(usize) -> Vec<u8>,
+) -> anyhow::Result<()> {
+    let b64 = base64::engine::general_purpose::STANDARD;
     for start in (0..n).step_by(500) {
         let records: Vec<Value> = (start..(start + 500).min(n))
-            .map(|i| json!({"PartitionKey": format!("k{i}"), "Data": data}))
+            .map(|i| json!({"PartitionKey": format!("k{i}"), "Data": b64.encode(data(i))}))
             .collect();
         let r = client
             .kinesis(
@@ -159,33 +165,6 @@ async fn get_records_run(client: &Client, stream: &str, n: u64) -> anyhow::Resul
     Ok(total as f64 / t0.elapsed().as_secs_f64())
 }
 
-/// Puts `n` JSON records of about `RECORD_BYTES`.
-async fn put_json(client: &Client, stream: &str, n: usize) -> anyhow::Result<()> {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    for start in (0..n).step_by(500) {
-        let records: Vec<Value> = (start..(start + 500).min(n))
-            .map(|i| {
-                let doc = format!(
-                    "{{\"n\":{i},\"camera\":\"cam-{}\",\"pad\":\"{}\"}}",
-                    i % 16,
-                    "x".repeat(RECORD_BYTES - 40)
-                );
-                json!({"PartitionKey": format!("k{i}"), "Data": b64.encode(doc)})
-            })
-            .collect();
-        let r = client
-            .kinesis(
-                "PutRecords",
-                json!({"StreamName": stream, "Records": records}),
-            )
-            .await?;
-        if r["FailedRecordCount"].as_u64() != Some(0) {
-            bail!("a put failed: {r}");
-        }
-    }
-    Ok(())
-}
-
 /// Records a channel has delivered, from its position in the data
 /// directory (`data/<stream id>/channels/<channel id>/position.json`).
 fn delivered(data: &std::path::Path, channel_id: &str) -> u64 {
@@ -251,7 +230,16 @@ async fn channels(
             d["ChannelId"].as_str().context("ChannelId")?.to_string(),
         ));
     }
-    put_json(client, "archive", n).await?;
+    // JSON of about RECORD_BYTES each.
+    put_all(client, "archive", n, |i| {
+        format!(
+            "{{\"n\":{i},\"camera\":\"cam-{}\",\"pad\":\"{}\"}}",
+            i % 16,
+            "x".repeat(RECORD_BYTES - 40)
+        )
+        .into_bytes()
+    })
+    .await?;
     println!(
         "channel benchmark: {n} JSON records of {RECORD_BYTES} B on {SHARDS} shards, delivered as JSON lines"
     );
@@ -313,7 +301,7 @@ async fn main() -> anyhow::Result<()> {
             json!({"StreamName": "work", "ShardCount": SHARDS}),
         )
         .await?;
-    put_all(&client, "work", n).await?;
+    put_all(&client, "work", n, |_| vec![b'x'; RECORD_BYTES]).await?;
     let arn = client
         .kinesis("DescribeStreamSummary", json!({"StreamName": "work"}))
         .await?["StreamDescriptionSummary"]["StreamARN"]
