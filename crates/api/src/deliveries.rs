@@ -4,8 +4,6 @@
 //! (`<data>/objects/buckets/<bucket>/` on local disk); the engine's
 //! `datastreams::delivery` does the work.
 
-use std::collections::BTreeMap;
-
 use axum::http::StatusCode;
 use kinema_datastream::delivery::{self as d, Compression, RecordFormat};
 use kinema_engine::datastreams::{ChannelSettings, ChannelView, Logging};
@@ -285,14 +283,7 @@ async fn create(st: &AppState, v: &Value) -> Result<Value, ApiError> {
         error_prefix,
         logging,
     };
-    let tags: BTreeMap<String, String> = match v.get("Tags") {
-        None | Some(Value::Null) => BTreeMap::new(),
-        Some(t) => serde_json::from_value(t.clone())
-            .map_err(|_| validation("Tags must map strings to strings"))?,
-    };
-    if tags.len() > 50 {
-        return Err(validation("a channel has at most 50 tags"));
-    }
+    let tags = crate::queues::tags(v, "channel")?;
     let view = st
         .datastreams
         .create_channel(name, stream_arn, settings, tags)

@@ -130,14 +130,7 @@ async fn create(st: &AppState, v: &Value) -> Result<Value, ApiError> {
         None | Some(Value::Null) => QueueAttributes::default(),
         Some(a) => attributes(a)?,
     };
-    let tags: BTreeMap<String, String> = match v.get("Tags") {
-        None | Some(Value::Null) => BTreeMap::new(),
-        Some(t) => serde_json::from_value(t.clone())
-            .map_err(|_| validation("Tags must map strings to strings"))?,
-    };
-    if tags.len() > 50 {
-        return Err(validation("a queue has at most 50 tags"));
-    }
+    let tags = tags(v, "queue")?;
     let view = st
         .datastreams
         .create_queue(name, stream_arn, start, attrs, tags)
@@ -220,6 +213,19 @@ fn description(view: &QueueView) -> Value {
             "DeadLetterConfiguration": dead_letters,
         },
     })
+}
+
+/// `Tags` of a create call: strings to strings, at most 50.
+pub(crate) fn tags(v: &Value, what: &str) -> Result<BTreeMap<String, String>, ApiError> {
+    let tags: BTreeMap<String, String> = match v.get("Tags") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(t) => serde_json::from_value(t.clone())
+            .map_err(|_| validation("Tags must map strings to strings"))?,
+    };
+    if tags.len() > 50 {
+        return Err(validation(format!("a {what} has at most 50 tags")));
+    }
+    Ok(tags)
 }
 
 /// A List call's `MaxResults` (default 100, at most `cap`), one-entry
