@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::Value;
 
@@ -264,13 +264,7 @@ fn kill9_keeps_every_acknowledged_record() {
     let data = dir.path().join("data");
     let mut server = Server::start(&data);
     run_python(&server, "ds.py", &["create", "events", "3"]);
-    let mut producer = Command::new(python())
-        .arg(repo_root().join("tests/python/ds.py"))
-        .args(["produce", "events", "200"])
-        .env("KINEMA_ENDPOINT", server.url())
-        .env("AWS_ACCESS_KEY_ID", KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
-        .env("AWS_DEFAULT_REGION", "us-east-1")
+    let mut producer = python_command(&server, "ds.py", &["produce", "events", "200"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

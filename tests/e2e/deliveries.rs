@@ -33,18 +33,15 @@ fn kill9_during_delivery_loses_no_acknowledged_record_and_repeats_none() {
     let objects = objects.to_str().unwrap();
     let mut server = Server::start(&data);
     run_python(&server, "delivery_channels.py", &["setup", objects, "0"]);
-    let mut load = server
-        .command(&python())
-        .arg(repo_root().join("tests/python/delivery_channels.py"))
-        .args(["load", objects, "0", &RECORDS.to_string()])
-        .env("KINEMA_ENDPOINT", server.url())
-        .env("AWS_ACCESS_KEY_ID", KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut load = python_command(
+        &server,
+        "delivery_channels.py",
+        &["load", objects, "0", &RECORDS.to_string()],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let mut lines = BufReader::new(load.stdout.take().unwrap()).lines();
     let mut acked = BTreeSet::new();
     // Long enough for several deliveries to have been written.

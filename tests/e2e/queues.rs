@@ -42,14 +42,7 @@ fn kill9_during_receive_and_acknowledge_loses_nothing_and_repeats_no_ack() {
         &["setup", "load", &RECORDS.to_string()],
     );
     let queue = queue.trim().to_string();
-    let mut consumers = server
-        .command(&python())
-        .arg(repo_root().join("tests/python/queues.py"))
-        .args(["consume", &queue, "4"])
-        .env("KINEMA_ENDPOINT", server.url())
-        .env("AWS_ACCESS_KEY_ID", KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
-        .env("AWS_DEFAULT_REGION", "us-east-1")
+    let mut consumers = python_command(&server, "queues.py", &["consume", &queue, "4"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -268,20 +268,26 @@ pub fn run_aws_as(
 
 /// Runs a script from tests/python with the server's endpoint and keys;
 /// panics with its output unless it exits 0. Returns its stdout.
-pub fn run_python(server: &Server, script: &str, args: &[&str]) -> String {
+/// `tests/python/<script> args...` pointed at `server` with the test key
+/// (to run in the background: the caller spawns it).
+pub fn python_command(server: &Server, script: &str, args: &[&str]) -> Command {
     let path = repo_root().join("tests/python").join(script);
     let mut cmd = server.command(&python());
     if let Some(ca) = &server.ca {
         // boto3 and the AWS CLI trust the server's self-signed certificate.
         cmd.env("KINEMA_CA", ca).env("AWS_CA_BUNDLE", ca);
     }
-    let out = cmd
-        .arg(&path)
+    cmd.arg(&path)
         .args(args)
         .env("KINEMA_ENDPOINT", server.url())
         .env("AWS_ACCESS_KEY_ID", KEY_ID)
         .env("AWS_SECRET_ACCESS_KEY", SECRET)
-        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_DEFAULT_REGION", "us-east-1");
+    cmd
+}
+
+pub fn run_python(server: &Server, script: &str, args: &[&str]) -> String {
+    let out = python_command(server, script, args)
         .output()
         .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
