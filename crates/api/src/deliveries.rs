@@ -59,12 +59,7 @@ fn bucket(arn: &str, field: &str) -> Result<String, ApiError> {
         .strip_prefix("arn:")
         .and_then(|r| r.split_once(":s3:::"))
         .map(|(_, n)| n)
-        .filter(|n| {
-            (3..=63).contains(&n.len())
-                && n.chars().all(|c| {
-                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
-                })
-        })
+        .filter(|n| kinema_core::names::valid_bucket(n))
         .ok_or_else(|| {
             validation(format!(
                 "{field} must be an S3 bucket ARN (arn:aws:s3:::name)"

@@ -16,9 +16,28 @@ pub fn valid(name: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
 }
 
+/// True if `name` is an S3 bucket name as channels accept it: 3 to 63
+/// characters, each of `[a-z0-9._-]`.
+pub fn valid_bucket(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.' || b == b'-'
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bucket_names_are_lowercase_and_3_to_63_long() {
+        assert!(valid_bucket("kinema-events.v2_a"));
+        assert!(valid_bucket(&"b".repeat(63)));
+        assert!(!valid_bucket(&"b".repeat(64)));
+        assert!(!valid_bucket("ab"));
+        assert!(!valid_bucket("Upper"));
+        assert!(!valid_bucket("a/b"));
+    }
 
     #[test]
     fn names_follow_the_service_pattern_and_length() {

@@ -368,24 +368,21 @@ impl Config {
             ("events_channel", &d.events_channel),
         ] {
             if let Some(n) = name
-                && !(n.len() <= 128
-                    && !n.is_empty()
-                    && n.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+                && !kinema_core::names::valid(n, kinema_core::names::MAX_DATA_NAME)
             {
                 anyhow::bail!("[detection] {key} must be 1-128 characters of [a-zA-Z0-9_.-]");
             }
         }
+        let max_freshness = kinema_engine::datastreams::MAX_FRESHNESS_S;
         if let Some(f) = d.events_freshness_seconds
-            && !(1..=900).contains(&f)
+            && !(1..=max_freshness).contains(&f)
         {
-            anyhow::bail!("[detection] events_freshness_seconds must be between 1 and 900");
+            anyhow::bail!(
+                "[detection] events_freshness_seconds must be between 1 and {max_freshness}"
+            );
         }
         if let Some(b) = &d.events_bucket
-            && !((3..=63).contains(&b.len())
-                && b.chars().all(|c| {
-                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
-                }))
+            && !kinema_core::names::valid_bucket(b)
         {
             anyhow::bail!("[detection] events_bucket must be 3-63 characters of [a-z0-9._-]");
         }

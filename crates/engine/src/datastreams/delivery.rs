@@ -127,12 +127,6 @@ impl DataStreams {
             .ok_or_else(|| missing_channel(arn))
     }
 
-    /// The stream a channel reads (for authorisation), if it exists.
-    pub fn channel_stream(&self, arn: &str) -> Option<String> {
-        let c = self.channel(arn).ok()?;
-        Some(lock(&c.stream.info).name.clone())
-    }
-
     /// Starts the channels a stream's metadata names (at service start).
     pub(super) fn open_channels(&self, stream: &Arc<DStream>) -> Result<(), EngineError> {
         let (infos, stream_id, next) = {
@@ -394,11 +388,7 @@ fn view(c: &Channel) -> ChannelView {
 
 fn check_settings(s: &ChannelSettings) -> Result<(), EngineError> {
     for b in std::iter::once(&s.bucket).chain(s.error_bucket.as_ref().map(|(b, _)| b)) {
-        let ok = (3..=63).contains(&b.len())
-            && b.chars().all(|c| {
-                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
-            });
-        if !ok {
+        if !kinema_core::names::valid_bucket(b) {
             return Err(EngineError::Validation(format!(
                 "bucket name {b:?} must be 3-63 characters of [a-z0-9._-]"
             )));

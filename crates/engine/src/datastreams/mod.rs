@@ -22,6 +22,7 @@ mod writer;
 
 pub use consumers::{SubscribeEvent, Subscription};
 pub use delivery::{ChannelInfo, ChannelSettings, ChannelView, Logging, MAX_CHANNELS_PER_STREAM};
+pub use kinema_datastream::delivery::MAX_FRESHNESS_S;
 pub use kinema_datastream::log::{MAX_GET_RECORDS, PutEntry, PutOutcome, PutResult};
 pub use queues::{
     EntryAction, EntryError, MAX_CONSUMERS_AND_QUEUES, QueueAttributes, QueueInfo, QueueRecord,
