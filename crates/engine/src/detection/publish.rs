@@ -33,14 +33,22 @@ pub(super) struct EventSink {
     pub(super) clock: crate::Clock,
 }
 
+/// Makes the events stream if it is missing.
+async fn ensure_stream(ds: &DataStreams, name: &str, shards: u32) -> Result<(), EngineError> {
+    match ds.create(name, shards.max(1)).await {
+        Ok(()) => {
+            tracing::info!(stream = name, "created the detection events data stream");
+            Ok(())
+        }
+        Err(EngineError::ResourceInUse(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Makes the events stream, its queue and its channel where missing.
 async fn prepare(ds: &DataStreams, cfg: &DetectionConfig) -> Result<(), EngineError> {
     let name = &cfg.events_stream;
-    match ds.create(name, cfg.events_shards.max(1)).await {
-        Ok(()) => tracing::info!(stream = name, "created the detection events data stream"),
-        Err(EngineError::ResourceInUse(_)) => {}
-        Err(e) => return Err(e),
-    }
+    ensure_stream(ds, name, cfg.events_shards).await?;
     let arn = ds.describe(name)?.arn;
     if let Some(queue) = &cfg.events_queue
         && !ds
@@ -203,11 +211,8 @@ async fn put_batch(ds: &DataStreams, name: &str, shards: u32, batch: &mut Vec<Ev
             }
             true
         }
-        Err(EngineError::ResourceNotFound(_)) => match ds.create(name, shards.max(1)).await {
-            Ok(()) | Err(EngineError::ResourceInUse(_)) => {
-                tracing::info!(stream = name, "created the detection events data stream");
-                true
-            }
+        Err(EngineError::ResourceNotFound(_)) => match ensure_stream(ds, name, shards).await {
+            Ok(()) => true,
             Err(e) => {
                 tracing::error!(stream = name, error = %e, "cannot create the events data stream");
                 false
