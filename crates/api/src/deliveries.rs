@@ -12,15 +12,11 @@ use serde_json::{Value, json};
 use crate::video::epoch_seconds;
 use crate::{ApiError, AppState};
 
-fn validation(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "ValidationException", message)
-}
-
 fn channel_arn(v: &Value) -> Result<&str, ApiError> {
     v.get("ChannelARN")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty() && s.len() <= 2048)
-        .ok_or_else(|| validation("ChannelARN is required"))
+        .ok_or_else(|| ApiError::validation("ChannelARN is required"))
 }
 
 /// Runs a channel operation; `None` if `op` is not one.
@@ -61,7 +57,7 @@ fn bucket(arn: &str, field: &str) -> Result<String, ApiError> {
         .map(|(_, n)| n)
         .filter(|n| kinema_core::names::valid_bucket(n))
         .ok_or_else(|| {
-            validation(format!(
+            ApiError::validation(format!(
                 "{field} must be an S3 bucket ARN (arn:aws:s3:::name)"
             ))
         })?;
@@ -73,7 +69,7 @@ fn bucket(arn: &str, field: &str) -> Result<String, ApiError> {
 fn owner(st: &AppState, v: &Value, field: &str) -> Result<String, ApiError> {
     let account = st.engine.config().account_id.clone();
     match v.get("ExpectedBucketOwner") {
-        None | Some(Value::Null) => Err(validation(format!(
+        None | Some(Value::Null) => Err(ApiError::validation(format!(
             "{field}.ExpectedBucketOwner is required"
         ))),
         Some(Value::String(o)) if o.len() == 12 && o.chars().all(|c| c.is_ascii_digit()) => {
@@ -87,7 +83,9 @@ fn owner(st: &AppState, v: &Value, field: &str) -> Result<String, ApiError> {
                 ))
             }
         }
-        Some(_) => Err(validation(format!("{field} must be a 12-digit account id"))),
+        Some(_) => Err(ApiError::validation(format!(
+            "{field} must be a 12-digit account id"
+        ))),
     }
 }
 
@@ -100,7 +98,7 @@ fn freshness(v: &Value) -> Result<Option<u32>, ApiError> {
             .filter(|f| (1..=d::MAX_FRESHNESS_S).contains(f))
             .map(Some)
             .ok_or_else(|| {
-                validation(format!(
+                ApiError::validation(format!(
                     "DataFreshnessInSeconds must be between 1 and {}",
                     d::MAX_FRESHNESS_S
                 ))
@@ -112,16 +110,16 @@ fn logging(v: &Value) -> Result<Logging, ApiError> {
     let c = v
         .get("CloudWatchLogs")
         .filter(|c| c.is_object())
-        .ok_or_else(|| validation("LoggingConfiguration.CloudWatchLogs is required"))?;
+        .ok_or_else(|| ApiError::validation("LoggingConfiguration.CloudWatchLogs is required"))?;
     let enabled = c
         .get("Enabled")
         .and_then(Value::as_bool)
-        .ok_or_else(|| validation("CloudWatchLogs.Enabled is required"))?;
+        .ok_or_else(|| ApiError::validation("CloudWatchLogs.Enabled is required"))?;
     let text = |k: &str| -> Result<Option<String>, ApiError> {
         match c.get(k) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) if (1..=512).contains(&s.len()) => Ok(Some(s.clone())),
-            Some(_) => Err(validation(format!(
+            Some(_) => Err(ApiError::validation(format!(
                 "CloudWatchLogs.{k} must be 1-512 characters"
             ))),
         }
@@ -134,28 +132,29 @@ fn logging(v: &Value) -> Result<Logging, ApiError> {
 }
 
 async fn create(st: &AppState, v: &Value) -> Result<Value, ApiError> {
-    let name = str_at(v, "ChannelName").ok_or_else(|| validation("ChannelName is required"))?;
+    let name =
+        str_at(v, "ChannelName").ok_or_else(|| ApiError::validation("ChannelName is required"))?;
     let role = str_at(v, "ServiceExecutionRoleARN")
-        .ok_or_else(|| validation("ServiceExecutionRoleARN is required"))?;
+        .ok_or_else(|| ApiError::validation("ServiceExecutionRoleARN is required"))?;
     if !valid_role(role) {
-        return Err(validation(
+        return Err(ApiError::validation(
             "ServiceExecutionRoleARN must be an IAM role ARN (arn:aws:iam::<account>:role/<name>)",
         ));
     }
     let configs = v
         .get("StreamConfigurationList")
         .and_then(Value::as_array)
-        .ok_or_else(|| validation("StreamConfigurationList is required"))?;
+        .ok_or_else(|| ApiError::validation("StreamConfigurationList is required"))?;
     let [config] = configs.as_slice() else {
-        return Err(validation(
+        return Err(ApiError::validation(
             "StreamConfigurationList must contain exactly one entry: a channel reads one data stream",
         ));
     };
     let stream_arn = str_at(config, "StreamARN")
-        .ok_or_else(|| validation("StreamConfigurationList[0].StreamARN is required"))?;
-    let record = config
-        .get("RecordConfiguration")
-        .ok_or_else(|| validation("StreamConfigurationList[0].RecordConfiguration is required"))?;
+        .ok_or_else(|| ApiError::validation("StreamConfigurationList[0].StreamARN is required"))?;
+    let record = config.get("RecordConfiguration").ok_or_else(|| {
+        ApiError::validation("StreamConfigurationList[0].RecordConfiguration is required")
+    })?;
     let format = match str_at(record, "RecordFormatType") {
         Some("GSR_JSON") => {
             return Err(ApiError::invalid(
@@ -164,16 +163,16 @@ async fn create(st: &AppState, v: &Value) -> Result<Value, ApiError> {
             ));
         }
         Some(f) => RecordFormat::parse(f).ok_or_else(|| {
-            validation("RecordFormatType must be GSR_JSON, JSON, STRING or BYTE_ARRAY")
+            ApiError::validation("RecordFormatType must be GSR_JSON, JSON, STRING or BYTE_ARRAY")
         })?,
         None => {
-            return Err(validation(
+            return Err(ApiError::validation(
                 "RecordConfiguration.RecordFormatType is required",
             ));
         }
     };
     if record.get("GSRSchemaARN").is_some_and(|s| !s.is_null()) {
-        return Err(validation(
+        return Err(ApiError::validation(
             "GSRSchemaARN is allowed only with RecordFormatType GSR_JSON",
         ));
     }
@@ -195,18 +194,20 @@ async fn create(st: &AppState, v: &Value) -> Result<Value, ApiError> {
     let s3 = v
         .get("S3DestinationConfiguration")
         .filter(|s| s.is_object())
-        .ok_or_else(|| validation("S3DestinationConfiguration is required"))?;
+        .ok_or_else(|| ApiError::validation("S3DestinationConfiguration is required"))?;
     let storage = s3
         .get("StorageConfiguration")
         .filter(|s| s.is_object())
-        .ok_or_else(|| validation("S3DestinationConfiguration.StorageConfiguration is required"))?;
+        .ok_or_else(|| {
+            ApiError::validation("S3DestinationConfiguration.StorageConfiguration is required")
+        })?;
     let bucket_arn = str_at(storage, "BucketARN")
-        .ok_or_else(|| validation("StorageConfiguration.BucketARN is required"))?;
+        .ok_or_else(|| ApiError::validation("StorageConfiguration.BucketARN is required"))?;
     let compression = match str_at(storage, "CompressionType") {
         Some(c) => Compression::parse(c)
-            .ok_or_else(|| validation("CompressionType must be NONE, GZIP or ZSTD"))?,
+            .ok_or_else(|| ApiError::validation("CompressionType must be NONE, GZIP or ZSTD"))?,
         None => {
-            return Err(validation(
+            return Err(ApiError::validation(
                 "StorageConfiguration.CompressionType is required",
             ));
         }
@@ -215,7 +216,7 @@ async fn create(st: &AppState, v: &Value) -> Result<Value, ApiError> {
         None => None,
         Some(c @ ("STANDARD" | "INTELLIGENT_TIERING" | "GLACIER_IR")) => Some(c.to_string()),
         Some(_) => {
-            return Err(validation(
+            return Err(ApiError::validation(
                 "StorageClass must be STANDARD, INTELLIGENT_TIERING or GLACIER_IR",
             ));
         }
@@ -225,7 +226,7 @@ async fn create(st: &AppState, v: &Value) -> Result<Value, ApiError> {
         None | Some(Value::Null) => None,
         Some(e) => {
             let arn = str_at(e, "BucketARN").ok_or_else(|| {
-                validation("DeadLetterQueueS3Configuration.BucketARN is required")
+                ApiError::validation("DeadLetterQueueS3Configuration.BucketARN is required")
             })?;
             let prefix = match e.get("ErrorOutputPrefix") {
                 None | Some(Value::Null) => None,
@@ -242,7 +243,7 @@ async fn create(st: &AppState, v: &Value) -> Result<Value, ApiError> {
                     Some(p.clone())
                 }
                 Some(_) => {
-                    return Err(validation(
+                    return Err(ApiError::validation(
                         "ErrorOutputPrefix must be 1-1024 characters of [0-9A-Za-z!-_'.()/], \
                          not start with '/' and hold no '..', '//' or './'",
                     ));

@@ -16,14 +16,6 @@ use serde_json::{Value, json};
 use crate::video::epoch_seconds;
 use crate::{ApiError, AppState};
 
-fn validation(message: impl Into<String>) -> ApiError {
-    ApiError::new(
-        axum::http::StatusCode::BAD_REQUEST,
-        "ValidationException",
-        message,
-    )
-}
-
 fn queue_arn(v: &Value) -> Result<&str, ApiError> {
     v.get("QueueARN")
         .and_then(Value::as_str)
@@ -52,7 +44,7 @@ pub(crate) async fn operation(
             async {
                 let attrs = v
                     .get("QueueAttributes")
-                    .ok_or_else(|| validation("QueueAttributes is required"))?;
+                    .ok_or_else(|| ApiError::validation("QueueAttributes is required"))?;
                 let view = ds.update_queue(queue_arn(v)?, attributes(attrs)?).await?;
                 Ok(json!({"QueueDescription": description(&view)}))
             }
@@ -83,20 +75,20 @@ async fn create(st: &AppState, v: &Value) -> Result<Value, ApiError> {
     let name = v
         .get("QueueName")
         .and_then(Value::as_str)
-        .ok_or_else(|| validation("QueueName is required"))?;
+        .ok_or_else(|| ApiError::validation("QueueName is required"))?;
     let configs = v
         .get("StreamConfigurationList")
         .and_then(Value::as_array)
-        .ok_or_else(|| validation("StreamConfigurationList is required"))?;
+        .ok_or_else(|| ApiError::validation("StreamConfigurationList is required"))?;
     let [config] = configs.as_slice() else {
-        return Err(validation(
+        return Err(ApiError::validation(
             "StreamConfigurationList must contain exactly one entry: a queue reads one data stream",
         ));
     };
     let stream_arn = config
         .get("StreamARN")
         .and_then(Value::as_str)
-        .ok_or_else(|| validation("StreamConfigurationList[0].StreamARN is required"))?;
+        .ok_or_else(|| ApiError::validation("StreamConfigurationList[0].StreamARN is required"))?;
     let start = match config.get("StartingPosition") {
         None | Some(Value::Null) => QueueStart::Latest,
         Some(p) => {
@@ -107,19 +99,19 @@ async fn create(st: &AppState, v: &Value) -> Result<Value, ApiError> {
             match (p.get("Type").and_then(Value::as_str), ts) {
                 (Some("AT_TIMESTAMP"), Some(t)) => QueueStart::AtTimestamp(t),
                 (Some("AT_TIMESTAMP"), None) => {
-                    return Err(validation(
+                    return Err(ApiError::validation(
                         "StartingPosition.Timestamp is required for AT_TIMESTAMP",
                     ));
                 }
                 (Some(_), Some(_)) if p.get("Timestamp").is_some() => {
-                    return Err(validation(
+                    return Err(ApiError::validation(
                         "StartingPosition.Timestamp is allowed only for AT_TIMESTAMP",
                     ));
                 }
                 (Some("LATEST"), _) => QueueStart::Latest,
                 (Some("TRIM_HORIZON"), _) => QueueStart::TrimHorizon,
                 _ => {
-                    return Err(validation(
+                    return Err(ApiError::validation(
                         "StartingPosition.Type must be TRIM_HORIZON, LATEST or AT_TIMESTAMP",
                     ));
                 }
@@ -147,7 +139,7 @@ fn attributes(a: &Value) -> Result<QueueAttributes, ApiError> {
             .and_then(|s| u32::try_from(s).ok())
             .filter(|&s| s <= q::MAX_VISIBILITY_S)
             .ok_or_else(|| {
-                validation(format!(
+                ApiError::validation(format!(
                     "VisibilityTimeoutSeconds must be between 0 and {}",
                     q::MAX_VISIBILITY_S
                 ))
@@ -163,7 +155,7 @@ fn attributes(a: &Value) -> Result<QueueAttributes, ApiError> {
                     .and_then(|m| u32::try_from(m).ok())
                     .filter(|m| (1..=q::MAX_MAX_RECEIVE).contains(m))
                     .ok_or_else(|| {
-                        validation(format!(
+                        ApiError::validation(format!(
                             "MaxReceiveCount between 1 and {} is required with TargetType BUILT_IN",
                             q::MAX_MAX_RECEIVE
                         ))
@@ -172,12 +164,12 @@ fn attributes(a: &Value) -> Result<QueueAttributes, ApiError> {
             }
             Some("NONE") if max.is_none() => None,
             Some("NONE") => {
-                return Err(validation(
+                return Err(ApiError::validation(
                     "MaxReceiveCount is allowed only with TargetType BUILT_IN",
                 ));
             }
             _ => {
-                return Err(validation(
+                return Err(ApiError::validation(
                     "DeadLetterConfiguration.TargetType must be BUILT_IN or NONE",
                 ));
             }
@@ -220,10 +212,12 @@ pub(crate) fn tags(v: &Value, what: &str) -> Result<BTreeMap<String, String>, Ap
     let tags: BTreeMap<String, String> = match v.get("Tags") {
         None | Some(Value::Null) => BTreeMap::new(),
         Some(t) => serde_json::from_value(t.clone())
-            .map_err(|_| validation("Tags must map strings to strings"))?,
+            .map_err(|_| ApiError::validation("Tags must map strings to strings"))?,
     };
     if tags.len() > 50 {
-        return Err(validation(format!("a {what} has at most 50 tags")));
+        return Err(ApiError::validation(format!(
+            "a {what} has at most 50 tags"
+        )));
     }
     Ok(tags)
 }
@@ -244,20 +238,23 @@ impl<'a> ListRequest<'a> {
             Some(m) => m
                 .as_u64()
                 .filter(|m| (1..=10_000).contains(m))
-                .ok_or_else(|| validation("MaxResults must be between 1 and 10000"))?
+                .ok_or_else(|| ApiError::validation("MaxResults must be between 1 and 10000"))?
                 .min(cap as u64) as usize,
         };
-        let stream = match v.get("StreamFilter").and_then(Value::as_array) {
-            None => None,
-            Some(list) => match list.as_slice() {
-                [one] => Some(
-                    one.get("StreamARN")
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| validation("StreamFilter[0].StreamARN is required"))?,
-                ),
-                _ => return Err(validation("StreamFilter must contain exactly one entry")),
-            },
-        };
+        let stream =
+            match v.get("StreamFilter").and_then(Value::as_array) {
+                None => None,
+                Some(list) => match list.as_slice() {
+                    [one] => Some(one.get("StreamARN").and_then(Value::as_str).ok_or_else(
+                        || ApiError::validation("StreamFilter[0].StreamARN is required"),
+                    )?),
+                    _ => {
+                        return Err(ApiError::validation(
+                            "StreamFilter must contain exactly one entry",
+                        ));
+                    }
+                },
+            };
         let after = v.get("NextToken").and_then(Value::as_str);
         Ok(ListRequest {
             limit,
