@@ -1617,6 +1617,10 @@ async fn a_channel_delivers_each_record_once_across_a_failed_write_and_a_crash()
     std::fs::rename(&blocker, dir.path().join("aside")).unwrap();
     std::fs::write(&blocker, b"in the way").unwrap();
     assert!(ds.flush_channels(&stream_arn).await.is_err());
+    let failed = ds.describe_channel(&channel.arn).unwrap().error.unwrap();
+    assert!(failed.contains("object store"), "{failed}");
+    let root = dir.path().display().to_string();
+    assert!(!failed.contains(&root), "no server paths: {failed}");
     let position = files_under(&dir.path().join("data"))
         .into_iter()
         .find(|(k, _)| k.ends_with("position.json"))

@@ -470,7 +470,6 @@ async fn run(inner: Weak<Inner>, c: Arc<Channel>) {
                 failures = failures.saturating_add(1);
                 let name = lock(&c.info).name.clone();
                 tracing::warn!(channel = %name, error = %e, "channel delivery failed; retrying");
-                *lock(&c.error) = Some(e.to_string());
                 // 1 s, 2 s, ... up to a minute between attempts.
                 (
                     Some(Duration::from_secs(u64::from(failures.min(60)))),
@@ -519,6 +518,31 @@ fn waiting(stream: &DStream, position: &Position) -> (Option<i64>, usize) {
 /// `Ok(Some(wait))`: nothing due, look again after `wait` (`None`: when a
 /// record arrives).
 async fn deliver_once(
+    ds: &DataStreams,
+    c: &Arc<Channel>,
+    now: bool,
+) -> Result<Option<Option<Duration>>, EngineError> {
+    let out = deliver_step(ds, c, now).await;
+    if let Err(e) = &out {
+        *lock(&c.error) = Some(public_reason(e));
+    }
+    out
+}
+
+/// What DescribeChannel may say of a failed delivery: the kind of
+/// failure, never this machine's paths (the log has the whole error).
+fn public_reason(e: &EngineError) -> String {
+    match e {
+        EngineError::Storage(kinema_store::StoreError::Io { source, .. }) => {
+            format!("writing to the object store failed: {}", source.kind())
+        }
+        EngineError::Storage(_) => "writing to the object store failed".into(),
+        EngineError::Internal(_) => "an internal error".into(),
+        other => other.to_string(),
+    }
+}
+
+async fn deliver_step(
     ds: &DataStreams,
     c: &Arc<Channel>,
     now: bool,
